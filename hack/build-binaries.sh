@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the upstream binaries of the local test cluster from their official Go modules:
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes),
+# etcd, kwok and helm. Each tool group is its own Go module under tools/ so that their
+# dependency graphs never meet. A tool is rebuilt only when its binary is missing or reports
+# another version. Usage: hack/build-binaries.sh [kubernetes|local_provisioner|etcd|kwok|helm ...]
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=versions.sh
+source "$repo_root/hack/versions.sh"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+# True when "$1 $2" prints a line containing $3.
+reports_version() {
+  local binary=$1 flag=$2 expected=$3
+  [ -x "$binary" ] && "$binary" $flag 2>/dev/null | grep -qF -- "$expected"
+}
+
+# Makes tools/k8s replace every staging module of k8s.io/kubernetes with its published
+# release. The list is read from k8s.io/kubernetes's own go.mod, never copied by hand, so a
+# version bump that adds a staging module needs no edit here.
+sync_kubernetes_replaces() {
+  local module_dir=$repo_root/tools/k8s staging_version upstream_go_mod staging_modules module
+  staging_version=0.${KUBERNETES_VERSION#1.}
+  upstream_go_mod=$(cd "$module_dir" && go mod download -json "k8s.io/kubernetes@v$KUBERNETES_VERSION" |
+    sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [ -f "$upstream_go_mod" ] || { log "failed to download k8s.io/kubernetes@v$KUBERNETES_VERSION"; exit 1; }
+  staging_modules=$(sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/.*#\1#p' "$upstream_go_mod")
+  [ -n "$staging_modules" ] || { log "no staging modules found in $upstream_go_mod"; exit 1; }
+  local edits=()
+  for module in $staging_modules; do edits+=("-replace=$module=$module@v$staging_version"); done
+  (cd "$module_dir" && go mod edit "${edits[@]}" -require="k8s.io/kubernetes@v$KUBERNETES_VERSION")
+}
+
+build_kubernetes() {
+  local binary_dir=$KUBERNETES_BIN_DIR/bin commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local all_present=true command
+  for command in "${commands[@]}"; do
+    if [ "$command" = kubectl ]; then
+      reports_version "$binary_dir/kubectl" "version --client" "v$KUBERNETES_VERSION" || all_present=false
+    else
+      reports_version "$binary_dir/$command" --version "v$KUBERNETES_VERSION" || all_present=false
+    fi
+  done
+  if $all_present; then log "kubernetes v$KUBERNETES_VERSION already built in $binary_dir"; return; fi
+  log "building kubernetes v$KUBERNETES_VERSION into $binary_dir"
+  sync_kubernetes_replaces
+  local minor=${KUBERNETES_VERSION#1.}; minor=${minor%%.*}
+  local base=k8s.io/component-base/version client=k8s.io/client-go/pkg/version
+  local ldflags="-s -w"
+  local package
+  for package in $base $client; do
+    ldflags+=" -X $package.gitVersion=v$KUBERNETES_VERSION -X $package.gitMajor=1 -X $package.gitMinor=$minor"
+    ldflags+=" -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
+  done
+  mkdir -p "$binary_dir"
+  local packages=()
+  for command in "${commands[@]}"; do packages+=("k8s.io/kubernetes/cmd/$command"); done
+  (cd "$repo_root/tools/k8s" && go build -trimpath -ldflags "$ldflags" -o "$binary_dir/" "${packages[@]}")
+}
+
+build_etcd() {
+  local binary_dir=$ETCD_BIN_DIR/bin
+  if reports_version "$binary_dir/etcd" --version "etcd Version: $ETCD_VERSION"; then
+    log "etcd v$ETCD_VERSION already built in $binary_dir"; return
+  fi
+  log "building etcd v$ETCD_VERSION into $binary_dir"
+  mkdir -p "$binary_dir"
+  (cd "$repo_root/tools/etcd" && go mod edit -require="go.etcd.io/etcd/server/v3@v$ETCD_VERSION" &&
+    go build -trimpath -ldflags "-s -w" -o "$binary_dir/etcd" .)
+}
+
+build_kwok() {
+  local binary_dir=$KWOK_BIN_DIR/bin
+  if reports_version "$binary_dir/kwok" --version "$KWOK_VERSION"; then
+    log "kwok v$KWOK_VERSION already built in $binary_dir"; return
+  fi
+  log "building kwok v$KWOK_VERSION into $binary_dir"
+  mkdir -p "$binary_dir"
+  (cd "$repo_root/tools/kwok" && go mod edit -require="sigs.k8s.io/kwok@v$KWOK_VERSION" &&
+    go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION" \
+      -o "$binary_dir/kwok" sigs.k8s.io/kwok/cmd/kwok)
+}
+
+build_helm() {
+  local binary_dir=$HELM_BIN_DIR/bin
+  if reports_version "$binary_dir/helm" version "v$HELM_VERSION"; then
+    log "helm v$HELM_VERSION already built in $binary_dir"; return
+  fi
+  log "building helm v$HELM_VERSION into $binary_dir"
+  mkdir -p "$binary_dir"
+  local minor=${KUBERNETES_VERSION#1.}; minor=${minor%%.*}
+  (cd "$repo_root/tools/helm" && go mod edit -require="helm.sh/helm/v3@v$HELM_VERSION" &&
+    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+      -o "$binary_dir/helm" helm.sh/helm/v3/cmd/helm)
+}
+
+# Our own provisioner (tools/k8s/cmd/local-provisioner) shares the kubernetes module, so its
+# client-go packages come from the build cache; it is rebuilt when its source is newer.
+build_local_provisioner() {
+  local binary=$LOCAL_PROVISIONER_BIN_DIR/bin/local-provisioner source_dir=$repo_root/tools/k8s
+  if [ -x "$binary" ] && [ -z "$(find "$source_dir/cmd/local-provisioner" "$source_dir/go.mod" "$source_dir/go.sum" -newer "$binary" -print -quit)" ]; then
+    log "local-provisioner is up to date in ${binary%/*}"; return
+  fi
+  mkdir -p "${binary%/*}"
+  (cd "$source_dir" && go build -trimpath -ldflags "-s -w" -o "$binary" ./cmd/local-provisioner)
+}
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes local_provisioner etcd kwok helm)
+for target in "${targets[@]}"; do
+  case $target in
+    kubernetes | local_provisioner | etcd | kwok | helm) start=$SECONDS; "build_$target"; log "$target done in $((SECONDS - start)) s" ;;
+    *) log "unknown target ${target@Q} (expected kubernetes, local_provisioner, etcd, kwok or helm)"; exit 2 ;;
+  esac
+done
