@@ -153,6 +153,21 @@ EOF
   chmod 600 "$state_dir/admin.kubeconfig"
 }
 
+# kwok simulates nothing without Stages. Its own "fast" set (nodes initialize and renew their
+# leases, pods become Ready at once, Job pods complete, deleted pods go away) is read from the
+# pinned kwok module in the Go module cache, so it always matches the kwok binary.
+write_kwok_config() {
+  local module_dir stage
+  module_dir=$(cd "$repo_root/tools/kwok" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kwok) ||
+    abort_up "failed to locate the sigs.k8s.io/kwok module (run hack/build-binaries.sh kwok)"
+  for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+    pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    [ -f "$module_dir/kustomize/stage/$stage.yaml" ] || abort_up "kwok stage $stage.yaml is missing in $module_dir"
+    echo "---"
+    cat "$module_dir/kustomize/stage/$stage.yaml"
+  done >"$state_dir/kwok.yaml"
+}
+
 print_env() {
   echo "export KUBECONFIG=$state_dir/admin.kubeconfig"
   echo "export PATH=$KUBERNETES_BIN_DIR/bin:$HELM_BIN_DIR/bin:\$PATH"
@@ -279,7 +294,8 @@ cmd_up() {
   wait_for kube-controller-manager "kube-controller-manager /healthz" check_component kube-controller-manager
   wait_for kube-scheduler "kube-scheduler /healthz" check_component kube-scheduler
 
-  start_component kwok --kubeconfig="$kubeconfig" --manage-all-nodes=true \
+  write_kwok_config
+  start_component kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok.yaml" --manage-all-nodes=true \
     --cidr=10.244.0.0/16 --node-ip=10.1.0.1 --server-address="127.0.0.1:$kwok_port"
   start_component local-provisioner --kubeconfig="$kubeconfig" --ready-file="$state_dir/local-provisioner.ready"
   wait_for kwok "kwok /healthz" check_component kwok

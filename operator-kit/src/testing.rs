@@ -64,9 +64,7 @@ pub enum HarnessError {
         source: kube::config::KubeconfigError,
     },
     /// Neither `KUBECONFIG` nor a local cluster nor an in-cluster configuration was found.
-    #[error(
-        "failed to find a cluster: set KUBECONFIG or run `hack/cluster.sh up` ({source})"
-    )]
+    #[error("failed to find a cluster: set KUBECONFIG or run `hack/cluster.sh up` ({source})")]
     NoCluster {
         /// Why the in-cluster or default configuration failed too.
         source: kube::config::InferConfigError,
@@ -120,15 +118,18 @@ pub async fn config() -> Result<Config, HarnessError> {
     if env::var_os("KUBECONFIG").is_none()
         && let Some(path) = local_cluster_kubeconfig()
     {
-        let kubeconfig = Kubeconfig::read_from(&path).map_err(|source| HarnessError::Kubeconfig {
-            path: path.clone(),
-            source,
-        })?;
+        let kubeconfig =
+            Kubeconfig::read_from(&path).map_err(|source| HarnessError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
         return Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|source| HarnessError::Kubeconfig { path, source });
     }
-    Config::infer().await.map_err(|source| HarnessError::NoCluster { source })
+    Config::infer()
+        .await
+        .map_err(|source| HarnessError::NoCluster { source })
 }
 
 /// A client for the test cluster (see [`config`]).
@@ -148,15 +149,25 @@ pub async fn install_crd(
     let mut crd = crd.clone();
     crd.metadata.managed_fields = None;
     crd.metadata.resource_version = None;
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-        .await
-        .map_err(|source| HarnessError::Api {
-            action: format!("apply CustomResourceDefinition {name:?}"),
-            source,
-        })?;
-    wait_for(&api, &name, "Established", timeout, conditions::is_crd_established())
-        .await
-        .map(drop)
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .map_err(|source| HarnessError::Api {
+        action: format!("apply CustomResourceDefinition {name:?}"),
+        source,
+    })?;
+    wait_for(
+        &api,
+        &name,
+        "Established",
+        timeout,
+        conditions::is_crd_established(),
+    )
+    .await
+    .map(drop)
 }
 
 /// Waits until the named object satisfies `condition`, for at most `timeout`, and returns the
@@ -184,7 +195,11 @@ where
             let last = api.get_opt(name).await.ok().flatten();
             let namespace = last.as_ref().and_then(|object| object.namespace());
             let diagnostics = describe(last.as_ref(), api, namespace.as_deref()).await;
-            Err(HarnessError::Timeout { what, timeout, diagnostics })
+            Err(HarnessError::Timeout {
+                what,
+                timeout,
+                diagnostics,
+            })
         }
     }
 }
@@ -198,7 +213,10 @@ where
         None => "object: does not exist".to_owned(),
         Some(object) => {
             let value = serde_json::to_value(object).unwrap_or_default();
-            let status = value.get("status").cloned().unwrap_or(serde_json::Value::Null);
+            let status = value
+                .get("status")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
             format!(
                 "last status: {}",
                 serde_json::to_string_pretty(&status).unwrap_or_default()
@@ -225,7 +243,13 @@ pub async fn recent_events(client: &Client, namespace: &str, limit: usize) -> St
             .as_ref()
             .map(|time| time.0)
             .or_else(|| event.event_time.as_ref().map(|time| time.0))
-            .or_else(|| event.metadata.creation_timestamp.as_ref().map(|time| time.0))
+            .or_else(|| {
+                event
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|time| time.0)
+            })
     });
     let skip = events.len().saturating_sub(limit);
     let mut text = format!("latest events in namespace {namespace:?}:\n");
@@ -267,7 +291,10 @@ impl TestNamespace {
         let namespace = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())])),
+                labels: Some(BTreeMap::from([(
+                    TEST_NAMESPACE_LABEL.to_owned(),
+                    "true".to_owned(),
+                )])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -279,7 +306,12 @@ impl TestNamespace {
                 action: format!("create namespace {name:?}"),
                 source,
             })?;
-        Ok(Self { config, client, name, deleted: false })
+        Ok(Self {
+            config,
+            client,
+            name,
+            deleted: false,
+        })
     }
 
     /// The namespace's name.
@@ -320,9 +352,13 @@ impl TestNamespace {
         K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + 'static,
         K::DynamicType: Default,
     {
-        let found = wait_for(api, name, description, timeout, move |object: Option<&K>| {
-            object.is_some_and(&condition)
-        })
+        let found = wait_for(
+            api,
+            name,
+            description,
+            timeout,
+            move |object: Option<&K>| object.is_some_and(&condition),
+        )
         .await?;
         // The condition cannot hold for a missing object, so a match always carries one.
         found.ok_or_else(|| HarnessError::Timeout {
@@ -344,7 +380,9 @@ impl TestNamespace {
         K::DynamicType: Default,
     {
         let gone = |object: Option<&K>| object.is_none();
-        wait_for(api, name, "deleted", timeout, gone).await.map(drop)
+        wait_for(api, name, "deleted", timeout, gone)
+            .await
+            .map(drop)
     }
 
     /// Deletes the namespace and waits until the API server has removed it, which proves that
@@ -362,7 +400,8 @@ impl TestNamespace {
                 });
             }
         }
-        self.wait_for_deletion(&api, &self.name, Duration::from_secs(120)).await
+        self.wait_for_deletion(&api, &self.name, Duration::from_secs(120))
+            .await
     }
 }
 
@@ -376,7 +415,9 @@ impl Drop for TestNamespace {
         let config = self.config.clone();
         let name = self.name.clone();
         let deletion = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             let Ok(runtime) = runtime else { return };
             runtime.block_on(async move {
                 if let Ok(client) = Client::try_from(config) {
@@ -395,7 +436,13 @@ fn unique_name(test_name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut prefix: String = test_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     prefix.truncate(50);
     let prefix = prefix.trim_matches('-');
@@ -405,11 +452,17 @@ fn unique_name(test_name: &str) -> String {
         .unwrap_or_default();
     let mixed = nanos
         ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // A finalizing mix so that names made in the same nanosecond still differ in every digit.
     let mixed = (mixed ^ (mixed >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let suffix = format!("{:08x}", (mixed ^ (mixed >> 29)) as u32);
-    if prefix.is_empty() { format!("test-{suffix}") } else { format!("{prefix}-{suffix}") }
+    if prefix.is_empty() {
+        format!("test-{suffix}")
+    } else {
+        format!("{prefix}-{suffix}")
+    }
 }
 
 #[cfg(test)]
@@ -423,7 +476,11 @@ mod tests {
         assert_ne!(first, second);
         assert!(first.starts_with("my-test--with-spaces-"), "{first}");
         assert!(first.len() <= 63);
-        assert!(first.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            first
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
         assert!(unique_name("___").starts_with("test-"));
     }
 }

@@ -19,7 +19,11 @@ fn labels(app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("app".to_owned(), app.to_owned())])
 }
 
-fn deployment(name: &str, replicas: i32, node_selector: Option<(&str, &str)>) -> Result<Deployment> {
+fn deployment(
+    name: &str,
+    replicas: i32,
+    node_selector: Option<(&str, &str)>,
+) -> Result<Deployment> {
     let node_selector = node_selector.map(|(key, value)| json!({ key: value }));
     Ok(serde_json::from_value(json!({
         "metadata": { "name": name },
@@ -41,8 +45,14 @@ fn deployment(name: &str, replicas: i32, node_selector: Option<(&str, &str)>) ->
 async fn api_server_is_the_pinned_version_and_ready() -> Result<()> {
     let client = testing::client().await?;
     let version = client.apiserver_version().await?;
-    ensure!(version.git_version == "v1.37.2", "server version is {:?}", version.git_version);
-    let readyz = client.request_text(http::Request::get("/readyz").body(Vec::new())?).await?;
+    ensure!(
+        version.git_version == "v1.37.2",
+        "server version is {:?}",
+        version.git_version
+    );
+    let readyz = client
+        .request_text(http::Request::get("/readyz").body(Vec::new())?)
+        .await?;
     ensure!(readyz.trim() == "ok", "/readyz answered {readyz:?}");
     Ok(())
 }
@@ -51,20 +61,40 @@ async fn api_server_is_the_pinned_version_and_ready() -> Result<()> {
 async fn deployment_reaches_three_ready_pods() -> Result<()> {
     let namespace = TestNamespace::create("deployment-ready").await?;
     let deployments = namespace.api::<Deployment>();
-    deployments.create(&PostParams::default(), &deployment("web", 3, None)?).await?;
-    namespace
-        .wait_for(&deployments, "web", "3 ready replicas", TIMEOUT, |deployment: &Deployment| {
-            deployment.status.as_ref().and_then(|status| status.ready_replicas) == Some(3)
-        })
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3, None)?)
         .await?;
-    let pods = namespace.api::<Pod>().list(&ListParams::default().labels("app=web")).await?;
+    namespace
+        .wait_for(
+            &deployments,
+            "web",
+            "3 ready replicas",
+            TIMEOUT,
+            |deployment: &Deployment| {
+                deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.ready_replicas)
+                    == Some(3)
+            },
+        )
+        .await?;
+    let pods = namespace
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=web"))
+        .await?;
     let ready = pods
         .items
         .iter()
         .filter(|pod| {
-            let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
+            let conditions = pod
+                .status
+                .as_ref()
+                .and_then(|status| status.conditions.as_ref());
             conditions.is_some_and(|conditions| {
-                conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
+                conditions
+                    .iter()
+                    .any(|condition| condition.type_ == "Ready" && condition.status == "True")
             })
         })
         .count();
@@ -96,19 +126,41 @@ async fn statefulset_claims_bind_and_pods_become_ready() -> Result<()> {
             }],
         },
     }))?;
-    statefulsets.create(&PostParams::default(), &statefulset).await?;
+    statefulsets
+        .create(&PostParams::default(), &statefulset)
+        .await?;
     namespace
-        .wait_for(&statefulsets, "db", "2 ready replicas", TIMEOUT, |statefulset: &StatefulSet| {
-            statefulset.status.as_ref().and_then(|status| status.ready_replicas) == Some(2)
-        })
+        .wait_for(
+            &statefulsets,
+            "db",
+            "2 ready replicas",
+            TIMEOUT,
+            |statefulset: &StatefulSet| {
+                statefulset
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.ready_replicas)
+                    == Some(2)
+            },
+        )
         .await?;
     let claims = namespace.api::<PersistentVolumeClaim>();
     for name in ["data-db-0", "data-db-1"] {
-        let claim = claims.get(name).await.with_context(|| format!("claim {name}"))?;
+        let claim = claims
+            .get(name)
+            .await
+            .with_context(|| format!("claim {name}"))?;
         let phase = claim.status.and_then(|status| status.phase);
-        ensure!(phase.as_deref() == Some("Bound"), "claim {name} is {phase:?}");
         ensure!(
-            claim.spec.and_then(|spec| spec.storage_class_name).as_deref() == Some("standard"),
+            phase.as_deref() == Some("Bound"),
+            "claim {name} is {phase:?}"
+        );
+        ensure!(
+            claim
+                .spec
+                .and_then(|spec| spec.storage_class_name)
+                .as_deref()
+                == Some("standard"),
             "claim {name} did not get the default storage class"
         );
     }
@@ -120,11 +172,23 @@ async fn statefulset_claims_bind_and_pods_become_ready() -> Result<()> {
 async fn deleting_an_owner_garbage_collects_its_children() -> Result<()> {
     let namespace = TestNamespace::create("garbage-collection").await?;
     let deployments = namespace.api::<Deployment>();
-    let owner = deployments.create(&PostParams::default(), &deployment("owner", 1, None)?).await?;
+    let owner = deployments
+        .create(&PostParams::default(), &deployment("owner", 1, None)?)
+        .await?;
     namespace
-        .wait_for(&deployments, "owner", "1 ready replica", TIMEOUT, |deployment: &Deployment| {
-            deployment.status.as_ref().and_then(|status| status.ready_replicas) == Some(1)
-        })
+        .wait_for(
+            &deployments,
+            "owner",
+            "1 ready replica",
+            TIMEOUT,
+            |deployment: &Deployment| {
+                deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.ready_replicas)
+                    == Some(1)
+            },
+        )
         .await?;
     // A child of our own next to the ReplicaSet the controller made.
     let config_maps = namespace.api::<ConfigMap>();
@@ -144,13 +208,30 @@ async fn deleting_an_owner_garbage_collects_its_children() -> Result<()> {
         ..ConfigMap::default()
     };
     config_maps.create(&PostParams::default(), &child).await?;
-    let replica_sets = namespace.api::<ReplicaSet>().list(&ListParams::default()).await?;
-    ensure!(replica_sets.items.len() == 1, "expected one ReplicaSet, found {}", replica_sets.items.len());
+    let replica_sets = namespace
+        .api::<ReplicaSet>()
+        .list(&ListParams::default())
+        .await?;
+    ensure!(
+        replica_sets.items.len() == 1,
+        "expected one ReplicaSet, found {}",
+        replica_sets.items.len()
+    );
 
-    deployments.delete("owner", &DeleteParams::background()).await?;
-    namespace.wait_for_deletion(&config_maps, "child", TIMEOUT).await?;
-    let replica_set_name = replica_sets.items[0].metadata.name.clone().context("unnamed ReplicaSet")?;
-    namespace.wait_for_deletion(&namespace.api::<ReplicaSet>(), &replica_set_name, TIMEOUT).await?;
+    deployments
+        .delete("owner", &DeleteParams::background())
+        .await?;
+    namespace
+        .wait_for_deletion(&config_maps, "child", TIMEOUT)
+        .await?;
+    let replica_set_name = replica_sets.items[0]
+        .metadata
+        .name
+        .clone()
+        .context("unnamed ReplicaSet")?;
+    namespace
+        .wait_for_deletion(&namespace.api::<ReplicaSet>(), &replica_set_name, TIMEOUT)
+        .await?;
     namespace.delete().await?;
     Ok(())
 }
@@ -160,11 +241,23 @@ async fn deleting_a_namespace_with_objects_completes() -> Result<()> {
     let namespace = TestNamespace::create("namespace-deletion").await?;
     let name = namespace.name().to_owned();
     let client = namespace.client().clone();
-    namespace.api::<Deployment>().create(&PostParams::default(), &deployment("web", 2, None)?).await?;
-    namespace.api::<ConfigMap>().create(&PostParams::default(), &ConfigMap {
-        metadata: ObjectMeta { name: Some("settings".to_owned()), ..ObjectMeta::default() },
-        ..ConfigMap::default()
-    }).await?;
+    namespace
+        .api::<Deployment>()
+        .create(&PostParams::default(), &deployment("web", 2, None)?)
+        .await?;
+    namespace
+        .api::<ConfigMap>()
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("settings".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..ConfigMap::default()
+            },
+        )
+        .await?;
     // `delete` waits until the namespace object itself is gone.
     namespace.delete().await?;
     let remaining = Api::<Namespace>::all(client).get_opt(&name).await?;
@@ -181,15 +274,31 @@ async fn failed_wait_shows_last_status_and_events() -> Result<()> {
     deployments.create(&PostParams::default(), &stuck).await?;
     let pods = namespace.api::<Pod>();
     namespace
-        .wait_for(&pods, "missing-pod", "created", Duration::from_millis(300), |_: &Pod| true)
+        .wait_for(
+            &pods,
+            "missing-pod",
+            "created",
+            Duration::from_millis(300),
+            |_: &Pod| true,
+        )
         .await
         .err()
         .filter(|error| error.to_string().contains("does not exist"))
         .context("waiting for a missing object did not report that it does not exist")?;
     let error = namespace
-        .wait_for(&deployments, "stuck", "1 ready replica", Duration::from_secs(5), |deployment: &Deployment| {
-            deployment.status.as_ref().and_then(|status| status.ready_replicas) == Some(1)
-        })
+        .wait_for(
+            &deployments,
+            "stuck",
+            "1 ready replica",
+            Duration::from_secs(5),
+            |deployment: &Deployment| {
+                deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.ready_replicas)
+                    == Some(1)
+            },
+        )
         .await
         .err()
         .context("a deployment whose pod cannot be scheduled became ready")?;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages the scripts and tests need, from Debian, when they are missing.
+# Go, Rust and gcc come with the machine; everything else is installed here.
+set -euo pipefail
+needed=()
+command -v openssl >/dev/null || needed+=(openssl)
+command -v curl >/dev/null || needed+=(curl)
+command -v ss >/dev/null || needed+=(iproute2)
+if [ ${#needed[@]} -gt 0 ]; then
+  echo "[install-deps] installing ${needed[*]}" >&2
+  sudo_prefix=()
+  [ "$(id -u)" -eq 0 ] || sudo_prefix=(sudo)
+  "${sudo_prefix[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_prefix[@]}" apt-get install -y -qq --no-install-recommends "${needed[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "[install-deps] error: go is missing (Go 1.26 is required)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "[install-deps] error: cargo is missing (Rust 1.89 or newer is required)" >&2; exit 1; }

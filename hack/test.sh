@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, unit tests, and the integration tests against the
+# local cluster. Builds what is missing, starts the cluster unless one is already running,
+# and stops the cluster it started even when tests fail.
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+# shellcheck source=versions.sh
+source hack/versions.sh
+# One target folder for every checkout on the machine keeps CI's fresh clones warm.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
+start=$SECONDS
+step() { printf '\n[test] %s (%d s elapsed)\n' "$*" $((SECONDS - start)) >&2; }
+
+step "installing system packages"
+hack/install-deps.sh
+step "building the cluster binaries"
+hack/build-binaries.sh
+
+started_cluster=false
+if ! hack/cluster.sh status >/dev/null 2>&1; then
+  step "starting the local cluster"
+  hack/cluster.sh up >/dev/null
+  started_cluster=true
+fi
+stop_cluster() { if $started_cluster; then hack/cluster.sh down; fi; }
+trap stop_cluster EXIT
+eval "$(hack/cluster.sh env)"
+
+step "checking formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+step "running unit and integration tests"
+cargo test --workspace --all-features --locked --no-fail-fast
+step "all tests passed"

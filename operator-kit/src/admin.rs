@@ -1,0 +1,453 @@
+//! The admin server: `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Metric names follow controller-runtime and client-go wherever one exists, so dashboards
+//! and alerts written for Go operators work unchanged:
+//! `controller_runtime_reconcile_total{controller,result}`,
+//! `controller_runtime_reconcile_errors_total{controller}`,
+//! `controller_runtime_reconcile_time_seconds{controller}` (histogram),
+//! `controller_runtime_active_workers{controller}`,
+//! `controller_runtime_max_concurrent_reconciles{controller}`,
+//! `workqueue_depth{name}` and `leader_election_master_status{name}`.
+//!
+//! The server speaks just enough HTTP/1.1 for probes and Prometheus scrapes, which keeps a
+//! web framework out of every operator's dependency tree.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Upper bounds of the reconcile time histogram, controller-runtime's buckets.
+const TIME_BUCKETS: [f64; 22] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9,
+    1.0, 1.25, 1.5, 1.75, 2.0,
+];
+
+/// The result label of `controller_runtime_reconcile_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReconcileResult {
+    /// The reconcile succeeded and asked for no requeue.
+    Success,
+    /// The reconcile failed.
+    Error,
+    /// The reconcile succeeded and asked to run again after a delay.
+    RequeueAfter,
+}
+
+impl ReconcileResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::RequeueAfter => "requeue_after",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    buckets: [u64; TIME_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+struct ControllerMetrics {
+    reconciles: BTreeMap<ReconcileResult, u64>,
+    errors: u64,
+    time: Histogram,
+    active_workers: i64,
+    max_concurrent: u64,
+    queue_depth: i64,
+}
+
+/// The operator's metrics; cheap to share, updated by the runtime.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    controllers: Mutex<BTreeMap<String, ControllerMetrics>>,
+    leader: Mutex<Option<(String, bool)>>,
+}
+
+impl Metrics {
+    fn with<T>(&self, controller: &str, update: impl FnOnce(&mut ControllerMetrics) -> T) -> T {
+        let mut controllers = self
+            .controllers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        update(controllers.entry(controller.to_owned()).or_default())
+    }
+
+    /// Registers a controller and its concurrency limit.
+    pub fn register(&self, controller: &str, max_concurrent: u16) {
+        self.with(controller, |metrics| {
+            metrics.max_concurrent = u64::from(max_concurrent)
+        });
+    }
+
+    /// Counts a reconcile start: one more active worker, one less queued object.
+    pub fn reconcile_started(&self, controller: &str) {
+        self.with(controller, |metrics| metrics.active_workers += 1);
+    }
+
+    /// Counts a finished reconcile with its outcome and duration.
+    pub fn reconcile_finished(&self, controller: &str, result: ReconcileResult, elapsed: Duration) {
+        self.with(controller, |metrics| {
+            metrics.active_workers -= 1;
+            *metrics.reconciles.entry(result).or_default() += 1;
+            if result == ReconcileResult::Error {
+                metrics.errors += 1;
+            }
+            let seconds = elapsed.as_secs_f64();
+            metrics.time.count += 1;
+            metrics.time.sum += seconds;
+            for (bucket, bound) in metrics.time.buckets.iter_mut().zip(TIME_BUCKETS) {
+                if seconds <= bound {
+                    *bucket += 1;
+                }
+            }
+        });
+    }
+
+    /// Sets the number of objects waiting for a retry after a failure.
+    pub fn set_queue_depth(&self, controller: &str, depth: usize) {
+        self.with(controller, |metrics| {
+            metrics.queue_depth = i64::try_from(depth).unwrap_or(i64::MAX)
+        });
+    }
+
+    /// Sets the leader election status of the named Lease.
+    pub fn set_leader(&self, lease: &str, leading: bool) {
+        *self
+            .leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((lease.to_owned(), leading));
+    }
+
+    /// The count of finished reconciles of a controller with the given result.
+    pub fn reconcile_count(&self, controller: &str, result: ReconcileResult) -> u64 {
+        self.with(controller, |metrics| {
+            metrics.reconciles.get(&result).copied().unwrap_or_default()
+        })
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let controllers = self
+            .controllers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut text = String::new();
+        let mut family =
+            |name: &str, kind: &str, help: &str, samples: &mut dyn FnMut(&mut String)| {
+                let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                samples(&mut text);
+            };
+        family(
+            "controller_runtime_reconcile_total",
+            "counter",
+            "Total number of reconciliations per controller",
+            &mut |text| {
+                for (controller, metrics) in controllers.iter() {
+                    for result in [
+                        ReconcileResult::Success,
+                        ReconcileResult::Error,
+                        ReconcileResult::RequeueAfter,
+                    ] {
+                        let count = metrics.reconciles.get(&result).copied().unwrap_or_default();
+                        let _ = writeln!(
+                            text,
+                            "controller_runtime_reconcile_total{{controller=\"{controller}\",result=\"{}\"}} {count}",
+                            result.label()
+                        );
+                    }
+                }
+            },
+        );
+        let simple = [
+            (
+                "controller_runtime_reconcile_errors_total",
+                "counter",
+                "Total number of reconciliation errors per controller",
+            ),
+            (
+                "controller_runtime_active_workers",
+                "gauge",
+                "Number of currently used workers per controller",
+            ),
+            (
+                "controller_runtime_max_concurrent_reconciles",
+                "gauge",
+                "Maximum number of concurrent reconciles per controller",
+            ),
+            ("workqueue_depth", "gauge", "Current depth of workqueue"),
+        ];
+        for (name, kind, help) in simple {
+            family(name, kind, help, &mut |text| {
+                for (controller, metrics) in controllers.iter() {
+                    let (label, value) = match name {
+                        "controller_runtime_reconcile_errors_total" => {
+                            ("controller", metrics.errors as i64)
+                        }
+                        "controller_runtime_active_workers" => {
+                            ("controller", metrics.active_workers)
+                        }
+                        "controller_runtime_max_concurrent_reconciles" => {
+                            ("controller", metrics.max_concurrent as i64)
+                        }
+                        _ => ("name", metrics.queue_depth),
+                    };
+                    let _ = writeln!(text, "{name}{{{label}=\"{controller}\"}} {value}");
+                }
+            });
+        }
+        family(
+            "controller_runtime_reconcile_time_seconds",
+            "histogram",
+            "Length of time per reconciliation per controller",
+            &mut |text| {
+                for (controller, metrics) in controllers.iter() {
+                    let name = "controller_runtime_reconcile_time_seconds";
+                    for (count, bound) in metrics.time.buckets.iter().zip(TIME_BUCKETS) {
+                        let _ = writeln!(
+                            text,
+                            "{name}_bucket{{controller=\"{controller}\",le=\"{bound}\"}} {count}"
+                        );
+                    }
+                    let histogram = &metrics.time;
+                    let _ = writeln!(
+                        text,
+                        "{name}_bucket{{controller=\"{controller}\",le=\"+Inf\"}} {}",
+                        histogram.count
+                    );
+                    let _ = writeln!(
+                        text,
+                        "{name}_sum{{controller=\"{controller}\"}} {}",
+                        histogram.sum
+                    );
+                    let _ = writeln!(
+                        text,
+                        "{name}_count{{controller=\"{controller}\"}} {}",
+                        histogram.count
+                    );
+                }
+            },
+        );
+        drop(controllers);
+        let leader = self
+            .leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some((lease, leading)) = leader {
+            let _ = writeln!(
+                text,
+                "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master.\n# TYPE leader_election_master_status gauge\nleader_election_master_status{{name=\"{lease}\"}} {}",
+                u8::from(leading)
+            );
+        }
+        text
+    }
+}
+
+/// Health state shared between the runtime and the admin server.
+#[derive(Debug, Default)]
+pub struct Health {
+    caches_synced: AtomicBool,
+}
+
+impl Health {
+    /// Marks the caches of every controller as synced: `/readyz` answers 200 from now on.
+    pub fn set_ready(&self) {
+        self.caches_synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the operator is ready.
+    pub fn is_ready(&self) -> bool {
+        self.caches_synced.load(Ordering::Acquire)
+    }
+}
+
+/// Errors of the admin server.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The listening socket could not be bound.
+    #[error("failed to bind the admin server to {address:?}: {source}")]
+    Bind {
+        /// The address asked for.
+        address: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound admin server, ready to serve.
+pub struct AdminServer {
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl AdminServer {
+    /// Binds the admin server (port 0 picks a free port; see [`AdminServer::local_address`]).
+    pub async fn bind(
+        address: SocketAddr,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, AdminError> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| AdminError::Bind { address, source })?;
+        Ok(Self {
+            listener,
+            metrics,
+            health,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` becomes true.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let metrics = self.metrics.clone();
+                        let health = self.health.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = respond(stream, &metrics, &health).await {
+                                debug!(%error, "admin connection failed");
+                            }
+                        });
+                    }
+                    Err(error) => warn!(%error, "failed to accept an admin connection"),
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+async fn respond(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut buffer = [0_u8; 1024];
+    // Read the request head only; these endpoints take no body.
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await??;
+        if read == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..read]);
+    }
+    let head = String::from_utf8_lossy(&request);
+    let mut words = head.split_whitespace();
+    let (method, target) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let path = target.split('?').next().unwrap_or_default();
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/healthz" | "/livez") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") if health.is_ready() => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "caches not synced\n".to_owned(),
+        ),
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_use_controller_runtime_names() {
+        let metrics = Metrics::default();
+        metrics.register("redis", 4);
+        metrics.reconcile_started("redis");
+        metrics.reconcile_finished("redis", ReconcileResult::Success, Duration::from_millis(30));
+        metrics.reconcile_started("redis");
+        metrics.reconcile_finished("redis", ReconcileResult::Error, Duration::from_secs(3));
+        metrics.set_leader("redis-operator", true);
+        let text = metrics.render();
+        for line in [
+            "controller_runtime_reconcile_total{controller=\"redis\",result=\"success\"} 1",
+            "controller_runtime_reconcile_total{controller=\"redis\",result=\"error\"} 1",
+            "controller_runtime_reconcile_errors_total{controller=\"redis\"} 1",
+            "controller_runtime_active_workers{controller=\"redis\"} 0",
+            "controller_runtime_max_concurrent_reconciles{controller=\"redis\"} 4",
+            "controller_runtime_reconcile_time_seconds_bucket{controller=\"redis\",le=\"0.05\"} 1",
+            "controller_runtime_reconcile_time_seconds_bucket{controller=\"redis\",le=\"+Inf\"} 2",
+            "controller_runtime_reconcile_time_seconds_count{controller=\"redis\"} 2",
+            "workqueue_depth{name=\"redis\"} 0",
+            "leader_election_master_status{name=\"redis-operator\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|candidate| candidate == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_probes_and_metrics() {
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::default());
+        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), metrics, health.clone())
+            .await
+            .unwrap();
+        let address = server.local_address().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let serving = tokio::spawn(server.serve(stopped));
+        let get = |path: &'static str| async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        health.set_ready();
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(
+            get("/metrics")
+                .await
+                .contains("# TYPE controller_runtime_reconcile_total counter")
+        );
+        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        stop.send_replace(true);
+        serving.await.unwrap();
+    }
+}

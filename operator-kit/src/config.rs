@@ -1,0 +1,164 @@
+//! Runtime configuration shared by every operator: flags with environment equivalents, and
+//! logging.
+//!
+//! Flatten [`OperatorArgs`] into an operator's own `clap` parser; each flag also reads an
+//! environment variable (in brackets in `--help`), which is how a Helm chart sets them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::leader::LeaderElectionConfig;
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Flags every operator built with operator-kit accepts.
+#[derive(Clone, Debug, Args)]
+pub struct OperatorArgs {
+    /// Namespace to watch; all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Maximum number of objects reconciled at once, per controller.
+    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Elect a leader among replicas through a Lease; only the leader reconciles.
+    #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+
+    /// Name of the leader election Lease (default: the operator's name).
+    #[arg(long, env = "OPERATOR_LEASE_NAME")]
+    pub lease_name: Option<String>,
+
+    /// Namespace of the leader election Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// This replica's identity in the Lease (default: the pod name, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "OPERATOR_ADMIN_ADDRESS", default_value = "127.0.0.1:8080")]
+    pub admin_address: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (`info`, `debug`) or `tracing` directives (`info,kube=debug`).
+    #[arg(long, env = "OPERATOR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// How long a shutdown waits for running reconciles to finish.
+    #[arg(long, env = "OPERATOR_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl OperatorArgs {
+    /// Defaults for use in code (tests, examples): all namespaces, no leader election, an admin
+    /// server on a free loopback port.
+    pub fn for_tests() -> Self {
+        Self {
+            watch_namespace: None,
+            concurrency: 4,
+            leader_election: false,
+            lease_name: None,
+            lease_namespace: None,
+            identity: None,
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+            shutdown_grace_seconds: 30,
+        }
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The leader election settings for an operator of the given name, if election is on.
+    pub fn leader_election_config(&self, operator_name: &str) -> Option<LeaderElectionConfig> {
+        if !self.leader_election {
+            return None;
+        }
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        Some(LeaderElectionConfig::new(
+            self.lease_name.as_deref().unwrap_or(operator_name),
+            self.lease_namespace.as_deref().unwrap_or("default"),
+            &identity,
+        ))
+    }
+
+    /// Installs the global `tracing` subscriber in the chosen format and level. Call once, at
+    /// the start of `main`; a second call does nothing.
+    pub fn init_logging(&self) {
+        let filter = EnvFilter::try_new(&self.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let _ = match self.log_format {
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .try_init(),
+            LogFormat::Text => builder.try_init(),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        operator: OperatorArgs,
+    }
+
+    #[test]
+    fn defaults_and_flags_parse() {
+        let command = Command::try_parse_from(["operator"]).unwrap();
+        assert_eq!(command.operator.concurrency, 4);
+        assert!(!command.operator.leader_election);
+        assert!(command.operator.leader_election_config("x").is_none());
+        let command = Command::try_parse_from([
+            "operator",
+            "--watch-namespace=team-a",
+            "--concurrency=8",
+            "--leader-election",
+            "--lease-namespace=ops",
+            "--identity=pod-1",
+            "--log-format=json",
+        ])
+        .unwrap();
+        let operator = command.operator;
+        assert_eq!(operator.watch_namespace.as_deref(), Some("team-a"));
+        assert_eq!(operator.log_format, LogFormat::Json);
+        let lease = operator.leader_election_config("redis-operator").unwrap();
+        assert_eq!(
+            (lease.lease_name.as_str(), lease.lease_namespace.as_str()),
+            ("redis-operator", "ops")
+        );
+        assert_eq!(lease.identity, "pod-1");
+        assert_eq!(lease.lease_duration, Duration::from_secs(15));
+        assert!(Command::try_parse_from(["operator", "--concurrency=0"]).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, with controller-runtime's timing.
+//!
+//! Every replica runs its watches (warm caches, ready for `/readyz`), but only the holder of
+//! the Lease reconciles. The holder renews every `retry_period`; if it cannot renew within
+//! `renew_deadline` it stops leading (the operator then shuts down, like controller-runtime,
+//! so that a restarted process starts clean). A standby takes the Lease once it has not been
+//! renewed for `lease_duration`. On a clean shutdown the holder releases the Lease, so a
+//! successor takes over at its next retry instead of waiting for expiry.
+//!
+//! Expiry is judged by the standby's own clock from when it *observed* the last change of the
+//! Lease, not from the `renewTime` written by another machine, so clock skew does not matter.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Timing and identity of leader election.
+#[derive(Clone, Debug)]
+pub struct LeaderElectionConfig {
+    /// Name of the Lease object.
+    pub lease_name: String,
+    /// Namespace of the Lease object.
+    pub lease_namespace: String,
+    /// This replica's identity, written as the Lease holder (usually the pod name).
+    pub identity: String,
+    /// How long a Lease is valid after its last renewal (controller-runtime: 15 s).
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it gives up (controller-runtime: 10 s).
+    pub renew_deadline: Duration,
+    /// How often the Lease is renewed or its acquisition retried (controller-runtime: 2 s).
+    pub retry_period: Duration,
+}
+
+impl LeaderElectionConfig {
+    /// controller-runtime's defaults for the given Lease and identity.
+    pub fn new(lease_name: &str, lease_namespace: &str, identity: &str) -> Self {
+        Self {
+            lease_name: lease_name.to_owned(),
+            lease_namespace: lease_namespace.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Errors of leader election.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The leader could not renew its Lease within the renew deadline.
+    #[error("failed to renew lease {lease:?} within {deadline:?}; leadership lost")]
+    LeadershipLost {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The renew deadline that passed.
+        deadline: Duration,
+    },
+}
+
+/// What the elector last saw of the Lease, to judge expiry on the local clock.
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    at: Instant,
+}
+
+/// Runs leader election until `shutdown` fires, publishing whether this replica leads on
+/// `leading`. Returns an error when leadership was lost; releases the Lease on shutdown.
+pub async fn run(
+    client: Client,
+    config: LeaderElectionConfig,
+    leading: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LeaderError> {
+    let api = Api::<Lease>::namespaced(client, &config.lease_namespace);
+    let lease_key = format!("{}/{}", config.lease_namespace, config.lease_name);
+    let mut observed: Option<Observed> = None;
+    let mut last_renewal = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let is_leader = *leading.borrow();
+        match try_acquire_or_renew(&api, &config, &mut observed).await {
+            Ok(true) => {
+                last_renewal = Instant::now();
+                if !is_leader {
+                    info!(lease = %lease_key, identity = %config.identity, "became leader");
+                    leading.send_replace(true);
+                }
+            }
+            Ok(false) => {
+                if is_leader {
+                    // Someone else holds a valid lease: we were not able to renew in time.
+                    leading.send_replace(false);
+                    return Err(LeaderError::LeadershipLost {
+                        lease: lease_key,
+                        deadline: config.renew_deadline,
+                    });
+                }
+            }
+            Err(error) => {
+                warn!(lease = %lease_key, %error, "failed to acquire or renew lease");
+                if is_leader && last_renewal.elapsed() > config.renew_deadline {
+                    leading.send_replace(false);
+                    return Err(LeaderError::LeadershipLost {
+                        lease: lease_key,
+                        deadline: config.renew_deadline,
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.retry_period) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    if *leading.borrow() {
+        leading.send_replace(false);
+        release(&api, &config).await;
+    }
+    Ok(())
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+/// One round: take the Lease if it is free or expired, renew it if ours. Returns whether this
+/// replica holds the Lease afterwards.
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaderElectionConfig,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
+    let duration_seconds = i32::try_from(config.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let Some(mut lease) = api.get_opt(&config.lease_name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(config.lease_name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(config.identity.clone()),
+                lease_duration_seconds: Some(duration_seconds),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        };
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let holder = spec
+        .holder_identity
+        .clone()
+        .filter(|holder| !holder.is_empty());
+    let ours = holder.as_deref() == Some(config.identity.as_str());
+    if !ours {
+        let changed = observed
+            .as_ref()
+            .is_none_or(|seen| seen.holder != holder || seen.renew_time != spec.renew_time);
+        if changed {
+            *observed = Some(Observed {
+                holder: holder.clone(),
+                renew_time: spec.renew_time.clone(),
+                at: Instant::now(),
+            });
+        }
+        let valid_for = Duration::from_secs(
+            spec.lease_duration_seconds
+                .unwrap_or(duration_seconds)
+                .max(0) as u64,
+        );
+        let expired = observed
+            .as_ref()
+            .is_some_and(|seen| seen.at.elapsed() >= valid_for);
+        if holder.is_some() && !expired {
+            return Ok(false);
+        }
+        spec.acquire_time = Some(now());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.holder_identity = Some(config.identity.clone());
+    spec.lease_duration_seconds = Some(duration_seconds);
+    spec.renew_time = Some(now());
+    // `replace` carries the resourceVersion we read, so two standbys racing for an expired
+    // Lease cannot both win: the second gets a conflict.
+    let name = lease.name_any();
+    match api.replace(&name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Gives the Lease up so that a standby takes over at its next retry.
+async fn release(api: &Api<Lease>, config: &LeaderElectionConfig) {
+    let Ok(Some(mut lease)) = api.get_opt(&config.lease_name).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now());
+    match api
+        .replace(&config.lease_name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => info!(lease = %config.lease_name, "released lease"),
+        Err(error) => warn!(lease = %config.lease_name, %error, "failed to release lease"),
+    }
+}

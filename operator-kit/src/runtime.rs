@@ -1,0 +1,671 @@
+//! The reconcile runtime: controllers over `kube_runtime::Controller`, run by an [`Operator`]
+//! with leader election, an admin server and graceful shutdown.
+//!
+//! An author implements [`Reconciler`] for one custom resource kind, declares the child kinds
+//! it owns on a [`Controller`], and adds the controller to an [`Operator`]. The runtime then
+//! - reconciles at most `--concurrency` objects at once (never one object twice at once),
+//! - retries a failed object with per-object exponential backoff that resets on success,
+//!   except for errors classified [`ErrorClass::WaitForChange`] (an invalid spec), which wait
+//!   for the object to change instead,
+//! - turns every failure into a Warning event on the object (deduplicated) and a metric,
+//! - reconciles only while it leads, keeping warm caches as a standby, and reconciles every
+//!   object at once when it becomes the leader,
+//! - on SIGTERM stops taking work, lets running reconciles finish within the grace period,
+//!   releases the Lease and returns.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, join_all};
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, ApiResource, Patch, PatchParams};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::admin::{AdminError, AdminServer, Health, Metrics, ReconcileResult};
+use crate::backoff::{BackoffPolicy, FailureCounts};
+use crate::children::{ChildError, Children};
+use crate::config::OperatorArgs;
+use crate::leader::{self, LeaderError};
+
+/// How the runtime treats a failed reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying: an API error, a timeout, a dependency not ready yet. Retried with
+    /// per-object exponential backoff.
+    Transient,
+    /// Retrying cannot help until the object changes (an invalid spec, a missing reference the
+    /// operator is told about by a watch). The object waits for its next change.
+    WaitForChange,
+}
+
+/// What the runtime needs to know about a reconciler's errors.
+pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
+    /// Whether retrying can help. Transient by default.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Transient
+    }
+
+    /// A CamelCase reason for the Warning event, such as `InvalidSpec`.
+    fn reason(&self) -> &str {
+        "ReconcileFailed"
+    }
+}
+
+/// The logic of one controller: make the cluster match one object's spec.
+pub trait Reconciler: Send + Sync + 'static {
+    /// The custom resource kind this controller reconciles.
+    type Resource: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+    /// The reconciler's error type.
+    type Error: ReconcileError;
+
+    /// Brings the cluster in line with `object`. Called whenever the object or one of its
+    /// children changes, and when the returned [`Action`] asks for it.
+    fn reconcile(
+        &self,
+        object: Arc<Self::Resource>,
+        context: &Context,
+    ) -> impl Future<Output = Result<Action, Self::Error>> + Send;
+
+    /// Cleans up what owner references cannot (state outside the cluster) before the object
+    /// is deleted. Only called for controllers built with [`Controller::finalizer`].
+    fn cleanup(
+        &self,
+        object: Arc<Self::Resource>,
+        context: &Context,
+    ) -> impl Future<Output = Result<Action, Self::Error>> + Send {
+        let _ = (object, context);
+        async { Ok(Action::await_change()) }
+    }
+}
+
+/// Errors of the runtime around a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError<E: std::error::Error + 'static> {
+    /// The reconciler failed.
+    #[error(transparent)]
+    Reconcile(E),
+    /// Adding or removing the finalizer, or the cleanup, failed.
+    #[error("failed to run the finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<E>>),
+}
+
+impl<E: ReconcileError> RuntimeError<E> {
+    fn inner(&self) -> Option<&E> {
+        match self {
+            Self::Reconcile(error) => Some(error),
+            Self::Finalizer(error) => match error.as_ref() {
+                finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => {
+                    Some(error)
+                }
+                _ => None,
+            },
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        self.inner()
+            .map_or(ErrorClass::Transient, ReconcileError::class)
+    }
+
+    fn reason(&self) -> &str {
+        self.inner()
+            .map_or("FinalizerFailed", ReconcileError::reason)
+    }
+}
+
+/// Errors of running an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The admin server could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// This replica lost leadership and stopped.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+}
+
+/// What a reconcile can use besides its object: one per controller, shared by all reconciles.
+pub struct Context {
+    client: Client,
+    field_manager: String,
+    application: String,
+    owned_kinds: Vec<ApiResource>,
+    recorder: Recorder,
+}
+
+impl Context {
+    /// The Kubernetes client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The field manager of every write the operator makes.
+    pub fn field_manager(&self) -> &str {
+        &self.field_manager
+    }
+
+    /// The children of `owner` (see [`Children`]); pruning covers the controller's owned kinds.
+    pub fn children<K>(&self, owner: &K) -> Result<Children, ChildError>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        Children::new(
+            self.client.clone(),
+            &self.field_manager,
+            &self.application,
+            owner,
+            self.owned_kinds.clone(),
+        )
+    }
+
+    /// Writes `status` to the object's status subresource with server-side apply — only when
+    /// it differs from the status the object already has. Returns whether it wrote.
+    pub async fn patch_status<K, S>(&self, object: &K, status: &S) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+        S: Serialize,
+    {
+        let desired = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+        let current = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+        if current.get("status") == Some(&desired) {
+            return Ok(false);
+        }
+        let api =
+            Api::<K>::namespaced(self.client.clone(), &object.namespace().unwrap_or_default());
+        let patch =
+            json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": desired });
+        api.patch_status(
+            &object.name_any(),
+            &PatchParams::apply(&self.field_manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Publishes an event about `object` (events.k8s.io, aggregated into series).
+    pub async fn publish<K>(
+        &self,
+        object: &K,
+        event_type: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: event_type,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(%error, reason, "failed to publish event");
+        }
+    }
+}
+
+type OwnRegistration<K> = Box<
+    dyn FnOnce(controller::Controller<K>, &Client, Option<&str>) -> controller::Controller<K>
+        + Send,
+>;
+
+/// One controller: a [`Reconciler`] and the child kinds it owns.
+pub struct Controller<R: Reconciler> {
+    name: String,
+    reconciler: R,
+    owns: Vec<OwnRegistration<R::Resource>>,
+    owned_kinds: Vec<ApiResource>,
+    finalizer: Option<String>,
+    backoff: BackoffPolicy,
+    event_dedup_window: Duration,
+}
+
+impl<R: Reconciler> Controller<R> {
+    /// A controller named `name` (the `controller` label of its metrics).
+    pub fn new(name: &str, reconciler: R) -> Self {
+        Self {
+            name: name.to_owned(),
+            reconciler,
+            owns: Vec::new(),
+            owned_kinds: Vec::new(),
+            finalizer: None,
+            backoff: BackoffPolicy::default(),
+            event_dedup_window: Duration::from_secs(300),
+        }
+    }
+
+    /// Declares a child kind: changes to children of this kind trigger a reconcile of their
+    /// owner, and [`Children::prune`] deletes children of this kind that are no longer desired.
+    pub fn owns<C>(mut self) -> Self
+    where
+        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.owned_kinds.push(ApiResource::erase::<C>(&()));
+        self.owns.push(Box::new(|controller, client, namespace| {
+            let api = match namespace {
+                Some(namespace) => Api::<C>::namespaced(client.clone(), namespace),
+                None => Api::<C>::all(client.clone()),
+            };
+            controller.owns(api, watcher::Config::default().any_semantic())
+        }));
+        self
+    }
+
+    /// Manages a finalizer of this name on every object, so that [`Reconciler::cleanup`] runs
+    /// before the object is deleted (built on kube-runtime's finalizer helper).
+    pub fn finalizer(mut self, name: &str) -> Self {
+        self.finalizer = Some(name.to_owned());
+        self
+    }
+
+    /// Sets the retry backoff of failed reconciles.
+    pub fn backoff(mut self, policy: BackoffPolicy) -> Self {
+        self.backoff = policy;
+        self
+    }
+
+    fn into_task(self, environment: Environment) -> BoxFuture<'static, ()> {
+        let Environment {
+            client,
+            args,
+            operator_name,
+            metrics,
+            health_ready,
+            leading,
+            shutdown,
+        } = environment;
+        let namespace = args.watch_namespace.clone();
+        let api = match &namespace {
+            Some(namespace) => Api::<R::Resource>::namespaced(client.clone(), namespace),
+            None => Api::<R::Resource>::all(client.clone()),
+        };
+        let mut runtime_controller =
+            controller::Controller::new(api, watcher::Config::default().any_semantic())
+                .with_config(controller::Config::default().concurrency(args.concurrency));
+        for registration in self.owns {
+            runtime_controller = registration(runtime_controller, &client, namespace.as_deref());
+        }
+        let store = runtime_controller.store();
+        let reporter = Reporter {
+            controller: operator_name.clone(),
+            instance: args.identity.clone(),
+        };
+        metrics.register(&self.name, args.concurrency);
+        let shared = Arc::new(Shared {
+            name: self.name,
+            reconciler: self.reconciler,
+            context: Context {
+                recorder: Recorder::new(client.clone(), reporter),
+                client,
+                field_manager: operator_name.clone(),
+                application: operator_name,
+                owned_kinds: self.owned_kinds,
+            },
+            finalizer: self.finalizer,
+            backoff: self.backoff,
+            failures: FailureCounts::default(),
+            metrics,
+            leading: leading.clone(),
+            published: Mutex::new(HashMap::new()),
+            event_dedup_window: self.event_dedup_window,
+        });
+        let became_leader = futures::stream::unfold(leading, |mut leading| async move {
+            loop {
+                leading.changed().await.ok()?;
+                if *leading.borrow_and_update() {
+                    return Some(((), leading));
+                }
+            }
+        });
+        let mut shutdown_signal = shutdown.clone();
+        let stream = runtime_controller
+            .reconcile_all_on(became_leader)
+            .graceful_shutdown_on(async move {
+                let _ = shutdown_signal.wait_for(|stop| *stop).await;
+            })
+            .run(reconcile::<R>, error_policy::<R>, shared.clone());
+        Box::pin(async move {
+            let ready = async move {
+                if store.wait_until_ready().await.is_ok() {
+                    health_ready.send_modify(|count| *count += 1);
+                }
+            };
+            let drive = stream.for_each(|result| {
+                if let Err(error) = result {
+                    match error {
+                        controller::Error::ReconcilerFailed(..) => {}
+                        error => {
+                            warn!(controller = %shared.name, %error, "controller stream error")
+                        }
+                    }
+                }
+                std::future::ready(())
+            });
+            futures::join!(ready, drive);
+        })
+    }
+}
+
+/// The part of the operator every controller task gets.
+struct Environment {
+    client: Client,
+    args: OperatorArgs,
+    operator_name: String,
+    metrics: Arc<Metrics>,
+    health_ready: Arc<watch::Sender<usize>>,
+    leading: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// State shared by the reconciles of one controller.
+struct Shared<R: Reconciler> {
+    name: String,
+    reconciler: R,
+    context: Context,
+    finalizer: Option<String>,
+    backoff: BackoffPolicy,
+    failures: FailureCounts<ObjectRef<R::Resource>>,
+    metrics: Arc<Metrics>,
+    leading: watch::Receiver<bool>,
+    published: Mutex<HashMap<(ObjectRef<R::Resource>, String), Instant>>,
+    event_dedup_window: Duration,
+}
+
+impl<R: Reconciler> Shared<R> {
+    /// Whether this failure was already published as an event within the dedup window.
+    fn already_published(&self, key: ObjectRef<R::Resource>, message: &str) -> bool
+    where
+        ObjectRef<R::Resource>: Hash + Eq,
+    {
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        published.retain(|_, at| now.duration_since(*at) < self.event_dedup_window);
+        published.insert((key, message.to_owned()), now).is_some()
+    }
+}
+
+fn reconcile<R: Reconciler>(
+    object: Arc<R::Resource>,
+    shared: Arc<Shared<R>>,
+) -> Pin<Box<dyn Future<Output = Result<Action, RuntimeError<R::Error>>> + Send>> {
+    Box::pin(async move {
+        // A standby keeps its caches warm but leaves the cluster alone; it reconciles every
+        // object once it becomes the leader (see `reconcile_all_on` above).
+        if !*shared.leading.borrow() {
+            return Ok(Action::await_change());
+        }
+        let key = ObjectRef::from_obj(&*object);
+        let span = info_span!("reconcile", controller = %shared.name, object = %key);
+        async {
+            shared.metrics.reconcile_started(&shared.name);
+            let started = Instant::now();
+            let result = match &shared.finalizer {
+                None => shared
+                    .reconciler
+                    .reconcile(object.clone(), &shared.context)
+                    .await
+                    .map_err(RuntimeError::Reconcile),
+                Some(name) => {
+                    let api = Api::<R::Resource>::namespaced(
+                        shared.context.client.clone(),
+                        &object.namespace().unwrap_or_default(),
+                    );
+                    finalizer(&api, name, object.clone(), |event| async {
+                        match event {
+                            finalizer::Event::Apply(object) => {
+                                shared.reconciler.reconcile(object, &shared.context).await
+                            }
+                            finalizer::Event::Cleanup(object) => {
+                                shared.reconciler.cleanup(object, &shared.context).await
+                            }
+                        }
+                    })
+                    .await
+                    .map_err(|error| RuntimeError::Finalizer(Box::new(error)))
+                }
+            };
+            let outcome = match &result {
+                Ok(action) if action == &Action::await_change() => ReconcileResult::Success,
+                Ok(_) => ReconcileResult::RequeueAfter,
+                Err(_) => ReconcileResult::Error,
+            };
+            shared
+                .metrics
+                .reconcile_finished(&shared.name, outcome, started.elapsed());
+            match &result {
+                Ok(_) => shared.failures.record_success(&key),
+                Err(error) => {
+                    let message = error.to_string();
+                    warn!(reason = error.reason(), error = %message, "reconcile failed");
+                    if !shared.already_published(key.clone(), &message) {
+                        let reason = error.reason().to_owned();
+                        shared
+                            .context
+                            .publish(&*object, EventType::Warning, &reason, "Reconcile", message)
+                            .await;
+                    }
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    })
+}
+
+fn error_policy<R: Reconciler>(
+    object: Arc<R::Resource>,
+    error: &RuntimeError<R::Error>,
+    shared: Arc<Shared<R>>,
+) -> Action {
+    let failures = shared
+        .failures
+        .record_failure(ObjectRef::from_obj(&*object));
+    shared
+        .metrics
+        .set_queue_depth(&shared.name, shared.failures.failing());
+    match error.class() {
+        ErrorClass::WaitForChange => Action::await_change(),
+        ErrorClass::Transient => Action::requeue(shared.backoff.delay(failures)),
+    }
+}
+
+/// Stops a running [`Operator`] as SIGTERM would.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Asks the operator to shut down gracefully.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+type Task = Box<dyn FnOnce(Environment) -> BoxFuture<'static, ()> + Send>;
+
+/// An operator process: its controllers, leader election, admin server and shutdown.
+pub struct Operator {
+    name: String,
+    client: Client,
+    args: OperatorArgs,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Arc<watch::Sender<bool>>,
+    tasks: Vec<Task>,
+}
+
+impl Operator {
+    /// An operator named `name`: its field manager, event reporter and default Lease name.
+    pub fn new(name: &str, client: Client, args: OperatorArgs) -> Self {
+        Self {
+            name: name.to_owned(),
+            client,
+            args,
+            metrics: Arc::default(),
+            health: Arc::default(),
+            shutdown: Arc::new(watch::channel(false).0),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Adds a controller.
+    pub fn add<R: Reconciler>(mut self, controller: Controller<R>) -> Self {
+        self.tasks.push(Box::new(move |environment| {
+            controller.into_task(environment)
+        }));
+        self
+    }
+
+    /// The operator's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// A handle that shuts the operator down gracefully, for embedding and tests.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Runs until SIGTERM, SIGINT or [`ShutdownHandle::shutdown`], or until leadership is lost.
+    pub async fn run(self) -> Result<(), OperatorError> {
+        let Self {
+            name,
+            client,
+            args,
+            metrics,
+            health,
+            shutdown,
+            tasks,
+        } = self;
+        let admin = AdminServer::bind(args.admin_address, metrics.clone(), health.clone()).await?;
+        if let Some(address) = admin.local_address() {
+            info!(%address, "admin server listening");
+        }
+        tokio::spawn(admin.serve(shutdown.subscribe()));
+        tokio::spawn(shutdown_on_signal(shutdown.clone()));
+
+        let leader_config = args.leader_election_config(&name);
+        let (leading, leading_receiver) = watch::channel(leader_config.is_none());
+        let leader_task = leader_config.map(|config| {
+            let lease = config.lease_name.clone();
+            let metrics = metrics.clone();
+            let mut observed = leading_receiver.clone();
+            tokio::spawn(async move {
+                loop {
+                    metrics.set_leader(&lease, *observed.borrow_and_update());
+                    if observed.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let (client, stop) = (client.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let result = leader::run(client, config, leading, stop.subscribe()).await;
+                if let Err(error) = &result {
+                    error!(%error, "stopping: leadership lost");
+                    stop.send_replace(true);
+                }
+                result
+            })
+        });
+
+        let controller_count = tasks.len();
+        let health_ready = Arc::new(watch::channel(0_usize).0);
+        let mut ready_count = health_ready.subscribe();
+        let ready_health = health.clone();
+        tokio::spawn(async move {
+            if ready_count
+                .wait_for(|count| *count >= controller_count)
+                .await
+                .is_ok()
+            {
+                ready_health.set_ready();
+            }
+        });
+        let controllers = join_all(tasks.into_iter().map(|task| {
+            task(Environment {
+                client: client.clone(),
+                args: args.clone(),
+                operator_name: name.clone(),
+                metrics: metrics.clone(),
+                health_ready: health_ready.clone(),
+                leading: leading_receiver.clone(),
+                shutdown: shutdown.subscribe(),
+            })
+        }));
+        // Once shutdown starts, running reconciles get the grace period to finish.
+        let mut stopping = shutdown.subscribe();
+        let grace = args.shutdown_grace();
+        tokio::select! {
+            _ = controllers => info!("controllers stopped"),
+            _ = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                tokio::time::sleep(grace).await;
+            } => warn!(?grace, "shutdown grace period over; abandoning running reconciles"),
+        }
+        shutdown.send_replace(true);
+        if let Some(task) = leader_task {
+            match task.await {
+                Ok(Err(error)) => return Err(error.into()),
+                Ok(Ok(())) => {}
+                Err(join_error) => warn!(%join_error, "leader election task failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn shutdown_on_signal(shutdown: Arc<watch::Sender<bool>>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("received SIGINT; shutting down"),
+        _ = terminate => info!("received SIGTERM; shutting down"),
+    }
+    shutdown.send_replace(true);
+}
