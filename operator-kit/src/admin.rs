@@ -130,6 +130,11 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((lease.to_owned(), leading));
     }
 
+    /// Whether this replica currently leads (`None` without leader election).
+    pub fn is_leader(&self) -> Option<bool> {
+        self.leader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(_, leading)| *leading)
+    }
+
     /// The count of finished reconciles of a controller with the given result.
     pub fn reconcile_count(&self, controller: &str, result: ReconcileResult) -> u64 {
         self.with(controller, |metrics| {

@@ -48,6 +48,18 @@ pub struct OperatorArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
+    /// Seconds a Lease stays valid after its last renewal.
+    #[arg(long, env = "OPERATOR_LEASE_DURATION_SECONDS", default_value_t = 15.0)]
+    pub lease_duration_seconds: f64,
+
+    /// Seconds the leader keeps trying to renew before it gives up leadership.
+    #[arg(long, env = "OPERATOR_RENEW_DEADLINE_SECONDS", default_value_t = 10.0)]
+    pub renew_deadline_seconds: f64,
+
+    /// Seconds between renewals, and between attempts to acquire.
+    #[arg(long, env = "OPERATOR_RETRY_PERIOD_SECONDS", default_value_t = 2.0)]
+    pub retry_period_seconds: f64,
+
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "OPERATOR_ADMIN_ADDRESS", default_value = "127.0.0.1:8080")]
     pub admin_address: SocketAddr,
@@ -76,6 +88,9 @@ impl OperatorArgs {
             lease_name: None,
             lease_namespace: None,
             identity: None,
+            lease_duration_seconds: 15.0,
+            renew_deadline_seconds: 10.0,
+            retry_period_seconds: 2.0,
             admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -97,11 +112,17 @@ impl OperatorArgs {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
             format!("{host}-{}", std::process::id())
         });
-        Some(LeaderElectionConfig::new(
-            self.lease_name.as_deref().unwrap_or(operator_name),
-            self.lease_namespace.as_deref().unwrap_or("default"),
-            &identity,
-        ))
+        let seconds = |value: f64| Duration::try_from_secs_f64(value).unwrap_or_default();
+        Some(LeaderElectionConfig {
+            lease_duration: seconds(self.lease_duration_seconds),
+            renew_deadline: seconds(self.renew_deadline_seconds),
+            retry_period: seconds(self.retry_period_seconds),
+            ..LeaderElectionConfig::new(
+                self.lease_name.as_deref().unwrap_or(operator_name),
+                self.lease_namespace.as_deref().unwrap_or("default"),
+                &identity,
+            )
+        })
     }
 
     /// Installs the global `tracing` subscriber in the chosen format and level. Call once, at

@@ -1,0 +1,130 @@
+//! The worked example of operator-kit: a `Website` is a page of HTML served by nginx.
+//!
+//! The operator turns each `Website` into a ConfigMap holding the page, a Deployment serving
+//! it and, when `expose` is set, a Service. The pipeline is validate → build → apply → status:
+//! `build` is a pure function of the spec, so it is unit-tested without a cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, ResourceExt};
+use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
+use operator_kit::{Action, Context, ReconcileError, Reconciler};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// The desired state of a Website.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[kube(group = "examples.operator-kit.io", version = "v1alpha1", kind = "Website", namespaced)]
+#[kube(status = "WebsiteStatus", shortname = "web", category = "examples")]
+#[kube(printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
+#[serde(rename_all = "camelCase")]
+pub struct WebsiteSpec {
+    /// The HTML page to serve.
+    pub html: String,
+    /// How many nginx pods serve the page.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 10))]
+    pub replicas: i32,
+    /// Whether to create a Service in front of the pods.
+    #[serde(default)]
+    pub expose: bool,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// What the operator observed.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebsiteStatus {
+    /// Pods that serve the page.
+    pub ready_replicas: i32,
+    /// `Ready` is true once every replica serves the page.
+    pub conditions: Vec<Condition>,
+}
+
+/// Errors of the Website controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Applying a child object failed.
+    #[error(transparent)]
+    Child(#[from] operator_kit::ChildError),
+    /// Writing the status failed.
+    #[error("failed to patch status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl ReconcileError for Error {}
+
+/// The desired children of a Website: pure, no API calls.
+pub fn build(site: &Website, labels: &BTreeMap<String, String>) -> (ConfigMap, Deployment, Option<Service>) {
+    let name = site.name_any();
+    let page = serde_json::from_value(json!({
+        "metadata": { "name": format!("{name}-html") },
+        "data": { "index.html": site.spec.html },
+    }));
+    let deployment = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": site.spec.replicas,
+            "selector": { "matchLabels": labels },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": {
+                    "containers": [{ "name": "nginx", "image": "nginx:1.27",
+                        "ports": [{ "containerPort": 80 }],
+                        "volumeMounts": [{ "name": "html", "mountPath": "/usr/share/nginx/html" }] }],
+                    "volumes": [{ "name": "html", "configMap": { "name": format!("{name}-html") } }],
+                },
+            },
+        },
+    }));
+    let service = site.spec.expose.then(|| {
+        serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": { "selector": labels, "ports": [{ "port": 80 }] },
+        }))
+    });
+    // The JSON above is fixed in shape, so it always deserializes.
+    (page.unwrap_or_default(), deployment.unwrap_or_default(), service.map(Result::unwrap_or_default))
+}
+
+/// The Website reconciler.
+pub struct WebsiteReconciler;
+
+impl Reconciler for WebsiteReconciler {
+    type Resource = Website;
+    type Error = Error;
+
+    async fn reconcile(&self, site: Arc<Website>, context: &Context) -> Result<Action, Error> {
+        let mut children = context.children(&*site)?;
+        let (page, deployment, service) = build(&site, children.labels());
+        children.apply(page).await?;
+        let (deployment, _) = children.apply(deployment).await?;
+        if let Some(service) = service {
+            children.apply(service).await?;
+        }
+        children.prune().await?;
+
+        let ready_replicas = deployment.status.and_then(|status| status.ready_replicas).unwrap_or(0);
+        let mut status = site.status.clone().unwrap_or_default();
+        status.ready_replicas = ready_replicas;
+        let ready = ready_replicas == site.spec.replicas;
+        let message = format!("{ready_replicas} of {} replicas ready", site.spec.replicas);
+        let update = if ready {
+            ConditionUpdate::holds(READY, "Available", message)
+        } else {
+            ConditionUpdate::fails(READY, "Progressing", message)
+        };
+        set_condition(&mut status.conditions, update.observed(site.metadata.generation));
+        context.patch_status(&*site, &status).await.map_err(Error::Status)?;
+        Ok(Action::await_change())
+    }
+}
