@@ -13,10 +13,14 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
-# True when "$1 $2" prints a line containing $3.
+# True when "$1 $2" prints $3. The output is captured whole: with pipefail, `| grep -q`
+# would fail whenever grep's early exit kills the binary with SIGPIPE.
 reports_version() {
-  local binary=$1 flag=$2 expected=$3
-  [ -x "$binary" ] && "$binary" $flag 2>/dev/null | grep -qF -- "$expected"
+  local binary=$1 flag=$2 expected=$3 output
+  [ -x "$binary" ] || return 1
+  # shellcheck disable=SC2086 # $flag may hold a subcommand and a flag
+  output=$("$binary" $flag 2>/dev/null) || return 1
+  [[ $output == *"$expected"* ]]
 }
 
 # Makes tools/k8s replace every staging module of k8s.io/kubernetes with its published

@@ -27,9 +27,13 @@ stop_cluster() { if $started_cluster; then hack/cluster.sh down; fi; }
 trap stop_cluster EXIT
 eval "$(hack/cluster.sh env)"
 
-step "checking formatting and lints"
+step "checking formatting, lints and docs"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# The library selects no Kubernetes version; check it against the oldest one k8s-openapi
+# supports too, and its docs with missing_docs denied.
+cargo check --locked -p operator-kit --lib --all-features --features k8s-openapi/earliest
+RUSTDOCFLAGS="-D warnings" K8S_OPENAPI_ENABLED_VERSION=1.37 cargo doc --locked --no-deps -p operator-kit --all-features
 step "running unit and integration tests"
 cargo test --workspace --all-features --locked --no-fail-fast
 step "all tests passed"

@@ -132,7 +132,11 @@ impl Metrics {
 
     /// Whether this replica currently leads (`None` without leader election).
     pub fn is_leader(&self) -> Option<bool> {
-        self.leader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(_, leading)| *leading)
+        self.leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|(_, leading)| *leading)
     }
 
     /// The count of finished reconciles of a controller with the given result.

@@ -67,8 +67,8 @@ pub enum ChildError {
         kind: String,
         /// The child's name (empty for a list).
         name: String,
-        /// The API error.
-        source: kube::Error,
+        /// The API error (boxed: it is large and errors travel through every `?`).
+        source: Box<kube::Error>,
     },
 }
 
@@ -203,7 +203,7 @@ impl Children {
             verb,
             kind: kind.clone(),
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         let live = api
             .get_opt(&name)
@@ -242,7 +242,7 @@ impl Children {
                 verb: "list",
                 kind: resource.kind.clone(),
                 name: String::new(),
-                source,
+                source: Box::new(source),
             };
             let list = api
                 .list_metadata(&ListParams::default().labels(&selector))
@@ -272,7 +272,7 @@ impl Children {
                             verb: "delete",
                             kind: resource.kind.clone(),
                             name,
-                            source,
+                            source: Box::new(source),
                         });
                     }
                 }

@@ -393,6 +393,13 @@ struct Environment {
     shutdown: watch::Receiver<bool>,
 }
 
+/// An object and the message of a Warning event published about it.
+type PublishedKey<R> = (ObjectRef<<R as Reconciler>::Resource>, String);
+
+/// The future of one wrapped reconcile.
+type ReconcileFuture<R> =
+    Pin<Box<dyn Future<Output = Result<Action, RuntimeError<<R as Reconciler>::Error>>> + Send>>;
+
 /// State shared by the reconciles of one controller.
 struct Shared<R: Reconciler> {
     name: String,
@@ -403,7 +410,7 @@ struct Shared<R: Reconciler> {
     failures: FailureCounts<ObjectRef<R::Resource>>,
     metrics: Arc<Metrics>,
     leading: watch::Receiver<bool>,
-    published: Mutex<HashMap<(ObjectRef<R::Resource>, String), Instant>>,
+    published: Mutex<HashMap<PublishedKey<R>, Instant>>,
     event_dedup_window: Duration,
 }
 
@@ -426,7 +433,7 @@ impl<R: Reconciler> Shared<R> {
 fn reconcile<R: Reconciler>(
     object: Arc<R::Resource>,
     shared: Arc<Shared<R>>,
-) -> Pin<Box<dyn Future<Output = Result<Action, RuntimeError<R::Error>>> + Send>> {
+) -> ReconcileFuture<R> {
     Box::pin(async move {
         // A standby keeps its caches warm but leaves the cluster alone; it reconciles every
         // object once it becomes the leader (see `reconcile_all_on` above).
@@ -548,7 +555,7 @@ impl Operator {
     }
 
     /// Adds a controller.
-    pub fn add<R: Reconciler>(mut self, controller: Controller<R>) -> Self {
+    pub fn with_controller<R: Reconciler>(mut self, controller: Controller<R>) -> Self {
         self.tasks.push(Box::new(move |environment| {
             controller.into_task(environment)
         }));

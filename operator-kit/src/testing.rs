@@ -281,17 +281,26 @@ pub struct RequestCounter {
 impl RequestCounter {
     /// Requests sent so far with the given method (`GET`, `PATCH`, …).
     pub fn count(&self, method: &str) -> usize {
-        self.counts.lock().map(|counts| counts.get(method).copied().unwrap_or_default()).unwrap_or_default()
+        self.counts
+            .lock()
+            .map(|counts| counts.get(method).copied().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Requests that can change state: `POST`, `PUT`, `PATCH` and `DELETE`.
     pub fn mutating(&self) -> usize {
-        ["POST", "PUT", "PATCH", "DELETE"].iter().map(|method| self.count(method)).sum()
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|method| self.count(method))
+            .sum()
     }
 
     /// All requests sent so far.
     pub fn total(&self) -> usize {
-        self.counts.lock().map(|counts| counts.values().sum()).unwrap_or_default()
+        self.counts
+            .lock()
+            .map(|counts| counts.values().sum())
+            .unwrap_or_default()
     }
 }
 
@@ -299,7 +308,10 @@ impl<S> tower::Layer<S> for RequestCounter {
     type Service = CountedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CountedService { inner, counter: self.clone() }
+        CountedService {
+            inner,
+            counter: self.clone(),
+        }
     }
 }
 
@@ -318,13 +330,18 @@ where
     type Error = S::Error;
     type Future = S::Future;
 
-    fn poll_ready(&mut self, context: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Ok(mut counts) = self.counter.counts.lock() {
-            *counts.entry(request.method().as_str().to_owned()).or_default() += 1;
+            *counts
+                .entry(request.method().as_str().to_owned())
+                .or_default() += 1;
         }
         self.inner.call(request)
     }
@@ -333,7 +350,10 @@ where
 /// A client whose every request is counted by the returned [`RequestCounter`].
 pub fn counting_client(config: Config) -> Result<(Client, RequestCounter), HarnessError> {
     let counter = RequestCounter::default();
-    let client = kube::client::ClientBuilder::try_from(config).map_err(HarnessError::Client)?.with_layer(&counter).build();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(HarnessError::Client)?
+        .with_layer(&counter)
+        .build();
     Ok((client, counter))
 }
 

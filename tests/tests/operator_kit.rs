@@ -19,7 +19,8 @@ use operator_kit::children::{INSTANCE_LABEL, MANAGED_BY_LABEL};
 use operator_kit::conditions::{READY, is_true};
 use operator_kit::testing::{self, TestNamespace};
 use operator_kit::{
-    Action, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError, Reconciler, ShutdownHandle,
+    Action, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError, Reconciler,
+    ShutdownHandle,
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -35,27 +36,45 @@ struct Running {
 }
 
 fn args_for(namespace: &TestNamespace) -> OperatorArgs {
-    OperatorArgs { watch_namespace: Some(namespace.name().to_owned()), ..OperatorArgs::for_tests() }
+    OperatorArgs {
+        watch_namespace: Some(namespace.name().to_owned()),
+        ..OperatorArgs::for_tests()
+    }
 }
 
 fn start<R: Reconciler>(client: Client, args: OperatorArgs, controller: Controller<R>) -> Running {
-    let operator = Operator::new("test-operator", client, args).add(controller);
+    let operator = Operator::new("test-operator", client, args).with_controller(controller);
     let (metrics, shutdown) = (operator.metrics(), operator.shutdown_handle());
-    Running { metrics, shutdown, task: tokio::spawn(operator.run()) }
+    Running {
+        metrics,
+        shutdown,
+        task: tokio::spawn(operator.run()),
+    }
 }
 
 fn website_controller() -> Controller<WebsiteReconciler> {
-    Controller::new("website", WebsiteReconciler).owns::<ConfigMap>().owns::<Deployment>().owns::<Service>()
+    Controller::new("website", WebsiteReconciler)
+        .owns::<ConfigMap>()
+        .owns::<Deployment>()
+        .owns::<Service>()
 }
 
-async fn create_website(namespace: &TestNamespace, name: &str, replicas: i32, expose: bool) -> Result<()> {
+async fn create_website(
+    namespace: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    expose: bool,
+) -> Result<()> {
     testing::install_crd(namespace.client(), &Website::crd(), TIMEOUT).await?;
     let site: Website = serde_json::from_value(json!({
         "apiVersion": "examples.operator-kit.io/v1alpha1", "kind": "Website",
         "metadata": { "name": name },
         "spec": { "html": "<h1>hello</h1>", "replicas": replicas, "expose": expose },
     }))?;
-    namespace.api::<Website>().create(&PostParams::default(), &site).await?;
+    namespace
+        .api::<Website>()
+        .create(&PostParams::default(), &site)
+        .await?;
     Ok(())
 }
 
@@ -63,16 +82,26 @@ async fn wait_ready(namespace: &TestNamespace, name: &str) -> Result<Website> {
     let sites = namespace.api::<Website>();
     Ok(namespace
         .wait_for(&sites, name, "Ready", TIMEOUT, |site: &Website| {
-            site.status.as_ref().is_some_and(|status| is_true(&status.conditions, READY))
-                && site.status.as_ref().map(|status| status.ready_replicas) == Some(site.spec.replicas)
+            site.status
+                .as_ref()
+                .is_some_and(|status| is_true(&status.conditions, READY))
+                && site.status.as_ref().map(|status| status.ready_replicas)
+                    == Some(site.spec.replicas)
         })
         .await?)
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<Duration> {
     let started = Instant::now();
     while !check() {
-        ensure!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        ensure!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(started.elapsed())
@@ -81,25 +110,49 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bo
 #[tokio::test]
 async fn website_becomes_ready_with_owned_and_labelled_children() -> Result<()> {
     let namespace = TestNamespace::create("kit-website-ready").await?;
-    let operator = start(namespace.client().clone(), args_for(&namespace), website_controller());
+    let operator = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        website_controller(),
+    );
     create_website(&namespace, "blog", 2, true).await?;
     let site = wait_ready(&namespace, "blog").await?;
     let uid = site.uid().context("no uid")?;
     let deployment = namespace.api::<Deployment>().get("blog").await?;
     let owner = &deployment.owner_references()[0];
-    ensure!(owner.uid == uid && owner.controller == Some(true) && owner.block_owner_deletion == Some(true));
+    ensure!(
+        owner.uid == uid
+            && owner.controller == Some(true)
+            && owner.block_owner_deletion == Some(true)
+    );
     let labels = deployment.labels();
-    ensure!(labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some("test-operator"), "{labels:?}");
-    ensure!(labels.get(INSTANCE_LABEL).map(String::as_str) == Some("blog"), "{labels:?}");
+    ensure!(
+        labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some("test-operator"),
+        "{labels:?}"
+    );
+    ensure!(
+        labels.get(INSTANCE_LABEL).map(String::as_str) == Some("blog"),
+        "{labels:?}"
+    );
     namespace.api::<Service>().get("blog").await?;
     namespace.api::<ConfigMap>().get("blog-html").await?;
     let ready = &site.status.context("no status")?.conditions[0];
-    ensure!(ready.observed_generation == site.metadata.generation, "{ready:?}");
+    ensure!(
+        ready.observed_generation == site.metadata.generation,
+        "{ready:?}"
+    );
 
     // Deleting the Website garbage-collects every child through the owner references.
-    namespace.api::<Website>().delete("blog", &DeleteParams::default()).await?;
-    namespace.wait_for_deletion(&namespace.api::<Deployment>(), "blog", TIMEOUT).await?;
-    namespace.wait_for_deletion(&namespace.api::<ConfigMap>(), "blog-html", TIMEOUT).await?;
+    namespace
+        .api::<Website>()
+        .delete("blog", &DeleteParams::default())
+        .await?;
+    namespace
+        .wait_for_deletion(&namespace.api::<Deployment>(), "blog", TIMEOUT)
+        .await?;
+    namespace
+        .wait_for_deletion(&namespace.api::<ConfigMap>(), "blog-html", TIMEOUT)
+        .await?;
     operator.shutdown.shutdown();
     operator.task.await??;
     namespace.delete().await?;
@@ -114,7 +167,11 @@ async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
     create_website(&namespace, "docs", 1, true).await?;
     wait_ready(&namespace, "docs").await?;
     // Let the last status write and the watch events it causes settle.
-    let reconciles = || operator.metrics.reconcile_count("website", ReconcileResult::Success);
+    let reconciles = || {
+        operator
+            .metrics
+            .reconcile_count("website", ReconcileResult::Success)
+    };
     let mut settled = reconciles();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -128,13 +185,25 @@ async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
     // Each annotation change is a resync: a full reconcile of a converged object.
     for round in 0..5 {
         let patch = json!({ "metadata": { "annotations": { "test/resync": round.to_string() } } });
-        namespace.api::<Website>().patch("docs", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        namespace
+            .api::<Website>()
+            .patch("docs", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         let target = settled + round + 1;
-        wait_until("the resync reconcile ran", TIMEOUT, || reconciles() >= target).await?;
+        wait_until("the resync reconcile ran", TIMEOUT, || {
+            reconciles() >= target
+        })
+        .await?;
     }
     let writes = requests.mutating() - writes_before;
-    ensure!(writes == 0, "a converged Website caused {writes} mutating requests over 5 resyncs");
-    ensure!(requests.count("GET") > 0, "the counting client saw no reads at all");
+    ensure!(
+        writes == 0,
+        "a converged Website caused {writes} mutating requests over 5 resyncs"
+    );
+    ensure!(
+        requests.count("GET") > 0,
+        "the counting client saw no reads at all"
+    );
     operator.shutdown.shutdown();
     operator.task.await??;
     namespace.delete().await?;
@@ -144,28 +213,61 @@ async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
 #[tokio::test]
 async fn hand_edits_are_reverted_and_disabled_children_pruned() -> Result<()> {
     let namespace = TestNamespace::create("kit-drift").await?;
-    let operator = start(namespace.client().clone(), args_for(&namespace), website_controller());
+    let operator = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        website_controller(),
+    );
     create_website(&namespace, "shop", 1, true).await?;
     wait_ready(&namespace, "shop").await?;
     let deployments = namespace.api::<Deployment>();
-    deployments.patch("shop", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "replicas": 4 } }))).await?;
+    deployments
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "replicas": 4 } })),
+        )
+        .await?;
     namespace
-        .wait_for(&deployments, "shop", "scaled back to 1", TIMEOUT, |deployment: &Deployment| {
-            deployment.spec.replicas == Some(1)
-        })
+        .wait_for(
+            &deployments,
+            "shop",
+            "scaled back to 1",
+            TIMEOUT,
+            |deployment: &Deployment| deployment.spec.replicas == Some(1),
+        )
         .await?;
     let config_maps = namespace.api::<ConfigMap>();
     config_maps
-        .patch("shop-html", &PatchParams::default(), &Patch::Merge(&json!({ "data": { "index.html": "defaced" } })))
+        .patch(
+            "shop-html",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "data": { "index.html": "defaced" } })),
+        )
         .await?;
     namespace
-        .wait_for(&config_maps, "shop-html", "restored", TIMEOUT, |map: &ConfigMap| {
-            map.data.as_ref().and_then(|data| data.get("index.html")).map(String::as_str) == Some("<h1>hello</h1>")
-        })
+        .wait_for(
+            &config_maps,
+            "shop-html",
+            "restored",
+            TIMEOUT,
+            |map: &ConfigMap| {
+                map.data
+                    .as_ref()
+                    .and_then(|data| data.get("index.html"))
+                    .map(String::as_str)
+                    == Some("<h1>hello</h1>")
+            },
+        )
         .await?;
     let expose_off = json!({ "spec": { "expose": false } });
-    namespace.api::<Website>().patch("shop", &PatchParams::default(), &Patch::Merge(&expose_off)).await?;
-    namespace.wait_for_deletion(&namespace.api::<Service>(), "shop", TIMEOUT).await?;
+    namespace
+        .api::<Website>()
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&expose_off))
+        .await?;
+    namespace
+        .wait_for_deletion(&namespace.api::<Service>(), "shop", TIMEOUT)
+        .await?;
     operator.shutdown.shutdown();
     operator.task.await??;
     namespace.delete().await?;
@@ -209,7 +311,11 @@ impl ReconcileError for ScriptedError {
 impl Scripted {
     fn attempts_of(&self, name: &str) -> Vec<Instant> {
         let attempts = self.attempts.lock().expect("attempts lock");
-        attempts.iter().filter(|(object, _)| object == name).map(|(_, at)| *at).collect()
+        attempts
+            .iter()
+            .filter(|(object, _)| object == name)
+            .map(|(_, at)| *at)
+            .collect()
     }
 }
 
@@ -217,15 +323,26 @@ impl Reconciler for Scripted {
     type Resource = ConfigMap;
     type Error = ScriptedError;
 
-    async fn reconcile(&self, map: Arc<ConfigMap>, _context: &Context) -> Result<Action, ScriptedError> {
+    async fn reconcile(
+        &self,
+        map: Arc<ConfigMap>,
+        _context: &Context,
+    ) -> Result<Action, ScriptedError> {
         let name = map.name_any();
         let attempt = {
             let mut attempts = self.attempts.lock().expect("attempts lock");
             attempts.push((name.clone(), Instant::now()));
-            attempts.iter().filter(|(object, _)| *object == name).count()
+            attempts
+                .iter()
+                .filter(|(object, _)| *object == name)
+                .count()
         };
         let data = map.data.clone().unwrap_or_default();
-        let setting = |key: &str| data.get(key).and_then(|value| value.parse::<usize>().ok()).unwrap_or(0);
+        let setting = |key: &str| {
+            data.get(key)
+                .and_then(|value| value.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
         if data.get("valid").is_some_and(|valid| valid != "true") {
             return Err(ScriptedError::Invalid);
         }
@@ -240,15 +357,27 @@ impl Reconciler for Scripted {
         Ok(Action::await_change())
     }
 
-    async fn cleanup(&self, _map: Arc<ConfigMap>, _context: &Context) -> Result<Action, ScriptedError> {
+    async fn cleanup(
+        &self,
+        _map: Arc<ConfigMap>,
+        _context: &Context,
+    ) -> Result<Action, ScriptedError> {
         self.cleaned_up.fetch_add(1, Ordering::SeqCst);
         Ok(Action::await_change())
     }
 }
 
-async fn create_config_map(namespace: &TestNamespace, name: &str, data: serde_json::Value) -> Result<()> {
-    let map: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": name }, "data": data }))?;
-    namespace.api::<ConfigMap>().create(&PostParams::default(), &map).await?;
+async fn create_config_map(
+    namespace: &TestNamespace,
+    name: &str,
+    data: serde_json::Value,
+) -> Result<()> {
+    let map: ConfigMap =
+        serde_json::from_value(json!({ "metadata": { "name": name }, "data": data }))?;
+    namespace
+        .api::<ConfigMap>()
+        .create(&PostParams::default(), &map)
+        .await?;
     Ok(())
 }
 
@@ -256,11 +385,17 @@ async fn create_config_map(namespace: &TestNamespace, name: &str, data: serde_js
 async fn failures_back_off_exponentially_reset_on_success_and_publish_one_event() -> Result<()> {
     let namespace = TestNamespace::create("kit-backoff").await?;
     let scripted = Scripted::default();
-    let policy = BackoffPolicy { initial: Duration::from_millis(200), max: Duration::from_secs(30) };
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+    };
     let controller = Controller::new("scripted", scripted.clone()).backoff(policy);
     let operator = start(namespace.client().clone(), args_for(&namespace), controller);
     create_config_map(&namespace, "flaky", json!({ "fail-first": "5" })).await?;
-    wait_until("six attempts", TIMEOUT, || scripted.attempts_of("flaky").len() >= 6).await?;
+    wait_until("six attempts", TIMEOUT, || {
+        scripted.attempts_of("flaky").len() >= 6
+    })
+    .await?;
     let attempts = scripted.attempts_of("flaky");
     let gaps: Vec<Duration> = attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
     eprintln!("measured retry gaps: {gaps:?}");
@@ -272,15 +407,27 @@ async fn failures_back_off_exponentially_reset_on_success_and_publish_one_event(
             index + 1
         );
     }
-    ensure!(scripted.finished.load(Ordering::SeqCst) >= 1, "the sixth attempt did not succeed");
+    ensure!(
+        scripted.finished.load(Ordering::SeqCst) >= 1,
+        "the sixth attempt did not succeed"
+    );
 
     // The same failure, five times: one Warning event, not five.
     let events = namespace.api::<Event>();
     let selector = ListParams::default().fields("involvedObject.name=flaky,reason=ScriptedFailure");
     let warnings = events.list(&selector).await?.items;
     ensure!(!warnings.is_empty(), "no Warning event for the failures");
-    ensure!(warnings.iter().all(|event| event.type_.as_deref() == Some("Warning")), "{warnings:?}");
-    ensure!(warnings.len() == 1, "identical failures produced {} events: {warnings:?}", warnings.len());
+    ensure!(
+        warnings
+            .iter()
+            .all(|event| event.type_.as_deref() == Some("Warning")),
+        "{warnings:?}"
+    );
+    ensure!(
+        warnings.len() == 1,
+        "identical failures produced {} events: {warnings:?}",
+        warnings.len()
+    );
     operator.shutdown.shutdown();
     operator.task.await??;
     namespace.delete().await?;
@@ -291,18 +438,41 @@ async fn failures_back_off_exponentially_reset_on_success_and_publish_one_event(
 async fn an_invalid_spec_waits_for_a_change_instead_of_retrying() -> Result<()> {
     let namespace = TestNamespace::create("kit-wait-for-change").await?;
     let scripted = Scripted::default();
-    let operator = start(namespace.client().clone(), args_for(&namespace), Controller::new("scripted", scripted.clone()));
+    let operator = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        Controller::new("scripted", scripted.clone()),
+    );
     create_config_map(&namespace, "invalid", json!({ "valid": "no" })).await?;
-    wait_until("the first attempt", TIMEOUT, || !scripted.attempts_of("invalid").is_empty()).await?;
+    wait_until("the first attempt", TIMEOUT, || {
+        !scripted.attempts_of("invalid").is_empty()
+    })
+    .await?;
     // Proving an absence takes a window: with the default backoff a retry would come after
     // 250 ms, 500 ms and 1 s, so three seconds show whether the runtime retries.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    ensure!(scripted.attempts_of("invalid").len() == 1, "an invalid spec was retried");
-    let events = namespace.api::<Event>().list(&ListParams::default().fields("reason=InvalidSpec")).await?;
-    ensure!(events.items.len() == 1, "expected one InvalidSpec event, found {}", events.items.len());
+    ensure!(
+        scripted.attempts_of("invalid").len() == 1,
+        "an invalid spec was retried"
+    );
+    let events = namespace
+        .api::<Event>()
+        .list(&ListParams::default().fields("reason=InvalidSpec"))
+        .await?;
+    ensure!(
+        events.items.len() == 1,
+        "expected one InvalidSpec event, found {}",
+        events.items.len()
+    );
     let fix = json!({ "data": { "valid": "true" } });
-    namespace.api::<ConfigMap>().patch("invalid", &PatchParams::default(), &Patch::Merge(&fix)).await?;
-    wait_until("the fixed object succeeds", TIMEOUT, || scripted.finished.load(Ordering::SeqCst) >= 1).await?;
+    namespace
+        .api::<ConfigMap>()
+        .patch("invalid", &PatchParams::default(), &Patch::Merge(&fix))
+        .await?;
+    wait_until("the fixed object succeeds", TIMEOUT, || {
+        scripted.finished.load(Ordering::SeqCst) >= 1
+    })
+    .await?;
     operator.shutdown.shutdown();
     operator.task.await??;
     namespace.delete().await?;
@@ -313,18 +483,34 @@ async fn an_invalid_spec_waits_for_a_change_instead_of_retrying() -> Result<()> 
 async fn finalizer_runs_cleanup_before_the_object_goes() -> Result<()> {
     let namespace = TestNamespace::create("kit-finalizer").await?;
     let scripted = Scripted::default();
-    let controller = Controller::new("scripted", scripted.clone()).finalizer("operator-kit.io/test-cleanup");
+    let controller =
+        Controller::new("scripted", scripted.clone()).finalizer("operator-kit.io/test-cleanup");
     let operator = start(namespace.client().clone(), args_for(&namespace), controller);
     create_config_map(&namespace, "external", json!({})).await?;
     let config_maps = namespace.api::<ConfigMap>();
     namespace
-        .wait_for(&config_maps, "external", "finalized", TIMEOUT, |map: &ConfigMap| {
-            map.finalizers().iter().any(|finalizer| finalizer == "operator-kit.io/test-cleanup")
-        })
+        .wait_for(
+            &config_maps,
+            "external",
+            "finalized",
+            TIMEOUT,
+            |map: &ConfigMap| {
+                map.finalizers()
+                    .iter()
+                    .any(|finalizer| finalizer == "operator-kit.io/test-cleanup")
+            },
+        )
         .await?;
-    config_maps.delete("external", &DeleteParams::default()).await?;
-    namespace.wait_for_deletion(&config_maps, "external", TIMEOUT).await?;
-    ensure!(scripted.cleaned_up.load(Ordering::SeqCst) >= 1, "cleanup never ran");
+    config_maps
+        .delete("external", &DeleteParams::default())
+        .await?;
+    namespace
+        .wait_for_deletion(&config_maps, "external", TIMEOUT)
+        .await?;
+    ensure!(
+        scripted.cleaned_up.load(Ordering::SeqCst) >= 1,
+        "cleanup never ran"
+    );
     // The controller finalizes every ConfigMap of the namespace (kube-root-ca.crt too), so it
     // must keep running until the namespace is gone.
     namespace.delete().await?;
@@ -337,23 +523,51 @@ async fn finalizer_runs_cleanup_before_the_object_goes() -> Result<()> {
 async fn concurrency_is_bounded_and_shutdown_drains_running_reconciles() -> Result<()> {
     let namespace = TestNamespace::create("kit-concurrency").await?;
     let scripted = Scripted::default();
-    let args = OperatorArgs { concurrency: 2, ..args_for(&namespace) };
+    let args = OperatorArgs {
+        concurrency: 2,
+        ..args_for(&namespace)
+    };
     for index in 0..6 {
-        create_config_map(&namespace, &format!("slow-{index}"), json!({ "sleep-ms": "400" })).await?;
+        create_config_map(
+            &namespace,
+            &format!("slow-{index}"),
+            json!({ "sleep-ms": "400" }),
+        )
+        .await?;
     }
-    let operator = start(namespace.client().clone(), args, Controller::new("scripted", scripted.clone()));
-    wait_until("six slow reconciles", TIMEOUT, || scripted.finished.load(Ordering::SeqCst) >= 6).await?;
+    let operator = start(
+        namespace.client().clone(),
+        args,
+        Controller::new("scripted", scripted.clone()),
+    );
+    wait_until("six slow reconciles", TIMEOUT, || {
+        scripted.finished.load(Ordering::SeqCst) >= 6
+    })
+    .await?;
     let most = scripted.most_running.load(Ordering::SeqCst);
-    ensure!(most == 2, "at most 2 reconciles may run at once, saw {most}");
+    ensure!(
+        most == 2,
+        "at most 2 reconciles may run at once, saw {most}"
+    );
 
     create_config_map(&namespace, "last", json!({ "sleep-ms": "1500" })).await?;
     let before = scripted.finished.load(Ordering::SeqCst);
-    wait_until("the last reconcile started", TIMEOUT, || scripted.running.load(Ordering::SeqCst) == 1).await?;
+    wait_until("the last reconcile started", TIMEOUT, || {
+        scripted.running.load(Ordering::SeqCst) == 1
+    })
+    .await?;
     let started = Instant::now();
     operator.shutdown.shutdown();
     operator.task.await??;
-    ensure!(scripted.finished.load(Ordering::SeqCst) > before, "shutdown abandoned a running reconcile");
-    ensure!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    ensure!(
+        scripted.finished.load(Ordering::SeqCst) > before,
+        "shutdown abandoned a running reconcile"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     namespace.delete().await?;
     Ok(())
 }
@@ -365,7 +579,9 @@ fn free_port() -> Result<SocketAddr> {
 async fn http_get(address: SocketAddr, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
@@ -376,26 +592,46 @@ async fn admin_server_reports_readiness_and_controller_runtime_metrics() -> Resu
     let namespace = TestNamespace::create("kit-admin").await?;
     let scripted = Scripted::default();
     let address = free_port()?;
-    let args = OperatorArgs { admin_address: address, ..args_for(&namespace) };
+    let args = OperatorArgs {
+        admin_address: address,
+        ..args_for(&namespace)
+    };
     create_config_map(&namespace, "observed", json!({})).await?;
-    let operator = start(namespace.client().clone(), args, Controller::new("scripted", scripted.clone()));
-    wait_until("a reconcile", TIMEOUT, || scripted.finished.load(Ordering::SeqCst) >= 1).await?;
+    let operator = start(
+        namespace.client().clone(),
+        args,
+        Controller::new("scripted", scripted.clone()),
+    );
+    wait_until("a reconcile", TIMEOUT, || {
+        scripted.finished.load(Ordering::SeqCst) >= 1
+    })
+    .await?;
     let started = Instant::now();
     loop {
-        if http_get(address, "/readyz").await.is_ok_and(|response| response.starts_with("HTTP/1.1 200")) {
+        if http_get(address, "/readyz")
+            .await
+            .is_ok_and(|response| response.starts_with("HTTP/1.1 200"))
+        {
             break;
         }
         ensure!(started.elapsed() < TIMEOUT, "/readyz never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    ensure!(http_get(address, "/healthz").await?.starts_with("HTTP/1.1 200"));
+    ensure!(
+        http_get(address, "/healthz")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
     let metrics = http_get(address, "/metrics").await?;
     for needle in [
         "controller_runtime_reconcile_total{controller=\"scripted\",result=\"success\"}",
         "controller_runtime_reconcile_time_seconds_count{controller=\"scripted\"}",
         "workqueue_depth{name=\"scripted\"}",
     ] {
-        ensure!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+        ensure!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
     }
     operator.shutdown.shutdown();
     operator.task.await??;
@@ -414,7 +650,10 @@ struct Replica {
 }
 
 fn start_replica(namespace: &TestNamespace, identity: &str) -> Result<Replica> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let scripted = Scripted::default();
     let args = OperatorArgs {
         leader_election: true,
@@ -431,18 +670,26 @@ fn start_replica(namespace: &TestNamespace, identity: &str) -> Result<Replica> {
     let (ready, mut handles) = tokio::sync::oneshot::channel();
     let task = runtime.spawn(async move {
         let client = Client::try_from(config).expect("client from the test config");
-        let operator = Operator::new("test-operator", client, args).add(controller);
+        let operator = Operator::new("test-operator", client, args).with_controller(controller);
         let _ = ready.send((operator.metrics(), operator.shutdown_handle()));
         operator.run().await
     });
     let (metrics, shutdown) = loop {
         match handles.try_recv() {
             Ok(handles) => break handles,
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(5)),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(error) => anyhow::bail!("replica {identity} did not start: {error}"),
         }
     };
-    Ok(Replica { runtime: Some(runtime), metrics, shutdown, scripted, task })
+    Ok(Replica {
+        runtime: Some(runtime),
+        metrics,
+        shutdown,
+        scripted,
+        task,
+    })
 }
 
 impl Replica {
@@ -470,17 +717,29 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
     wait_until("replica-a leads", TIMEOUT, || first.leads()).await?;
     let mut second = start_replica(&namespace, "replica-b")?;
     create_config_map(&namespace, "work", json!({})).await?;
-    wait_until("the leader reconciled", TIMEOUT, || !first.scripted.attempts_of("work").is_empty()).await?;
+    wait_until("the leader reconciled", TIMEOUT, || {
+        !first.scripted.attempts_of("work").is_empty()
+    })
+    .await?;
     // The standby's caches are warm (its store synced) but it must not touch the object.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    ensure!(second.scripted.attempts_of("work").is_empty(), "the standby reconciled");
-    ensure!(second.metrics.is_leader() == Some(false), "the standby claims to lead");
+    ensure!(
+        second.scripted.attempts_of("work").is_empty(),
+        "the standby reconciled"
+    );
+    ensure!(
+        second.metrics.is_leader() == Some(false),
+        "the standby claims to lead"
+    );
 
     // A crash: no release, so the standby must wait for the lease (4 s) to expire.
     first.kill();
     let takeover = wait_until("replica-b leads", TIMEOUT, || second.leads()).await?;
     eprintln!("measured takeover after a crash: {takeover:?} (lease duration 4 s)");
-    ensure!(takeover <= Duration::from_secs(4) + Duration::from_millis(1500), "takeover took {takeover:?}");
+    ensure!(
+        takeover <= Duration::from_secs(4) + Duration::from_millis(1500),
+        "takeover took {takeover:?}"
+    );
     wait_until("the new leader reconciled every object", TIMEOUT, || {
         !second.scripted.attempts_of("work").is_empty()
     })
@@ -492,12 +751,21 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
     ensure!(!third.leads(), "two leaders at once");
     second.shutdown.shutdown();
     let stopped = Instant::now();
-    wait_until("replica-c leads after the release", TIMEOUT, || third.leads()).await?;
+    wait_until("replica-c leads after the release", TIMEOUT, || {
+        third.leads()
+    })
+    .await?;
     let handover = stopped.elapsed();
     eprintln!("measured handover after a release: {handover:?}");
-    ensure!(handover < Duration::from_secs(3), "handover after a release took {handover:?}");
+    ensure!(
+        handover < Duration::from_secs(3),
+        "handover after a release took {handover:?}"
+    );
     let second_result = (&mut second.task).await?;
-    ensure!(second_result.is_ok(), "replica-b failed to stop: {second_result:?}");
+    ensure!(
+        second_result.is_ok(),
+        "replica-b failed to stop: {second_result:?}"
+    );
     second.kill();
     drop(third);
     namespace.delete().await?;

@@ -19,9 +19,16 @@ use serde_json::json;
 
 /// The desired state of a Website.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[kube(group = "examples.operator-kit.io", version = "v1alpha1", kind = "Website", namespaced)]
+#[kube(
+    group = "examples.operator-kit.io",
+    version = "v1alpha1",
+    kind = "Website",
+    namespaced
+)]
 #[kube(status = "WebsiteStatus", shortname = "web", category = "examples")]
-#[kube(printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[serde(rename_all = "camelCase")]
 pub struct WebsiteSpec {
@@ -64,7 +71,10 @@ pub enum Error {
 impl ReconcileError for Error {}
 
 /// The desired children of a Website: pure, no API calls.
-pub fn build(site: &Website, labels: &BTreeMap<String, String>) -> (ConfigMap, Deployment, Option<Service>) {
+pub fn build(
+    site: &Website,
+    labels: &BTreeMap<String, String>,
+) -> (ConfigMap, Deployment, Option<Service>) {
     let name = site.name_any();
     let page = serde_json::from_value(json!({
         "metadata": { "name": format!("{name}-html") },
@@ -93,7 +103,11 @@ pub fn build(site: &Website, labels: &BTreeMap<String, String>) -> (ConfigMap, D
         }))
     });
     // The JSON above is fixed in shape, so it always deserializes.
-    (page.unwrap_or_default(), deployment.unwrap_or_default(), service.map(Result::unwrap_or_default))
+    (
+        page.unwrap_or_default(),
+        deployment.unwrap_or_default(),
+        service.map(Result::unwrap_or_default),
+    )
 }
 
 /// The Website reconciler.
@@ -113,7 +127,10 @@ impl Reconciler for WebsiteReconciler {
         }
         children.prune().await?;
 
-        let ready_replicas = deployment.status.and_then(|status| status.ready_replicas).unwrap_or(0);
+        let ready_replicas = deployment
+            .status
+            .and_then(|status| status.ready_replicas)
+            .unwrap_or(0);
         let mut status = site.status.clone().unwrap_or_default();
         status.ready_replicas = ready_replicas;
         let ready = ready_replicas == site.spec.replicas;
@@ -123,8 +140,64 @@ impl Reconciler for WebsiteReconciler {
         } else {
             ConditionUpdate::fails(READY, "Progressing", message)
         };
-        set_condition(&mut status.conditions, update.observed(site.metadata.generation));
-        context.patch_status(&*site, &status).await.map_err(Error::Status)?;
+        set_condition(
+            &mut status.conditions,
+            update.observed(site.metadata.generation),
+        );
+        context
+            .patch_status(&*site, &status)
+            .await
+            .map_err(Error::Status)?;
         Ok(Action::await_change())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn site(replicas: i32, expose: bool) -> Website {
+        let mut site = Website::new(
+            "blog",
+            WebsiteSpec {
+                html: "<p>hi</p>".to_owned(),
+                replicas,
+                expose,
+            },
+        );
+        site.metadata.namespace = Some("web".to_owned());
+        site
+    }
+
+    #[test]
+    fn build_serves_the_page_from_a_config_map() {
+        let labels = BTreeMap::from([("app.kubernetes.io/instance".to_owned(), "blog".to_owned())]);
+        let (page, deployment, service) = build(&site(3, false), &labels);
+        assert_eq!(page.metadata.name.as_deref(), Some("blog-html"));
+        assert_eq!(page.data.unwrap()["index.html"], "<p>hi</p>");
+        assert_eq!(deployment.spec.replicas, Some(3));
+        let pod = deployment.spec.template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap()[0].config_map.as_ref().unwrap().name,
+            "blog-html"
+        );
+        assert_eq!(deployment.spec.selector.match_labels, Some(labels));
+        assert!(service.is_none());
+    }
+
+    #[test]
+    fn expose_adds_a_service_selecting_the_pods() {
+        let labels = BTreeMap::from([("app.kubernetes.io/instance".to_owned(), "blog".to_owned())]);
+        let (_, _, service) = build(&site(1, true), &labels);
+        let service = service.expect("a service when exposed");
+        assert_eq!(service.spec.unwrap().selector, Some(labels));
+    }
+
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../crds/website-operator.yaml");
+        operator_kit::crd::check_file(&path, &[Website::crd()]).unwrap();
     }
 }

@@ -30,6 +30,9 @@ async fn main() -> anyhow::Result<()> {
         .owns::<ConfigMap>()
         .owns::<Deployment>()
         .owns::<Service>();
-    Operator::new("website-operator", client, command.operator).add(controller).run().await?;
+    Operator::new("website-operator", client, command.operator)
+        .with_controller(controller)
+        .run()
+        .await?;
     Ok(())
 }
