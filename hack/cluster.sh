@@ -196,8 +196,8 @@ metadata:
     topology.kubernetes.io/zone: ${zones[index % ${#zones[@]}]}
     type: kwok
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "250", ephemeral-storage: 1Ti}
-  capacity: {cpu: "32", memory: 256Gi, pods: "250", ephemeral-storage: 1Ti}
+  allocatable: {cpu: "1000", memory: 4Ti, pods: "2000", ephemeral-storage: 10Ti}
+  capacity: {cpu: "1000", memory: 4Ti, pods: "2000", ephemeral-storage: 10Ti}
   nodeInfo: {architecture: amd64, kubeletVersion: v$KUBERNETES_VERSION, operatingSystem: linux}
 ---
 EOF

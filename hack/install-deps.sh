@@ -6,6 +6,11 @@ needed=()
 command -v openssl >/dev/null || needed+=(openssl)
 command -v curl >/dev/null || needed+=(curl)
 command -v ss >/dev/null || needed+=(iproute2)
+command -v bc >/dev/null || needed+=(bc)
+# Real Redis processes for the data-plane tests of redis-operator.
+command -v redis-server >/dev/null || needed+=(redis-server)
+command -v redis-cli >/dev/null || needed+=(redis-tools)
+command -v redis-sentinel >/dev/null || needed+=(redis-sentinel)
 if [ ${#needed[@]} -gt 0 ]; then
   echo "[install-deps] installing ${needed[*]}" >&2
   sudo_prefix=()

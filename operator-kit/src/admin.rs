@@ -24,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::client::RequestCounter;
+
 /// Upper bounds of the reconcile time histogram, controller-runtime's buckets.
 const TIME_BUCKETS: [f64; 22] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9,
@@ -73,6 +75,7 @@ struct ControllerMetrics {
 pub struct Metrics {
     controllers: Mutex<BTreeMap<String, ControllerMetrics>>,
     leader: Mutex<Option<(String, bool)>>,
+    requests: Mutex<Option<RequestCounter>>,
 }
 
 impl Metrics {
@@ -128,6 +131,14 @@ impl Metrics {
             .leader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((lease.to_owned(), leading));
+    }
+
+    /// Reports the requests counted by `counter` as `rest_client_requests_total{method}`.
+    pub fn count_requests(&self, counter: RequestCounter) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(counter);
     }
 
     /// Whether this replica currently leads (`None` without leader election).
@@ -260,6 +271,23 @@ impl Metrics {
                 "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master.\n# TYPE leader_election_master_status gauge\nleader_election_master_status{{name=\"{lease}\"}} {}",
                 u8::from(leading)
             );
+        }
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(requests) = requests {
+            let _ = writeln!(
+                text,
+                "# HELP rest_client_requests_total Number of HTTP requests, partitioned by method.\n# TYPE rest_client_requests_total counter"
+            );
+            for (method, count) in requests.by_method() {
+                let _ = writeln!(
+                    text,
+                    "rest_client_requests_total{{method=\"{method}\"}} {count}"
+                );
+            }
         }
         text
     }

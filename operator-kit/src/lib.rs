@@ -101,6 +101,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod children;
+pub mod client;
 pub mod conditions;
 pub mod config;
 pub mod crd;

@@ -25,10 +25,11 @@ use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ApiResource, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -234,6 +235,7 @@ impl Context {
     }
 }
 
+/// Adds one watch (an owned kind or a watched kind) to the kube-runtime controller.
 type OwnRegistration<K> = Box<
     dyn FnOnce(controller::Controller<K>, &Client, Option<&str>) -> controller::Controller<K>
         + Send,
@@ -284,6 +286,42 @@ impl<R: Reconciler> Controller<R> {
             };
             controller.owns(api, watcher::Config::default().any_semantic())
         }));
+        self
+    }
+
+    /// Watches the metadata of another kind (its data is never loaded into memory) and
+    /// reconciles the objects `mapper` names when one changes — for example the resources that
+    /// refer to a changed Secret. `mapper` gets the changed object and the controller's cache of
+    /// its own resources.
+    pub fn watches_metadata<C, F>(mut self, mapper: F) -> Self
+    where
+        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        F: Fn(&PartialObjectMeta<C>, &Store<R::Resource>) -> Vec<ObjectRef<R::Resource>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.owns
+            .push(Box::new(move |controller, client, namespace| {
+                let api = match namespace {
+                    Some(namespace) => {
+                        Api::<PartialObjectMeta<C>>::namespaced(client.clone(), namespace)
+                    }
+                    None => Api::<PartialObjectMeta<C>>::all(client.clone()),
+                };
+                let store = controller.store();
+                controller.watches(
+                    api,
+                    watcher::Config::default().any_semantic(),
+                    move |object| mapper(&object, &store),
+                )
+            }));
         self
     }
 
@@ -552,6 +590,19 @@ impl Operator {
             shutdown: Arc::new(watch::channel(false).0),
             tasks: Vec::new(),
         }
+    }
+
+    /// An operator whose client is built from `config` and counts its requests, reported as
+    /// `rest_client_requests_total{method}` on `/metrics`.
+    pub fn from_config(
+        name: &str,
+        config: kube::Config,
+        args: OperatorArgs,
+    ) -> Result<Self, kube::Error> {
+        let (client, counter) = crate::client::counted_client(config)?;
+        let operator = Self::new(name, client, args);
+        operator.metrics.count_requests(counter);
+        Ok(operator)
     }
 
     /// Adds a controller.

@@ -32,7 +32,6 @@ use std::env;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::NamespaceResourceScope;
@@ -42,6 +41,8 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource, ResourceExt};
+
+pub use crate::client::RequestCounter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -271,90 +272,10 @@ pub async fn recent_events(client: &Client, namespace: &str, limit: usize) -> St
     text
 }
 
-/// Counts the requests a client sends, by HTTP method, to prove that code under test makes no
-/// writes (see [`counting_client`]).
-#[derive(Clone, Debug, Default)]
-pub struct RequestCounter {
-    counts: Arc<Mutex<BTreeMap<String, usize>>>,
-}
-
-impl RequestCounter {
-    /// Requests sent so far with the given method (`GET`, `PATCH`, …).
-    pub fn count(&self, method: &str) -> usize {
-        self.counts
-            .lock()
-            .map(|counts| counts.get(method).copied().unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    /// Requests that can change state: `POST`, `PUT`, `PATCH` and `DELETE`.
-    pub fn mutating(&self) -> usize {
-        ["POST", "PUT", "PATCH", "DELETE"]
-            .iter()
-            .map(|method| self.count(method))
-            .sum()
-    }
-
-    /// All requests sent so far.
-    pub fn total(&self) -> usize {
-        self.counts
-            .lock()
-            .map(|counts| counts.values().sum())
-            .unwrap_or_default()
-    }
-}
-
-impl<S> tower::Layer<S> for RequestCounter {
-    type Service = CountedService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CountedService {
-            inner,
-            counter: self.clone(),
-        }
-    }
-}
-
-/// The service of a [`RequestCounter`] layer.
-#[derive(Clone, Debug)]
-pub struct CountedService<S> {
-    inner: S,
-    counter: RequestCounter,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for CountedService<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if let Ok(mut counts) = self.counter.counts.lock() {
-            *counts
-                .entry(request.method().as_str().to_owned())
-                .or_default() += 1;
-        }
-        self.inner.call(request)
-    }
-}
-
-/// A client whose every request is counted by the returned [`RequestCounter`].
+/// A client whose every request is counted by the returned [`RequestCounter`], to prove that
+/// code under test makes no writes.
 pub fn counting_client(config: Config) -> Result<(Client, RequestCounter), HarnessError> {
-    let counter = RequestCounter::default();
-    let client = kube::client::ClientBuilder::try_from(config)
-        .map_err(HarnessError::Client)?
-        .with_layer(&counter)
-        .build();
-    Ok((client, counter))
+    crate::client::counted_client(config).map_err(HarnessError::Client)
 }
 
 /// A namespace of its own for one test, deleted when the test is done.

@@ -25,12 +25,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     command.operator.init_logging();
-    let client = kube::Client::try_default().await?;
+    let config = kube::Config::infer().await?;
     let controller = Controller::new("website", WebsiteReconciler)
         .owns::<ConfigMap>()
         .owns::<Deployment>()
         .owns::<Service>();
-    Operator::new("website-operator", client, command.operator)
+    Operator::from_config("website-operator", config, command.operator)?
         .with_controller(controller)
         .run()
         .await?;

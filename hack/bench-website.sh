@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): N Website objects of the example operator created at once on the
+# local cluster, until all are Ready. Reports the time, the operator's peak RSS, the requests
+# it made, and the mutating requests it made while idle afterwards.
+#   hack/bench-website.sh [count] [idle-seconds]     (defaults: 1000 and 120)
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+# shellcheck source=versions.sh
+source hack/versions.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
+count=${1:-1000}
+idle_seconds=${2:-120}
+namespace=bench-website
+admin=127.0.0.1:18081
+
+hack/cluster.sh up >/dev/null
+eval "$(hack/cluster.sh env)"
+cargo build --locked --release --bin website-operator
+kubectl apply --server-side -f crds/website-operator.yaml >/dev/null
+kubectl wait --for=condition=Established --timeout=60s crd/websites.examples.operator-kit.io >/dev/null
+kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
+kubectl create namespace "$namespace" >/dev/null
+
+log=$(mktemp)
+"$CARGO_TARGET_DIR/release/website-operator" --watch-namespace "$namespace" --admin-address "$admin" \
+  --log-level warn >"$log" 2>&1 &
+operator_pid=$!
+trap 'kill $operator_pid 2>/dev/null || true; kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
+until curl -fs "http://$admin/readyz" >/dev/null; do sleep 0.2; done
+
+metric() { curl -fs "http://$admin/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
+mutating() {
+  local total=0 method value
+  for method in POST PUT PATCH DELETE; do
+    value=$(metric "rest_client_requests_total{method=\"$method\"}")
+    total=$((total + ${value:-0}))
+  done
+  echo "$total"
+}
+all_requests() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^rest_client_requests_total/ {sum += $2} END {print sum + 0}'; }
+
+manifest=$(mktemp)
+for ((index = 0; index < count; index++)); do
+  printf -- '---\napiVersion: examples.operator-kit.io/v1alpha1\nkind: Website\nmetadata: {name: site-%d}\nspec: {html: "<p>%d</p>", replicas: 1}\n' "$index" "$index"
+done >"$manifest"
+
+start=$(date +%s.%N)
+kubectl -n "$namespace" create -f "$manifest" >/dev/null
+created=$(date +%s.%N)
+ready=0
+while [ "$ready" -lt "$count" ]; do
+  sleep 1
+  ready=$(kubectl -n "$namespace" get websites -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+done
+done_at=$(date +%s.%N)
+requests_at_ready=$(all_requests)
+mutating_at_ready=$(mutating)
+sleep "$idle_seconds"
+idle_mutating=$(($(mutating) - mutating_at_ready))
+peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$operator_pid/status")
+
+printf '\nwebsite-operator benchmark: %d Websites (1 replica each)\n' "$count"
+printf '  kubectl create of all objects:   %.1f s\n' "$(echo "$created - $start" | bc)"
+printf '  time to all Ready:               %.1f s\n' "$(echo "$done_at - $start" | bc)"
+printf '  operator peak RSS:               %.1f MiB\n' "$(echo "$peak_rss_kib / 1024" | bc -l)"
+printf '  operator API requests to Ready:  %s (%s mutating)\n' "$requests_at_ready" "$mutating_at_ready"
+printf '  mutating requests in %d s idle:  %s\n' "$idle_seconds" "$idle_mutating"
+curl -fs "http://$admin/metrics" | grep -E '^(rest_client_requests_total|controller_runtime_reconcile_total)' | sed 's/^/  /'

@@ -1,0 +1,105 @@
+//! A client that counts its requests by HTTP method.
+//!
+//! [`Operator::from_config`](crate::Operator::from_config) builds its client this way and
+//! reports the counts as client-go's `rest_client_requests_total{method}`; tests use the same
+//! counter to prove that a converged object costs no mutating request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kube::{Client, Config};
+
+/// Counts the requests a client sends, by HTTP method, for the
+/// `rest_client_requests_total` metric and for tests that prove an operator makes no writes.
+#[derive(Clone, Debug, Default)]
+pub struct RequestCounter {
+    counts: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl RequestCounter {
+    /// Requests sent so far with the given method (`GET`, `PATCH`, …).
+    pub fn count(&self, method: &str) -> usize {
+        self.counts
+            .lock()
+            .map(|counts| counts.get(method).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Requests that can change state: `POST`, `PUT`, `PATCH` and `DELETE`.
+    pub fn mutating(&self) -> usize {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|method| self.count(method))
+            .sum()
+    }
+
+    /// All requests sent so far.
+    pub fn total(&self) -> usize {
+        self.counts
+            .lock()
+            .map(|counts| counts.values().sum())
+            .unwrap_or_default()
+    }
+}
+
+impl<S> tower::Layer<S> for RequestCounter {
+    type Service = CountedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountedService {
+            inner,
+            counter: self.clone(),
+        }
+    }
+}
+
+/// The service of a [`RequestCounter`] layer.
+#[derive(Clone, Debug)]
+pub struct CountedService<S> {
+    inner: S,
+    counter: RequestCounter,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CountedService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Ok(mut counts) = self.counter.counts.lock() {
+            *counts
+                .entry(request.method().as_str().to_owned())
+                .or_default() += 1;
+        }
+        self.inner.call(request)
+    }
+}
+
+/// A client built from `config` whose every request is counted by the returned counter.
+pub fn counted_client(config: Config) -> Result<(Client, RequestCounter), kube::Error> {
+    let counter = RequestCounter::default();
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&counter)
+        .build();
+    Ok((client, counter))
+}
+
+impl RequestCounter {
+    /// The counts by method, sorted by method.
+    pub fn by_method(&self) -> BTreeMap<String, usize> {
+        self.counts
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+}
