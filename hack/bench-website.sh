@@ -50,7 +50,7 @@ kubectl -n "$namespace" create -f "$manifest" >/dev/null
 created=$(date +%s.%N)
 ready=0
 while [ "$ready" -lt "$count" ]; do
-  sleep 1
+  sleep 2
   ready=$(kubectl -n "$namespace" get websites -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
 done
 done_at=$(date +%s.%N)

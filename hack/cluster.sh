@@ -300,7 +300,8 @@ cmd_up() {
 
   write_kwok_config
   start_component kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok.yaml" --manage-all-nodes=true \
-    --cidr=10.244.0.0/16 --node-ip=10.1.0.1 --server-address="127.0.0.1:$kwok_port"
+    --cidr=10.244.0.0/16 --node-ip=10.1.0.1 --server-address="127.0.0.1:$kwok_port" \
+    --node-lease-duration-seconds=40
   start_component local-provisioner --kubeconfig="$kubeconfig" --ready-file="$state_dir/local-provisioner.ready"
   wait_for kwok "kwok /healthz" check_component kwok
   wait_for local-provisioner "the local provisioner's caches" check_component local-provisioner

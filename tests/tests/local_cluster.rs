@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -54,6 +55,43 @@ async fn api_server_is_the_pinned_version_and_ready() -> Result<()> {
         .request_text(http::Request::get("/readyz").body(Vec::new())?)
         .await?;
     ensure!(readyz.trim() == "ok", "/readyz answered {readyz:?}");
+    Ok(())
+}
+
+/// kwok must renew the node leases: without them the node lifecycle controller marks every
+/// node not-ready after the grace period and flips the Ready condition of running pods to False.
+#[tokio::test]
+async fn node_leases_are_renewed() -> Result<()> {
+    let client = testing::client().await?;
+    let leases = Api::<Lease>::namespaced(client, "kube-node-lease")
+        .list(&ListParams::default())
+        .await?;
+    let nodes: Vec<_> = leases
+        .items
+        .iter()
+        .filter(|lease| {
+            lease
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| name.starts_with("kwok-node-"))
+        })
+        .collect();
+    ensure!(
+        nodes.len() >= 3,
+        "expected a lease per kwok node, found {}",
+        nodes.len()
+    );
+    for lease in nodes {
+        let spec = lease.spec.as_ref().context("lease without spec")?;
+        let renewed = spec.renew_time.as_ref().context("lease never renewed")?.0;
+        let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed);
+        ensure!(
+            age.as_secs() < 40,
+            "lease {:?} was renewed {age:?} ago",
+            lease.metadata.name
+        );
+    }
     Ok(())
 }
 

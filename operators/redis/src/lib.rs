@@ -1,0 +1,49 @@
+//! redis-operator: Redis on Kubernetes, reconciled by operator-kit.
+//!
+//! - [`v1beta1`]: the custom resource types (`Redis`).
+//! - [`standalone`]: the `Redis` controller, validate → build → apply → status.
+#![forbid(unsafe_code)]
+
+pub mod standalone;
+pub mod v1beta1;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use operator_kit::Controller;
+
+/// The operator's name: its field manager, event reporter and Lease name.
+pub const OPERATOR_NAME: &str = "redis-operator";
+
+/// Every CRD of the operator, as committed in `crds/redis-operator.yaml`.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![v1beta1::Redis::crd()]
+}
+
+/// The `Redis` controller with the kinds it owns and the Secrets it watches.
+pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
+    Controller::new("redis", standalone::RedisReconciler)
+        .owns::<ConfigMap>()
+        .owns::<Service>()
+        .owns::<StatefulSet>()
+        .watches_metadata::<Secret, _>(|secret, store| {
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            standalone::referring_to_secret(
+                secret.metadata.namespace.as_deref(),
+                &name,
+                store.state(),
+            )
+            .collect()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_crds_match_the_types() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/redis-operator.yaml");
+        operator_kit::crd::check_file(&path, &super::crds()).unwrap();
+    }
+}
