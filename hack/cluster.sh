@@ -278,7 +278,7 @@ cmd_up() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/service-account.key" \
     --service-account-signing-key-file="$pki/service-account.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
+    --service-cluster-ip-range=10.0.0.0/16 --allow-privileged=true \
     --endpoint-reconciler-type=none --cert-dir="$pki/apiserver-generated" \
     --max-requests-inflight=800 --max-mutating-requests-inflight=400
   wait_for kube-apiserver "kube-apiserver /readyz" check_component kube-apiserver

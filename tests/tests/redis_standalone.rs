@@ -147,7 +147,7 @@ async fn the_seed_manifest_becomes_ready_and_changes_roll_out() -> Result<()> {
             .as_ref()
             .is_some_and(|pod| pod.containers[0].image.as_deref() == Some("redis:7.4"))
     );
-    let revisions = rolled.status.context("no StatefulSet status")?;
+    let revisions = rolled.status.clone().context("no StatefulSet status")?;
     ensure!(
         revisions.current_revision == revisions.update_revision,
         "the rollout did not finish"
@@ -511,7 +511,7 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
     for (case, spec, field) in cases {
         let object: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "redis.operator-kit.io/v1beta1", "kind": "Redis",
-            "metadata": { "name": format!("invalid-{}", case.replace(' ', "-")) },
+            "metadata": { "name": format!("invalid-{}", case.replace(' ', "-").to_lowercase()) },
             "spec": spec,
         }))?;
         match api.create(&PostParams::default(), &object).await {

@@ -73,7 +73,8 @@ pub struct RedisSpec {
     pub container_security_context: Option<SecurityContext>,
     /// The PriorityClass of the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && self.size() <= 253").message("priorityClassName must be a DNS subdomain name"))]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("priorityClassName must be a DNS subdomain name"))]
     pub priority_class_name: Option<String>,
     /// Overrides of the readiness probe's timing (the check itself is `redis-cli ping`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +90,7 @@ pub struct RedisSpec {
 pub struct KubernetesConfig {
     /// The Redis image (Redis 6.2 or newer).
     #[serde(default = "default_redis_image")]
+    #[schemars(length(max = 512))]
     #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')").message("kubernetesConfig.image must be a non-empty image reference without spaces"))]
     pub image: String,
     /// When the kubelet pulls the image.
@@ -163,9 +165,11 @@ impl ServiceType {
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct SecretKeyReference {
     /// The Secret's name.
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.size() > 0").message("kubernetesConfig.redisSecret.name must not be empty"))]
     pub name: String,
     /// The key in the Secret's data.
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("kubernetesConfig.redisSecret.key must be a valid Secret key"))]
     pub key: String,
 }
@@ -205,6 +209,7 @@ pub struct RedisExporter {
     pub enabled: bool,
     /// The exporter image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')").message("redisExporter.image must be a non-empty image reference without spaces"))]
     pub image: Option<String>,
     /// The port of the metrics endpoint. Default 9121.
@@ -220,8 +225,10 @@ pub struct RedisExporter {
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisConfig {
-    /// Extra `redis.conf` lines, such as `maxmemory 100mb`. A change rolls the pod.
+    /// Extra `redis.conf` lines, such as `maxmemory 100mb`; at most 100 lines of 1024
+    /// characters. A change rolls the pod.
     #[serde(default)]
+    #[schemars(length(max = 100), inner(length(max = 1024)))]
     #[x_kube(validation = Rule::new("self.all(line, !line.matches('^\\\\s*(?i)(requirepass|masterauth|include|port|dir|bind)\\\\b'))").message("redisConfig.additionalConfig must not set requirepass, masterauth, include, port, dir or bind: the operator manages them (use kubernetesConfig.redisSecret for the password)"))]
     #[x_kube(validation = Rule::new("self.all(line, !line.contains('\\n'))").message("redisConfig.additionalConfig entries must be single lines"))]
     pub additional_config: Vec<String>,

@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): N Website objects of the example operator created at once on the
-# local cluster, until all are Ready. Reports the time, the operator's peak RSS, the requests
-# it made, and the mutating requests it made while idle afterwards.
-#   hack/bench-website.sh [count] [idle-seconds]     (defaults: 1000 and 120)
+# Benchmark (not a test): N objects of an operator created at once on the local cluster, until
+# all are Ready. Reports the time, the operator's peak RSS, the requests it made, and the
+# mutating requests it made while idle afterwards.
+#   hack/bench.sh website|redis [count] [idle-seconds]     (defaults: 1000 and 120)
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 # shellcheck source=versions.sh
 source hack/versions.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
-count=${1:-1000}
-idle_seconds=${2:-120}
-namespace=bench-website
+operator=${1:?usage: hack/bench.sh website|redis [count] [idle-seconds]}
+count=${2:-1000}
+idle_seconds=${3:-120}
+namespace=bench-$operator
 admin=127.0.0.1:18081
+case $operator in
+  website)
+    binary=website-operator crds=crds/website-operator.yaml resource=websites
+    object() { printf -- '---\napiVersion: examples.operator-kit.io/v1alpha1\nkind: Website\nmetadata: {name: site-%d}\nspec: {html: "<p>%d</p>", replicas: 1}\n' "$1" "$1"; }
+    ;;
+  redis)
+    binary=redis-operator crds=crds/redis-operator.yaml resource=redises.redis.operator-kit.io
+    object() { printf -- '---\napiVersion: redis.operator-kit.io/v1beta1\nkind: Redis\nmetadata: {name: cache-%d}\nspec: {kubernetesConfig: {image: "redis:7.4"}, storage: {volumeClaimTemplate: {spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}}}}\n' "$1"; }
+    ;;
+  *) echo "unknown operator ${operator@Q}: expected website or redis" >&2; exit 2 ;;
+esac
 
 hack/cluster.sh up >/dev/null
 eval "$(hack/cluster.sh env)"
-cargo build --locked --release --bin website-operator
-kubectl apply --server-side -f crds/website-operator.yaml >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/websites.examples.operator-kit.io >/dev/null
+cargo build --locked --release --bin "$binary"
+kubectl apply --server-side -f "$crds" >/dev/null
+kubectl wait --for=condition=Established --timeout=60s -f "$crds" >/dev/null
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$namespace" >/dev/null
 
 log=$(mktemp)
-"$CARGO_TARGET_DIR/release/website-operator" --watch-namespace "$namespace" --admin-address "$admin" \
+"$CARGO_TARGET_DIR/release/$binary" --watch-namespace "$namespace" --admin-address "$admin" \
   --log-level warn >"$log" 2>&1 &
 operator_pid=$!
 trap 'kill $operator_pid 2>/dev/null || true; kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
@@ -41,9 +53,7 @@ mutating() {
 all_requests() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^rest_client_requests_total/ {sum += $2} END {print sum + 0}'; }
 
 manifest=$(mktemp)
-for ((index = 0; index < count; index++)); do
-  printf -- '---\napiVersion: examples.operator-kit.io/v1alpha1\nkind: Website\nmetadata: {name: site-%d}\nspec: {html: "<p>%d</p>", replicas: 1}\n' "$index" "$index"
-done >"$manifest"
+for ((index = 0; index < count; index++)); do object "$index"; done >"$manifest"
 
 start=$(date +%s.%N)
 kubectl -n "$namespace" create -f "$manifest" >/dev/null
@@ -51,7 +61,7 @@ created=$(date +%s.%N)
 ready=0
 while [ "$ready" -lt "$count" ]; do
   sleep 2
-  ready=$(kubectl -n "$namespace" get websites -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+  ready=$(kubectl -n "$namespace" get "$resource" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
 done
 done_at=$(date +%s.%N)
 requests_at_ready=$(all_requests)
@@ -60,7 +70,7 @@ sleep "$idle_seconds"
 idle_mutating=$(($(mutating) - mutating_at_ready))
 peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$operator_pid/status")
 
-printf '\nwebsite-operator benchmark: %d Websites (1 replica each)\n' "$count"
+printf '\n%s benchmark: %d objects\n' "$binary" "$count"
 printf '  kubectl create of all objects:   %.1f s\n' "$(echo "$created - $start" | bc)"
 printf '  time to all Ready:               %.1f s\n' "$(echo "$done_at - $start" | bc)"
 printf '  operator peak RSS:               %.1f MiB\n' "$(echo "$peak_rss_kib / 1024" | bc -l)"
