@@ -76,9 +76,10 @@ stop_component() {
 
 cmd_down() {
   local index demo_pid
-  if [ -f "$state_dir/website-operator.pid" ]; then
-    demo_pid=$(<"$state_dir/website-operator.pid")
-    if [[ "$(readlink "/proc/$demo_pid/exe" 2>/dev/null)" == */website-operator ]]; then kill "$demo_pid" 2>/dev/null || true; fi
+  # The operator `hack/demo.sh` started, if it still runs.
+  if [ -f "$state_dir/redis-operator.pid" ]; then
+    demo_pid=$(<"$state_dir/redis-operator.pid")
+    if [[ "$(readlink "/proc/$demo_pid/exe" 2>/dev/null)" == */redis-operator ]]; then kill "$demo_pid" 2>/dev/null || true; fi
   fi
   for ((index = ${#components[@]} - 1; index >= 0; index--)); do stop_component "${components[index]}"; done
   if [ -d "$state_dir" ]; then

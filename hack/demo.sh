@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: builds and starts the local cluster, installs the example
-# operator's CRD, runs the operator, applies examples/website.yaml and shows it Ready.
-# The cluster and the operator keep running; stop them with `hack/cluster.sh down`.
+# The main job on a fresh machine: builds and starts the local cluster, installs the CRDs,
+# runs redis-operator, applies examples/redis-standalone.yaml and shows it Ready.
+# The cluster and the operator keep running; `hack/cluster.sh down` stops both.
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -14,21 +14,22 @@ hack/cluster.sh up >/dev/null
 eval "$(hack/cluster.sh env)"
 state_dir=${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}
 
-cargo build --locked --bin website-operator
-operator=$CARGO_TARGET_DIR/debug/website-operator
-kubectl apply --server-side -f crds/website-operator.yaml
-kubectl wait --for=condition=Established --timeout=60s crd/websites.examples.operator-kit.io
+cargo build --locked --bin redis-operator
+kubectl apply --server-side -f crds/redis-operator.yaml
+kubectl wait --for=condition=Established --timeout=60s -f crds/redis-operator.yaml
 
-if [ -f "$state_dir/website-operator.pid" ] && kill -0 "$(<"$state_dir/website-operator.pid")" 2>/dev/null; then
-  kill "$(<"$state_dir/website-operator.pid")"
-fi
-setsid "$operator" --admin-address 127.0.0.1:8080 >"$state_dir/logs/website-operator.log" 2>&1 </dev/null &
-echo $! >"$state_dir/website-operator.pid"
+pid_file=$state_dir/redis-operator.pid
+if [ -f "$pid_file" ] && kill -0 "$(<"$pid_file")" 2>/dev/null; then kill "$(<"$pid_file")"; fi
+setsid "$CARGO_TARGET_DIR/debug/redis-operator" --admin-address 127.0.0.1:8080 \
+  >"$state_dir/logs/redis-operator.log" 2>&1 </dev/null &
+echo $! >"$pid_file"
 
-kubectl apply -f examples/website.yaml
-kubectl wait --for=condition=Ready --timeout=120s website/hello
-kubectl get websites,deployments,services,configmaps -l app.kubernetes.io/instance=hello
+kubectl apply -f examples/redis-standalone.yaml
+kubectl wait --for=condition=Ready --timeout=120s redis/redis-standalone
+kubectl get redis redis-standalone -o wide
+kubectl get statefulsets,services,configmaps,persistentvolumeclaims -l app.kubernetes.io/instance=redis-standalone
 echo
-echo "website-operator runs in the background (log: $state_dir/logs/website-operator.log, metrics: http://127.0.0.1:8080/metrics)."
+echo "redis-operator runs in the background (log: $state_dir/logs/redis-operator.log, metrics: http://127.0.0.1:8080/metrics)."
+echo "The pods are kwok's: scheduled and Ready, but no redis-server runs in them (see README)."
 echo "Use the cluster with:"
 hack/cluster.sh env
