@@ -61,23 +61,20 @@
 //! }
 //! ```
 //!
-//! **4. Run.** A thin `main`: flags (with environment equivalents) from [`OperatorArgs`], one
-//! [`Controller`] per kind with the child kinds it owns, an [`Operator`] to run them.
+//! **4. Run.** A thin `main`: one [`Controller`] per kind with the child kinds it owns, handed
+//! to [`runtime::run_main`], which parses the flags of [`OperatorArgs`] (each with an environment
+//! variable), prints the CRDs on `--print-crds`, and runs an [`Operator`].
 //!
 //! ```ignore
-//! #[derive(clap::Parser)]
-//! struct Command {
-//!     #[command(flatten)]
-//!     operator: OperatorArgs,
+//! #[tokio::main]
+//! async fn main() -> Result<(), operator_kit::runtime::MainError> {
+//!     let controller = Controller::new("website", WebsiteReconciler).owns::<ConfigMap>().owns::<Deployment>();
+//!     // `--print-crds`, `--help`, every flag of OperatorArgs, logging, client, run until SIGTERM.
+//!     operator_kit::runtime::run_main("website-operator", &[Website::crd()], |operator| {
+//!         operator.with_controller(controller)
+//!     })
+//!     .await
 //! }
-//!
-//! let command = Command::parse();
-//! command.operator.init_logging();
-//! let controller = Controller::new("website", WebsiteReconciler).owns::<ConfigMap>().owns::<Deployment>();
-//! Operator::new("website-operator", kube::Client::try_default().await?, command.operator)
-//!     .with_controller(controller)
-//!     .run()
-//!     .await?;
 //! ```
 //!
 //! **Test** against a real API server with the `testing` feature: `testing::TestNamespace`

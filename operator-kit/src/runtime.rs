@@ -280,11 +280,10 @@ impl<R: Reconciler> Controller<R> {
     {
         self.owned_kinds.push(ApiResource::erase::<C>(&()));
         self.owns.push(Box::new(|controller, client, namespace| {
-            let api = match namespace {
-                Some(namespace) => Api::<C>::namespaced(client.clone(), namespace),
-                None => Api::<C>::all(client.clone()),
-            };
-            controller.owns(api, watcher::Config::default().any_semantic())
+            controller.owns(
+                scoped_api::<C>(client, namespace),
+                watcher::Config::default().any_semantic(),
+            )
         }));
         self
     }
@@ -309,12 +308,7 @@ impl<R: Reconciler> Controller<R> {
     {
         self.owns
             .push(Box::new(move |controller, client, namespace| {
-                let api = match namespace {
-                    Some(namespace) => {
-                        Api::<PartialObjectMeta<C>>::namespaced(client.clone(), namespace)
-                    }
-                    None => Api::<PartialObjectMeta<C>>::all(client.clone()),
-                };
+                let api = scoped_api::<PartialObjectMeta<C>>(client, namespace);
                 let store = controller.store();
                 controller.watches(
                     api,
@@ -349,10 +343,7 @@ impl<R: Reconciler> Controller<R> {
             shutdown,
         } = environment;
         let namespace = args.watch_namespace.clone();
-        let api = match &namespace {
-            Some(namespace) => Api::<R::Resource>::namespaced(client.clone(), namespace),
-            None => Api::<R::Resource>::all(client.clone()),
-        };
+        let api = scoped_api::<R::Resource>(&client, namespace.as_deref());
         let mut runtime_controller =
             controller::Controller::new(api, watcher::Config::default().any_semantic())
                 .with_config(controller::Config::default().concurrency(args.concurrency));
@@ -417,6 +408,18 @@ impl<R: Reconciler> Controller<R> {
             });
             futures::join!(ready, drive);
         })
+    }
+}
+
+/// An API handle for the watched namespace, or for all namespaces.
+fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
     }
 }
 
@@ -726,4 +729,61 @@ async fn shutdown_on_signal(shutdown: Arc<watch::Sender<bool>>) {
         _ = terminate => info!("received SIGTERM; shutting down"),
     }
     shutdown.send_replace(true);
+}
+
+/// The command line every operator binary shares: `--print-crds` and [`OperatorArgs`].
+#[derive(Clone, Debug, clap::Parser)]
+pub struct OperatorCommand {
+    /// Print the CustomResourceDefinitions and exit.
+    #[arg(long)]
+    pub print_crds: bool,
+    /// The runtime flags.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+/// Errors of [`run_main`].
+#[derive(Debug, thiserror::Error)]
+pub enum MainError {
+    /// The CRDs could not be rendered.
+    #[error(transparent)]
+    Crd(#[from] crate::crd::CrdError),
+    /// No cluster configuration was found (kubeconfig or in-cluster).
+    #[error("failed to load the cluster configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// The client could not be built.
+    #[error("failed to create a client: {0}")]
+    Client(#[from] kube::Error),
+    /// The operator stopped with an error.
+    #[error(transparent)]
+    Operator(#[from] OperatorError),
+}
+
+/// The whole `main` of an operator binary: parses [`OperatorCommand`] from the process
+/// arguments; with `--print-crds` prints `crds` as YAML, otherwise sets up logging, connects to
+/// the cluster of the kubeconfig (or the pod's service account) and runs the controllers that
+/// `controllers` adds until shutdown.
+pub async fn run_main(
+    name: &'static str,
+    crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    controllers: impl FnOnce(Operator) -> Operator,
+) -> Result<(), MainError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = OperatorCommand::command()
+        .name(name)
+        .about(format!(
+            "{name}: a Kubernetes operator built with operator-kit"
+        ))
+        .get_matches();
+    let command = OperatorCommand::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if command.print_crds {
+        print!("{}", crate::crd::to_yaml(crds)?);
+        return Ok(());
+    }
+    command.operator.init_logging();
+    let config = kube::Config::infer().await?;
+    controllers(Operator::from_config(name, config, command.operator)?)
+        .run()
+        .await?;
+    Ok(())
 }
