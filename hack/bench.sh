@@ -2,14 +2,14 @@
 # Benchmark (not a test): N objects of an operator created at once on the local cluster, until
 # all are Ready. Reports the time, the operator's peak RSS, the requests it made, and the
 # mutating requests it made while idle afterwards.
-#   hack/bench.sh website|redis [count] [idle-seconds]     (defaults: 1000 and 120)
+#   hack/bench.sh website|redis|app [count] [idle-seconds]     (defaults: 1000 and 120)
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 # shellcheck source=versions.sh
 source hack/versions.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
-operator=${1:?usage: hack/bench.sh website|redis [count] [idle-seconds]}
+operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds]}
 count=${2:-1000}
 idle_seconds=${3:-120}
 namespace=bench-$operator
@@ -23,7 +23,11 @@ case $operator in
     binary=redis-operator crds=crds/redis-operator.yaml resource=redises.redis.operator-kit.io
     object() { printf -- '---\napiVersion: redis.operator-kit.io/v1beta1\nkind: Redis\nmetadata: {name: cache-%d}\nspec: {kubernetesConfig: {image: "redis:7.4"}, storage: {volumeClaimTemplate: {spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}}}}\n' "$1"; }
     ;;
-  *) echo "unknown operator ${operator@Q}: expected website or redis" >&2; exit 2 ;;
+  app)
+    binary=app-operator crds=crds/app-operator.yaml resource=apps.app.operator-kit.io
+    object() { printf -- '---\napiVersion: app.operator-kit.io/v1beta1\nkind: App\nmetadata: {name: web-%d}\nspec: {image: "registry.example.com/web:1", port: 8080, expose: {host: "web-%d.example.com"}}\n' "$1" "$1"; }
+    ;;
+  *) echo "unknown operator ${operator@Q}: expected website, redis or app" >&2; exit 2 ;;
 esac
 
 hack/cluster.sh up >/dev/null

@@ -155,6 +155,14 @@ impl Children {
         &self.namespace
     }
 
+    /// Adds a kind for [`Children::prune`] to look at, besides the controller's owned kinds — for
+    /// kinds that exist only on some clusters (an OpenShift Route) and so cannot be watched.
+    pub fn also_prune(&mut self, resource: ApiResource) {
+        if !self.owned_kinds.contains(&resource) {
+            self.owned_kinds.push(resource);
+        }
+    }
+
     /// The number of mutating requests (applies and deletes) sent so far.
     pub fn writes(&self) -> usize {
         self.writes

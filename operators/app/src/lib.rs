@@ -1,0 +1,467 @@
+//! app-operator: one `App` resource becomes a Deployment, a Service, an Ingress (or an
+//! OpenShift Route where the cluster serves `route.openshift.io/v1`) and an autoscaler.
+//!
+//! validate → build → apply → status: the API server validates (CEL rules on the CRD), the
+//! `build_*` functions are pure, `AppReconciler` applies and writes the status.
+#![forbid(unsafe_code)]
+
+pub mod v1beta1;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::ApiResource;
+use kube::{Client, CustomResourceExt, ResourceExt};
+use operator_kit::conditions::{ConditionUpdate, DEGRADED, PROGRESSING, READY, set_condition};
+use operator_kit::{Action, ChildError, Context, Controller, ReconcileError, Reconciler};
+use serde_json::{Value, json};
+
+use crate::v1beta1::{App, AppStatus, Route};
+
+/// The operator's name: its field manager, event reporter and Lease name.
+pub const OPERATOR_NAME: &str = "app-operator";
+
+/// The operator's CRDs, as committed in `crds/app-operator.yaml`.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![App::crd()]
+}
+
+/// The App controller with the kinds it owns.
+pub fn app_controller() -> Controller<AppReconciler> {
+    Controller::new("app", AppReconciler)
+        .owns::<Deployment>()
+        .owns::<Service>()
+        .owns::<Ingress>()
+        .owns::<HorizontalPodAutoscaler>()
+}
+
+fn from_json<T: Default + serde::de::DeserializeOwned>(value: Value) -> T {
+    // The values are built from typed parts in this module, so they always deserialize.
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+fn http_probe(port: i32, initial_delay: i32) -> Value {
+    json!({ "httpGet": { "path": "/", "port": port }, "initialDelaySeconds": initial_delay, "periodSeconds": 10 })
+}
+
+/// The Deployment. Without autoscaling it sets `replicas`; with it, the field is left to the
+/// autoscaler (server-side apply then leaves it alone).
+pub fn build_deployment(app: &App, labels: &BTreeMap<String, String>) -> Deployment {
+    let spec = &app.spec;
+    let mut deployment_spec = json!({
+        "selector": { "matchLabels": labels },
+        "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
+        "template": {
+            "metadata": { "labels": labels },
+            "spec": {
+                "containers": [{
+                    "name": "app",
+                    "image": spec.image,
+                    "ports": [{ "name": "http", "containerPort": spec.port }],
+                    "env": spec.env,
+                    "envFrom": spec.env_from,
+                    "resources": spec.resources,
+                    "readinessProbe": spec.readiness_probe.as_ref().map_or_else(|| http_probe(spec.port, 0), |probe| json!(probe)),
+                    "livenessProbe": spec.liveness_probe.as_ref().map_or_else(|| http_probe(spec.port, 10), |probe| json!(probe)),
+                }],
+                "nodeSelector": spec.node_selector,
+                "affinity": spec.affinity,
+                "tolerations": spec.tolerations,
+            },
+        },
+    });
+    if spec.autoscaling.is_none() {
+        deployment_spec["replicas"] = json!(spec.replicas.unwrap_or(1));
+    }
+    from_json(json!({ "metadata": { "name": app.name_any() }, "spec": deployment_spec }))
+}
+
+/// The Service, on the application's port (as `oc new-app` creates it).
+pub fn build_service(app: &App, labels: &BTreeMap<String, String>) -> Service {
+    from_json(json!({
+        "metadata": { "name": app.name_any() },
+        "spec": { "selector": labels, "ports": [{ "name": "http", "port": app.spec.port, "targetPort": "http" }] },
+    }))
+}
+
+/// The Ingress for `expose`, if set.
+pub fn build_ingress(app: &App) -> Option<Ingress> {
+    let expose = app.spec.expose.as_ref()?;
+    let tls = expose
+        .tls_secret
+        .as_ref()
+        .map(|secret| json!([{ "hosts": [expose.host], "secretName": secret }]));
+    Some(from_json(json!({
+        "metadata": { "name": app.name_any() },
+        "spec": {
+            "ingressClassName": expose.ingress_class_name,
+            "tls": tls,
+            "rules": [{
+                "host": expose.host,
+                "http": { "paths": [{
+                    "path": expose.path.as_deref().unwrap_or("/"),
+                    "pathType": "Prefix",
+                    "backend": { "service": { "name": app.name_any(), "port": { "name": "http" } } },
+                }] },
+            }],
+        },
+    })))
+}
+
+/// The OpenShift Route for `expose`, if set: what `oc expose service` creates.
+pub fn build_route(app: &App) -> Option<Route> {
+    let expose = app.spec.expose.as_ref()?;
+    let tls = expose.tls_secret.as_ref().map(|secret| {
+        json!({ "termination": "edge", "insecureEdgeTerminationPolicy": "Redirect",
+                "externalCertificate": { "name": secret } })
+    });
+    let value = json!({
+        "apiVersion": "route.openshift.io/v1", "kind": "Route",
+        "metadata": { "name": app.name_any() },
+        "spec": {
+            "host": expose.host,
+            "path": expose.path,
+            "to": { "kind": "Service", "name": app.name_any(), "weight": 100 },
+            "port": { "targetPort": "http" },
+            "tls": tls,
+        },
+    });
+    serde_json::from_value(value).ok()
+}
+
+/// The autoscaler for `autoscaling`, if set.
+pub fn build_autoscaler(app: &App) -> Option<HorizontalPodAutoscaler> {
+    let autoscaling = app.spec.autoscaling.as_ref()?;
+    Some(from_json(json!({
+        "metadata": { "name": app.name_any() },
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": app.name_any() },
+            "minReplicas": autoscaling.min_replicas.unwrap_or(1),
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [{ "type": "Resource", "resource": { "name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": autoscaling.target_cpu_utilization_percentage.unwrap_or(80) } } }],
+        },
+    })))
+}
+
+/// Where the application answers.
+pub fn url(app: &App) -> String {
+    match &app.spec.expose {
+        Some(expose) => {
+            let scheme = if expose.tls_secret.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!(
+                "{scheme}://{}{}",
+                expose.host,
+                expose.path.as_deref().unwrap_or("/")
+            )
+        }
+        None => format!(
+            "http://{}.{}.svc:{}",
+            app.name_any(),
+            app.namespace().unwrap_or_default(),
+            app.spec.port
+        ),
+    }
+}
+
+/// The status for a Deployment in the given state.
+pub fn build_status(app: &App, deployment: &Deployment) -> AppStatus {
+    let generation = app.metadata.generation;
+    let mut status = app.status.clone().unwrap_or_default();
+    let deployment_status = deployment.status.clone().unwrap_or_default();
+    let desired = deployment.spec.replicas.unwrap_or(1);
+    let ready = deployment_status.ready_replicas.unwrap_or(0);
+    let updated = deployment_status.updated_replicas.unwrap_or(0);
+    let available = deployment_status.available_replicas.unwrap_or(0);
+    let observed = deployment_status.observed_generation >= deployment.metadata.generation;
+    let stalled = deployment_status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|condition| {
+            condition.type_.as_deref() == Some("Progressing")
+                && condition.status.as_deref() == Some("False")
+                && condition.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
+    let rolled_out = observed
+        && updated >= desired
+        && available >= desired
+        && deployment_status.replicas.unwrap_or(0) == desired;
+    let message = format!("{ready} of {desired} replicas ready, {updated} up to date");
+    let progressing = if rolled_out {
+        ConditionUpdate::fails(PROGRESSING, "RolloutComplete", message.clone())
+    } else {
+        ConditionUpdate::holds(PROGRESSING, "RollingOut", message.clone())
+    };
+    let degraded = if stalled {
+        ConditionUpdate::holds(
+            DEGRADED,
+            "ProgressDeadlineExceeded",
+            "the rollout stalled: see the Deployment's events",
+        )
+    } else {
+        ConditionUpdate::fails(DEGRADED, "AsExpected", "no rollout stalled")
+    };
+    let readiness = if rolled_out && ready >= desired {
+        ConditionUpdate::holds(READY, "Available", message)
+    } else {
+        ConditionUpdate::fails(
+            READY,
+            if stalled {
+                "RolloutStalled"
+            } else {
+                "RollingOut"
+            },
+            message,
+        )
+    };
+    for update in [readiness, progressing, degraded] {
+        set_condition(&mut status.conditions, update.observed(generation));
+    }
+    status.ready_replicas = ready;
+    status.url = Some(url(app));
+    status.observed_generation = generation;
+    status
+}
+
+/// Errors of the App controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Applying or pruning a child failed.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    /// Writing the status failed.
+    #[error("failed to patch the status: {0}")]
+    Status(#[source] Box<kube::Error>),
+}
+
+impl ReconcileError for Error {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Child(_) => "ApplyFailed",
+            Self::Status(_) => "StatusFailed",
+        }
+    }
+}
+
+/// Whether the cluster serves OpenShift Routes (`route.openshift.io/v1` has `routes`), asked of
+/// the API server's discovery on every reconcile — one read — so that installing or removing
+/// the Route API takes effect at each App's next reconcile.
+pub async fn routes_served(client: &Client) -> bool {
+    client
+        .list_api_group_resources("route.openshift.io/v1")
+        .await
+        .is_ok_and(|list| {
+            list.resources
+                .iter()
+                .any(|resource| resource.name == "routes")
+        })
+}
+
+/// The App reconciler.
+#[derive(Debug, Default)]
+pub struct AppReconciler;
+
+impl Reconciler for AppReconciler {
+    type Resource = App;
+    type Error = Error;
+
+    async fn reconcile(&self, app: Arc<App>, context: &Context) -> Result<Action, Error> {
+        let mut children = context.children(&*app)?;
+        let labels = children.labels().clone();
+        let (deployment, _) = children.apply(build_deployment(&app, &labels)).await?;
+        children.apply(build_service(&app, &labels)).await?;
+        let exposed = app.spec.expose.is_some();
+        // Asked even when not exposed, so that a Route left from an earlier `expose` is pruned.
+        let on_openshift = routes_served(context.client()).await;
+        if on_openshift {
+            children.also_prune(ApiResource::erase::<Route>(&()));
+            if let Some(route) = build_route(&app) {
+                children.apply(route).await?;
+            }
+        } else if let Some(ingress) = build_ingress(&app) {
+            children.apply(ingress).await?;
+        }
+        if let Some(autoscaler) = build_autoscaler(&app) {
+            children.apply(autoscaler).await?;
+        }
+        children.prune().await?;
+        let status = build_status(&app, &deployment);
+        context
+            .patch_status(&*app, &status)
+            .await
+            .map_err(|source| Error::Status(Box::new(source)))?;
+        // Routes are not watched (the kind may not exist), so an exposed App is looked at again
+        // every few minutes: that reverts drift on its Route and follows the Route API coming
+        // or going.
+        Ok(if exposed {
+            Action::requeue(Duration::from_secs(300))
+        } else {
+            Action::await_change()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1beta1::{Autoscaling, Expose};
+
+    fn adam_doc() -> App {
+        let mut app: App = serde_yaml::from_str(include_str!("../../../examples/adam-doc.yaml"))
+            .expect("example parses");
+        app.metadata.namespace = Some("docs".to_owned());
+        app.metadata.generation = Some(3);
+        app
+    }
+
+    fn labels() -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "app.kubernetes.io/instance".to_owned(),
+            "adam-doc".to_owned(),
+        )])
+    }
+
+    #[test]
+    fn the_deployment_runs_the_image_on_its_port_with_http_probes() {
+        let deployment = build_deployment(&adam_doc(), &labels());
+        assert_eq!(deployment.spec.replicas, Some(2));
+        let pod = deployment.spec.template.spec.expect("pod spec");
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("registry.example.com/adam/adam-doc:1.0")
+        );
+        assert_eq!(
+            container.ports.as_ref().expect("ports")[0].container_port,
+            4000
+        );
+        let probe = container
+            .readiness_probe
+            .as_ref()
+            .and_then(|probe| probe.http_get.as_ref())
+            .expect("http probe");
+        assert_eq!(probe.path.as_deref(), Some("/"));
+        assert_eq!(
+            deployment
+                .spec
+                .strategy
+                .and_then(|strategy| strategy.type_)
+                .as_deref(),
+            Some("RollingUpdate")
+        );
+    }
+
+    #[test]
+    fn with_autoscaling_the_autoscaler_owns_the_replica_count() {
+        let mut app = adam_doc();
+        app.spec.autoscaling = Some(Autoscaling {
+            min_replicas: Some(2),
+            max_replicas: 5,
+            target_cpu_utilization_percentage: None,
+        });
+        assert_eq!(build_deployment(&app, &labels()).spec.replicas, None);
+        let autoscaler = build_autoscaler(&app).expect("an autoscaler").spec;
+        assert_eq!(
+            (autoscaler.min_replicas, autoscaler.max_replicas),
+            (Some(2), 5)
+        );
+        assert_eq!(autoscaler.scale_target_ref.name, "adam-doc");
+        assert!(build_autoscaler(&adam_doc()).is_none());
+    }
+
+    #[test]
+    fn expose_builds_an_ingress_or_the_route_oc_expose_would() {
+        let mut app = adam_doc();
+        let ingress = build_ingress(&app).expect("an ingress").spec.expect("spec");
+        let rule = &ingress.rules.expect("rules")[0];
+        assert_eq!(rule.host.as_deref(), Some("adam-doc.apps.example.com"));
+        assert!(ingress.tls.is_none());
+        let route = build_route(&app).expect("a route").spec;
+        assert_eq!(route.host.as_deref(), Some("adam-doc.apps.example.com"));
+        assert_eq!(
+            (route.to.kind.as_str(), route.to.name.as_str()),
+            ("Service", "adam-doc")
+        );
+        assert_eq!(route.port.expect("port").target_port, "http");
+        assert_eq!(url(&app), "http://adam-doc.apps.example.com/");
+
+        app.spec.expose = Some(Expose {
+            tls_secret: Some("adam-tls".to_owned()),
+            ..app.spec.expose.clone().expect("expose")
+        });
+        assert_eq!(url(&app), "https://adam-doc.apps.example.com/");
+        let tls = build_ingress(&app)
+            .expect("ingress")
+            .spec
+            .expect("spec")
+            .tls
+            .expect("tls");
+        assert_eq!(tls[0].secret_name.as_deref(), Some("adam-tls"));
+
+        app.spec.expose = None;
+        assert!(build_ingress(&app).is_none() && build_route(&app).is_none());
+        assert_eq!(url(&app), "http://adam-doc.docs.svc:4000");
+    }
+
+    fn deployment_with(status: Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": "adam-doc", "generation": 4 },
+            "spec": { "replicas": 2, "selector": {}, "template": {} },
+            "status": status,
+        }))
+        .expect("a deployment")
+    }
+
+    #[test]
+    fn status_follows_the_rollout() {
+        let app = adam_doc();
+        let rolling = build_status(
+            &app,
+            &deployment_with(json!({
+            "observedGeneration": 4, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2 })),
+        );
+        let find = |status: &AppStatus, type_: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|condition| condition.type_ == type_)
+                .map(|condition| condition.status.clone())
+        };
+        assert_eq!(find(&rolling, PROGRESSING).as_deref(), Some("True"));
+        assert_eq!(find(&rolling, READY).as_deref(), Some("False"));
+        let done = build_status(
+            &app,
+            &deployment_with(json!({
+            "observedGeneration": 4, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2 })),
+        );
+        assert_eq!(find(&done, READY).as_deref(), Some("True"));
+        assert_eq!(find(&done, PROGRESSING).as_deref(), Some("False"));
+        assert_eq!(done.ready_replicas, 2);
+        assert_eq!(done.observed_generation, Some(3));
+        let stalled = build_status(
+            &app,
+            &deployment_with(json!({
+            "observedGeneration": 4, "replicas": 3, "updatedReplicas": 1,
+            "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" }] })),
+        );
+        assert_eq!(find(&stalled, DEGRADED).as_deref(), Some("True"));
+    }
+
+    #[test]
+    fn committed_crds_match_the_types() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/app-operator.yaml");
+        operator_kit::crd::check_file(&path, &crds()).unwrap();
+    }
+}
