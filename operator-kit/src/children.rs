@@ -298,8 +298,8 @@ fn api_version_kind<C: Resource<DynamicType = ()>>() -> String {
 /// Whether every field set in `desired` has the same value in `live`.
 ///
 /// Fields the API server added (defaults, status, other managers' fields) are ignored; a
-/// `null`, empty object or empty list in `desired` matches a missing field, because the API
-/// server drops those. Lists must have the same length and match element by element, since
+/// `null`, zero, `false`, empty string, empty object or empty list in `desired` matches a
+/// missing field, because the API server drops those. Lists must have the same length and match element by element, since
 /// server-side apply would replace a list we own as a whole.
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
@@ -323,12 +323,16 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+/// Whether the API server would drop `value`: Kubernetes' Go types omit empty and zero values
+/// (`omitempty`), so a desired `0`, `false` or `""` matches a missing live field.
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,
+        Value::Bool(flag) => !flag,
+        Value::Number(number) => number.as_f64() == Some(0.0),
+        Value::String(text) => text.is_empty(),
         Value::Object(fields) => fields.values().all(is_empty),
         Value::Array(items) => items.is_empty(),
-        _ => false,
     }
 }
 
@@ -369,5 +373,10 @@ mod tests {
         assert!(is_subset(&json!({"a": 1}), &json!({"a": 1.0})));
         assert!(is_subset(&json!({"a": [], "b": {"c": null}}), &json!({})));
         assert!(!is_subset(&json!({"a": [1]}), &json!({})));
+        // Go's omitempty drops zero values: `initialDelaySeconds: 0` comes back missing.
+        let probe =
+            json!({"initialDelaySeconds": 0, "periodSeconds": 10, "path": "", "tls": false});
+        assert!(is_subset(&probe, &json!({"periodSeconds": 10})));
+        assert!(!is_subset(&json!({"periodSeconds": 10}), &json!({})));
     }
 }

@@ -42,9 +42,13 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource, ResourceExt};
 
+use crate::OperatorArgs;
+use crate::admin::Metrics;
 pub use crate::client::RequestCounter;
+use crate::runtime::{Operator, OperatorError, ShutdownHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 
 /// The field manager the harness uses for the objects it applies.
 pub const FIELD_MANAGER: &str = "operator-kit-testing";
@@ -90,6 +94,9 @@ pub enum HarnessError {
         /// The watch error.
         source: kube::runtime::wait::Error,
     },
+    /// An operator started by the harness failed or panicked.
+    #[error("the operator under test failed: {0}")]
+    Operator(String),
     /// A wait ran out of time; the message shows the last state seen.
     #[error("timed out after {timeout:?} waiting for {what}\n{diagnostics}")]
     Timeout {
@@ -272,6 +279,31 @@ pub async fn recent_events(client: &Client, namespace: &str, limit: usize) -> St
     text
 }
 
+/// An operator running inside a test, watching only its test namespace (see
+/// [`TestNamespace::start_operator`]).
+pub struct RunningOperator {
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownHandle,
+    task: tokio::task::JoinHandle<Result<(), OperatorError>>,
+}
+
+impl RunningOperator {
+    /// The operator's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Shuts the operator down as SIGTERM would and waits until it has stopped.
+    pub async fn stop(self) -> Result<(), HarnessError> {
+        self.shutdown.shutdown();
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(HarnessError::Operator(error.to_string())),
+            Err(join_error) => Err(HarnessError::Operator(join_error.to_string())),
+        }
+    }
+}
+
 /// A client whose every request is counted by the returned [`RequestCounter`], to prove that
 /// code under test makes no writes.
 pub fn counting_client(config: Config) -> Result<(Client, RequestCounter), HarnessError> {
@@ -391,6 +423,31 @@ impl TestNamespace {
         wait_for(api, name, "deleted", timeout, gone)
             .await
             .map(drop)
+    }
+
+    /// Installs `crds` and starts an operator named `name` in this test's runtime, watching only
+    /// this namespace, with the controllers `controllers` adds. Stop it with
+    /// [`RunningOperator::stop`].
+    pub async fn start_operator(
+        &self,
+        name: &str,
+        crds: &[CustomResourceDefinition],
+        controllers: impl FnOnce(Operator) -> Operator,
+    ) -> Result<RunningOperator, HarnessError> {
+        for crd in crds {
+            install_crd(&self.client, crd, Duration::from_secs(60)).await?;
+        }
+        let args = OperatorArgs {
+            watch_namespace: Some(self.name.clone()),
+            ..OperatorArgs::for_tests()
+        };
+        let operator = controllers(Operator::new(name, self.client.clone(), args));
+        let (metrics, shutdown) = (operator.metrics(), operator.shutdown_handle());
+        Ok(RunningOperator {
+            metrics,
+            shutdown,
+            task: tokio::spawn(operator.run()),
+        })
     }
 
     /// Deletes the namespace and waits until the API server has removed it, which proves that

@@ -16,10 +16,8 @@ use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use operator_kit::conditions::{PROGRESSING, READY, is_true};
-use operator_kit::testing::{self, TestNamespace};
-use operator_kit::{Operator, OperatorArgs, ShutdownHandle};
+use operator_kit::testing::{self, RunningOperator, TestNamespace};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const ADAM_DOC: &str = include_str!("../../examples/adam-doc.yaml");
@@ -29,38 +27,15 @@ const ADAM_DOC: &str = include_str!("../../examples/adam-doc.yaml");
 static EXPOSE_LOCK: LazyLock<tokio::sync::Mutex<()>> =
     LazyLock::new(|| tokio::sync::Mutex::new(()));
 
-struct Running {
-    shutdown: ShutdownHandle,
-    task: JoinHandle<Result<(), operator_kit::OperatorError>>,
-}
-
-impl Running {
-    async fn stop(self) -> Result<()> {
-        self.shutdown.shutdown();
-        self.task.await??;
-        Ok(())
-    }
-}
-
-async fn start(namespace: &TestNamespace) -> Result<Running> {
-    for crd in app_operator::crds() {
-        testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
-    }
-    let args = OperatorArgs {
-        watch_namespace: Some(namespace.name().to_owned()),
-        ..OperatorArgs::for_tests()
-    };
-    let operator = Operator::new(
-        app_operator::OPERATOR_NAME,
-        namespace.client().clone(),
-        args,
-    )
-    .with_controller(app_operator::app_controller());
-    let shutdown = operator.shutdown_handle();
-    Ok(Running {
-        shutdown,
-        task: tokio::spawn(operator.run()),
-    })
+async fn start(namespace: &TestNamespace) -> Result<RunningOperator> {
+    let controller = app_operator::app_controller();
+    Ok(namespace
+        .start_operator(
+            app_operator::OPERATOR_NAME,
+            &app_operator::crds(),
+            |operator| operator.with_controller(controller),
+        )
+        .await?)
 }
 
 async fn wait_ready(namespace: &TestNamespace, name: &str) -> Result<App> {

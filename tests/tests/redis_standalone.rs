@@ -13,48 +13,23 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, PersistentVolumeClaim, Secret
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use operator_kit::conditions::{READY, find_condition};
-use operator_kit::testing::{self, TestNamespace};
-use operator_kit::{Operator, OperatorArgs, ShutdownHandle};
+use operator_kit::testing::{self, RunningOperator, TestNamespace};
 use redis_operator::standalone::CONFIG_HASH_ANNOTATION;
 use redis_operator::v1beta1::{Phase, Redis};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const SEED: &str = include_str!("../../examples/redis-standalone.yaml");
 
-struct Running {
-    shutdown: ShutdownHandle,
-    task: JoinHandle<Result<(), operator_kit::OperatorError>>,
-}
-
-impl Running {
-    async fn stop(self) -> Result<()> {
-        self.shutdown.shutdown();
-        self.task.await??;
-        Ok(())
-    }
-}
-
-async fn start(namespace: &TestNamespace) -> Result<Running> {
-    for crd in redis_operator::crds() {
-        testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
-    }
-    let args = OperatorArgs {
-        watch_namespace: Some(namespace.name().to_owned()),
-        ..OperatorArgs::for_tests()
-    };
-    let operator = Operator::new(
-        redis_operator::OPERATOR_NAME,
-        namespace.client().clone(),
-        args,
-    )
-    .with_controller(redis_operator::redis_controller());
-    let shutdown = operator.shutdown_handle();
-    Ok(Running {
-        shutdown,
-        task: tokio::spawn(operator.run()),
-    })
+async fn start(namespace: &TestNamespace) -> Result<RunningOperator> {
+    let controller = redis_operator::redis_controller();
+    Ok(namespace
+        .start_operator(
+            redis_operator::OPERATOR_NAME,
+            &redis_operator::crds(),
+            |operator| operator.with_controller(controller),
+        )
+        .await?)
 }
 
 fn seed() -> Result<Redis> {
