@@ -43,10 +43,13 @@ kubectl() { "$KUBERNETES_BIN_DIR/bin/kubectl" --kubeconfig "$state_dir/admin.kub
 # The pid of a component we started, if that process is still alive and still runs our binary
 # (a recycled pid must never be signalled).
 running_pid() {
-  local pid_file=$state_dir/pids/$1.pid pid
+  local pid_file=$state_dir/pids/$1.pid pid executable
   [ -f "$pid_file" ] || return 1
   pid=$(<"$pid_file")
-  [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(binary_of "$1")" ] || return 1
+  [ -n "$pid" ] || return 1
+  executable=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  # A binary rebuilt while its process runs shows as "<path> (deleted)": still ours.
+  [ "$executable" = "$(binary_of "$1")" ] || [ "$executable" = "$(binary_of "$1") (deleted)" ] || return 1
   echo "$pid"
 }
 
