@@ -288,6 +288,17 @@ pub struct RunningOperator {
 }
 
 impl RunningOperator {
+    /// Runs `operator` in the current runtime, for a test that builds its own operator (with a
+    /// counting client, say); [`TestNamespace::start_operator`] covers the common case.
+    pub fn spawn(operator: Operator) -> Self {
+        let (metrics, shutdown) = (operator.metrics(), operator.shutdown_handle());
+        Self {
+            metrics,
+            shutdown,
+            task: tokio::spawn(operator.run()),
+        }
+    }
+
     /// The operator's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -442,12 +453,7 @@ impl TestNamespace {
             ..OperatorArgs::for_tests()
         };
         let operator = controllers(Operator::new(name, self.client.clone(), args));
-        let (metrics, shutdown) = (operator.metrics(), operator.shutdown_handle());
-        Ok(RunningOperator {
-            metrics,
-            shutdown,
-            task: tokio::spawn(operator.run()),
-        })
+        Ok(RunningOperator::spawn(operator))
     }
 
     /// Deletes the namespace and waits until the API server has removed it, which proves that

@@ -17,7 +17,7 @@ use operator_kit::admin::{Metrics, ReconcileResult};
 use operator_kit::backoff::BackoffPolicy;
 use operator_kit::children::{INSTANCE_LABEL, MANAGED_BY_LABEL};
 use operator_kit::conditions::{READY, is_true};
-use operator_kit::testing::{self, TestNamespace};
+use operator_kit::testing::{self, RunningOperator, TestNamespace};
 use operator_kit::{
     Action, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError, Reconciler,
     ShutdownHandle,
@@ -28,13 +28,6 @@ use website_operator::{Website, WebsiteReconciler};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A running operator under test.
-struct Running {
-    metrics: Arc<Metrics>,
-    shutdown: ShutdownHandle,
-    task: JoinHandle<Result<(), operator_kit::OperatorError>>,
-}
-
 fn args_for(namespace: &TestNamespace) -> OperatorArgs {
     OperatorArgs {
         watch_namespace: Some(namespace.name().to_owned()),
@@ -42,14 +35,12 @@ fn args_for(namespace: &TestNamespace) -> OperatorArgs {
     }
 }
 
-fn start<R: Reconciler>(client: Client, args: OperatorArgs, controller: Controller<R>) -> Running {
-    let operator = Operator::new("test-operator", client, args).with_controller(controller);
-    let (metrics, shutdown) = (operator.metrics(), operator.shutdown_handle());
-    Running {
-        metrics,
-        shutdown,
-        task: tokio::spawn(operator.run()),
-    }
+fn start<R: Reconciler>(
+    client: Client,
+    args: OperatorArgs,
+    controller: Controller<R>,
+) -> RunningOperator {
+    RunningOperator::spawn(Operator::new("test-operator", client, args).with_controller(controller))
 }
 
 fn website_controller() -> Controller<WebsiteReconciler> {
@@ -153,8 +144,7 @@ async fn website_becomes_ready_with_owned_and_labelled_children() -> Result<()> 
     namespace
         .wait_for_deletion(&namespace.api::<ConfigMap>(), "blog-html", TIMEOUT)
         .await?;
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }
@@ -169,7 +159,7 @@ async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
     // Let the last status write and the watch events it causes settle.
     let reconciles = || {
         operator
-            .metrics
+            .metrics()
             .reconcile_count("website", ReconcileResult::Success)
     };
     let mut settled = reconciles();
@@ -204,8 +194,7 @@ async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
         requests.count("GET") > 0,
         "the counting client saw no reads at all"
     );
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }
@@ -268,8 +257,7 @@ async fn hand_edits_are_reverted_and_disabled_children_pruned() -> Result<()> {
     namespace
         .wait_for_deletion(&namespace.api::<Service>(), "shop", TIMEOUT)
         .await?;
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }
@@ -428,8 +416,7 @@ async fn failures_back_off_exponentially_reset_on_success_and_publish_one_event(
         "identical failures produced {} events: {warnings:?}",
         warnings.len()
     );
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }
@@ -473,8 +460,7 @@ async fn an_invalid_spec_waits_for_a_change_instead_of_retrying() -> Result<()> 
         scripted.finished.load(Ordering::SeqCst) >= 1
     })
     .await?;
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }
@@ -514,8 +500,7 @@ async fn finalizer_runs_cleanup_before_the_object_goes() -> Result<()> {
     // The controller finalizes every ConfigMap of the namespace (kube-root-ca.crt too), so it
     // must keep running until the namespace is gone.
     namespace.delete().await?;
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     Ok(())
 }
 
@@ -557,8 +542,7 @@ async fn concurrency_is_bounded_and_shutdown_drains_running_reconciles() -> Resu
     })
     .await?;
     let started = Instant::now();
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     ensure!(
         scripted.finished.load(Ordering::SeqCst) > before,
         "shutdown abandoned a running reconcile"
@@ -633,8 +617,7 @@ async fn admin_server_reports_readiness_and_controller_runtime_metrics() -> Resu
             "metrics lack {needle}:\n{metrics}"
         );
     }
-    operator.shutdown.shutdown();
-    operator.task.await??;
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }
