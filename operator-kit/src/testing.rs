@@ -27,6 +27,8 @@
 //! A failed wait returns an error whose message holds the object's last status and the latest
 //! events of the namespace, which is usually all one needs to see why a test failed.
 
+pub mod tools;
+
 use std::collections::BTreeMap;
 use std::env;
 use std::fmt::Debug;
@@ -97,6 +99,14 @@ pub enum HarnessError {
     /// An operator started by the harness failed or panicked.
     #[error("the operator under test failed: {0}")]
     Operator(String),
+    /// A command-line tool (helm, kubectl, an operator binary) failed.
+    #[error("failed to run {command:?}: {detail}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// Its exit status and output, or why it could not run.
+        detail: String,
+    },
     /// A wait ran out of time; the message shows the last state seen.
     #[error("timed out after {timeout:?} waiting for {what}\n{diagnostics}")]
     Timeout {

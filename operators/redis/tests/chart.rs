@@ -1,0 +1,193 @@
+//! The Helm chart, installed as a user would, and its RBAC proven by running the operator
+//! binary out of cluster with nothing but the chart's ServiceAccount token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use operator_kit::testing::TestNamespace;
+use operator_kit::testing::tools::{HelmRelease, OperatorProcess, service_account_kubeconfig};
+use redis_operator::v1beta1::{Phase, Redis};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/redis-operator")
+}
+
+/// Enforces the restricted Pod Security Standard, so a pod that is not compliant is refused.
+async fn enforce_restricted(namespace: &TestNamespace) -> Result<()> {
+    let patch = json!({ "metadata": { "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    } } });
+    Api::<Namespace>::all(namespace.client().clone())
+        .patch(
+            namespace.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+fn is_forbidden<T>(result: kube::Result<T>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+}
+
+#[tokio::test]
+async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() -> Result<()> {
+    let operator_namespace = TestNamespace::create("redis-chart-operator").await?;
+    let watched = TestNamespace::create("redis-chart-watched").await?;
+    let unrelated = TestNamespace::create("redis-chart-unrelated").await?;
+    enforce_restricted(&operator_namespace).await?;
+
+    let release = HelmRelease::install(
+        &chart(),
+        "redis-operator",
+        operator_namespace.name(),
+        &[("watchNamespace", watched.name())],
+    )?;
+
+    // The objects a user gets: a Deployment that became available under the restricted
+    // profile, a metrics Service, and a Role in the watched namespace instead of a ClusterRole.
+    let deployment = operator_namespace
+        .api::<Deployment>()
+        .get("redis-operator")
+        .await?;
+    ensure!(
+        deployment
+            .status
+            .as_ref()
+            .and_then(|status| status.ready_replicas)
+            == Some(1),
+        "the operator's Deployment is not ready: {:?}",
+        deployment.status
+    );
+    let pod = deployment.spec.template.spec.context("no pod spec")?;
+    let container = &pod.containers[0];
+    let security = container
+        .security_context
+        .clone()
+        .context("no securityContext")?;
+    ensure!(security.read_only_root_filesystem == Some(true));
+    ensure!(security.allow_privilege_escalation == Some(false));
+    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .as_ref()
+            .and_then(|probe| probe.http_get.as_ref())
+            .and_then(|get| get.path.clone())
+    };
+    ensure!(probe_path(&container.liveness_probe).as_deref() == Some("/healthz"));
+    ensure!(probe_path(&container.readiness_probe).as_deref() == Some("/readyz"));
+    let watch_variable = container
+        .env
+        .iter()
+        .flatten()
+        .find(|variable| variable.name == "WATCH_NAMESPACE")
+        .and_then(|variable| variable.value.clone());
+    ensure!(watch_variable.as_deref() == Some(watched.name()));
+    watched.api::<Role>().get("redis-operator").await?;
+    let cluster_roles = Api::<ClusterRole>::all(watched.client().clone());
+    ensure!(
+        cluster_roles
+            .get_opt(&format!("{}-redis-operator", operator_namespace.name()))
+            .await?
+            .is_none(),
+        "a namespace-scoped install created a ClusterRole"
+    );
+    let manifest = release.manifest()?;
+    ensure!(
+        manifest.contains("kind: Service\n") && manifest.contains("name: redis-operator-metrics")
+    );
+
+    // What the ServiceAccount cannot do: read Secrets outside the namespace it watches.
+    let (kubeconfig, account) =
+        service_account_kubeconfig(operator_namespace.name(), "redis-operator").await?;
+    let list = ListParams::default();
+    ensure!(is_forbidden(
+        Api::<Secret>::namespaced(account.clone(), unrelated.name())
+            .list(&list)
+            .await
+    ));
+    ensure!(is_forbidden(
+        Api::<Secret>::namespaced(account.clone(), operator_namespace.name())
+            .list(&list)
+            .await
+    ));
+    ensure!(is_forbidden(
+        Api::<Secret>::all(account.clone()).list(&list).await
+    ));
+    ensure!(is_forbidden(
+        Api::<Redis>::all(account.clone()).list(&list).await
+    ));
+
+    // What it can do: the whole lifecycle of a Redis with a password, run by the real binary.
+    let mut operator = OperatorProcess::spawn(
+        PathBuf::from(env!("CARGO_BIN_EXE_redis-operator")).as_path(),
+        &kubeconfig,
+        &[
+            "--watch-namespace",
+            watched.name(),
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "redis-auth" },
+        "stringData": { "password": "not-a-real-password" },
+    }))?;
+    watched
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let redis: Redis = serde_json::from_value(json!({
+        "apiVersion": "redis.operator-kit.io/v1beta1",
+        "kind": "Redis",
+        "metadata": { "name": "cache" },
+        "spec": { "kubernetesConfig": {
+            "image": "redis:7.4",
+            "redisSecret": { "name": "redis-auth", "key": "password" },
+        } },
+    }))?;
+    let redises = watched.api::<Redis>();
+    redises.create(&PostParams::default(), &redis).await?;
+    let ready = watched
+        .wait_for(&redises, "cache", "Ready", TIMEOUT, |redis: &Redis| {
+            redis
+                .status
+                .as_ref()
+                .is_some_and(|status| status.phase == Phase::Ready)
+        })
+        .await;
+    operator.check_running()?;
+    ready.with_context(|| format!("operator log:\n{}", operator.log()))?;
+    watched.api::<StatefulSet>().get("cache").await?;
+
+    redises.delete("cache", &DeleteParams::foreground()).await?;
+    watched
+        .wait_for_deletion(&redises, "cache", TIMEOUT)
+        .await?;
+    watched
+        .wait_for_deletion(&watched.api::<StatefulSet>(), "cache", TIMEOUT)
+        .await?;
+    operator.check_running()?;
+    let log = operator.log();
+    ensure!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused a request:\n{log}"
+    );
+    ensure!(
+        !log.contains("not-a-real-password"),
+        "the password reached the log"
+    );
+    drop(operator);
+    drop(release);
+    Ok(())
+}
