@@ -3,13 +3,21 @@
 # all are Ready. Reports the time, the operator's peak RSS, the requests it made, and the
 # mutating requests it made while idle afterwards.
 #   hack/bench.sh website|redis|app [count] [idle-seconds]     (defaults: 1000 and 120)
+# And the failover benchmark of Redis with Sentinel (real redis-server/redis-sentinel processes
+# behind the pods; see tests/benches/failover.rs):
+#   hack/bench.sh failover [runs] [down-after-milliseconds]    (defaults: 10 and 5000)
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 # shellcheck source=versions.sh
 source hack/versions.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
-operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds]}
+operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms]}
+if [ "$operator" = failover ]; then
+  hack/install-deps.sh
+  hack/cluster.sh up >/dev/null
+  exec cargo bench --locked -p integration-tests --bench failover -- "${2:-10}" "${3:-5000}"
+fi
 count=${2:-1000}
 idle_seconds=${3:-120}
 namespace=bench-$operator

@@ -319,6 +319,18 @@ impl<R: Reconciler> Controller<R> {
         self
     }
 
+    /// Reconciles the objects `trigger` names, for changes the API server does not see — for
+    /// example a data plane's own notifications (a failover reported by Redis Sentinel).
+    pub fn reconcile_on<S>(mut self, trigger: S) -> Self
+    where
+        S: futures::Stream<Item = ObjectRef<R::Resource>> + Send + 'static,
+    {
+        self.owns.push(Box::new(move |controller, _, _| {
+            controller.reconcile_on(trigger)
+        }));
+        self
+    }
+
     /// Manages a finalizer of this name on every object, so that [`Reconciler::cleanup`] runs
     /// before the object is deleted (built on kube-runtime's finalizer helper).
     pub fn finalizer(mut self, name: &str) -> Self {

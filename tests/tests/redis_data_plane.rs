@@ -64,6 +64,8 @@ fn start(redis: &Redis, directory: &Path, password: Option<&str>) -> Result<Serv
         .env("REDIS_RUN_DIR", &run_dir)
         .env("REDIS_DATA_DIR", &data_dir)
         .env("REDIS_PORT", port.to_string())
+        // Loopback only on the test machine; in the pod it listens on the pod's address.
+        .env("REDIS_BIND", "127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(password) = password {

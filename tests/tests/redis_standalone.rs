@@ -307,8 +307,19 @@ async fn a_missing_secret_is_reported_once_and_recovered_from() -> Result<()> {
         .await?;
     ensure!(
         warnings.items.len() == 1,
-        "expected one SecretNotFound event, found {}",
-        warnings.items.len()
+        "expected one SecretNotFound event, found {}: {:#?}",
+        warnings.items.len(),
+        warnings
+            .items
+            .iter()
+            .map(|event| (
+                &event.metadata.name,
+                &event.message,
+                &event.count,
+                &event.event_time,
+                &event.reporting_instance
+            ))
+            .collect::<Vec<_>>()
     );
     let warning = &warnings.items[0];
     ensure!(warning.type_.as_deref() == Some("Warning"));

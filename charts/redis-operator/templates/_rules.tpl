@@ -1,14 +1,15 @@
 {{/* What redis-operator may do, and nothing more: each rule says which code path needs it. */}}
 {{- define "operator.rules" -}}
-# Watch Redis resources, write their status, and own their children (blockOwnerDeletion).
+# Watch Redis and RedisSentinel resources, write their status, and own their children
+# (blockOwnerDeletion needs update on finalizers).
 - apiGroups: [redis.operator-kit.io]
-  resources: [redises]
+  resources: [redises, redissentinels]
   verbs: [get, list, watch]
 - apiGroups: [redis.operator-kit.io]
-  resources: [redises/status]
+  resources: [redises/status, redissentinels/status]
   verbs: [get, patch]
 - apiGroups: [redis.operator-kit.io]
-  resources: [redises/finalizers]
+  resources: [redises/finalizers, redissentinels/finalizers]
   verbs: [update]
 # Children: applied with server-side apply (patch), pruned (delete), watched by metadata.
 - apiGroups: [""]
@@ -17,11 +18,19 @@
 - apiGroups: [apps]
   resources: [statefulsets]
   verbs: [get, list, watch, create, patch, delete]
-# The password Secret named by a Redis: its key names are checked, its changes watched.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# RedisSentinel pods are labelled with their role, so the master Service selects the master.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
+# The password Secret named by a resource: its key checked, its changes watched; the
+# RedisSentinel controller also reads the value to authenticate to Redis (in memory only).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch]
-# Events on the Redis resources (events.k8s.io/v1; repeated events are patched).
+# Events on the resources (events.k8s.io/v1; repeated events are patched).
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

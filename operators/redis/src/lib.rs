@@ -2,13 +2,20 @@
 //!
 //! - [`v1beta1`]: the custom resource types (`Redis`).
 //! - [`standalone`]: the `Redis` controller, validate → build → apply → status.
+//! - [`sentinel`]: the `RedisSentinel` controller (Redis with Sentinel), which also checks and
+//!   heals the replication topology through [`resp`], a small Redis client.
 #![forbid(unsafe_code)]
 
+pub mod resp;
+pub mod sentinel;
 pub mod standalone;
 pub mod v1beta1;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use operator_kit::Controller;
@@ -18,7 +25,7 @@ pub const OPERATOR_NAME: &str = "redis-operator";
 
 /// Every CRD of the operator, as committed in `crds/redis-operator.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![v1beta1::Redis::crd()]
+    vec![v1beta1::Redis::crd(), v1beta1::RedisSentinel::crd()]
 }
 
 /// The `Redis` controller with the kinds it owns and the Secrets it watches.
@@ -36,6 +43,48 @@ pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
             )
             .collect()
         })
+}
+
+/// The `RedisSentinel` controller, reaching the pods by DNS in the cluster and through
+/// port-forward outside it.
+pub fn redis_sentinel_controller() -> Controller<sentinel::RedisSentinelReconciler> {
+    redis_sentinel_controller_with(
+        sentinel::access::Access::Automatic,
+        Arc::new(sentinel::build::nodes),
+    )
+}
+
+/// The `RedisSentinel` controller with its own way to the data plane (tests use local
+/// processes).
+pub fn redis_sentinel_controller_with(
+    access: sentinel::access::Access,
+    addresses: sentinel::NodeAddresses,
+) -> Controller<sentinel::RedisSentinelReconciler> {
+    let (reconciler, triggers) = sentinel::RedisSentinelReconciler::new(access, addresses);
+    Controller::new("redis-sentinel", reconciler)
+        .owns::<ConfigMap>()
+        .owns::<Service>()
+        .owns::<StatefulSet>()
+        .owns::<PodDisruptionBudget>()
+        .watches_metadata::<Secret, _>(|secret, store| {
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            let namespace = secret.metadata.namespace.clone();
+            store
+                .state()
+                .into_iter()
+                .filter(|resource| {
+                    resource.metadata.namespace == namespace
+                        && resource
+                            .spec
+                            .kubernetes_config
+                            .redis_secret
+                            .as_ref()
+                            .is_some_and(|secret| secret.name == name)
+                })
+                .map(|resource| kube::runtime::reflector::ObjectRef::from_obj(&*resource))
+                .collect()
+        })
+        .reconcile_on(triggers)
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@ use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reco
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
+
 use crate::v1beta1::{
-    DEFAULT_EXPORTER_IMAGE, DEFAULT_EXPORTER_PORT, Phase, ProbeSettings, Redis, RedisSpec,
-    RedisStatus,
+    DEFAULT_EXPORTER_IMAGE, DEFAULT_EXPORTER_PORT, Phase, ProbeSettings, Redis, RedisExporter,
+    RedisSpec, RedisStatus, SecretKeyReference,
 };
 
 /// The Redis port, in the container and on both Services.
@@ -45,7 +47,7 @@ run_dir=${REDIS_RUN_DIR:-/run/redis}
 umask 077
 {
   cat "$config_dir/redis.conf"
-  printf 'dir "%s"\nport %s\n' "${REDIS_DATA_DIR:-/data}" "${REDIS_PORT:-6379}"
+  printf 'dir "%s"\nport %s\nbind %s\n' "${REDIS_DATA_DIR:-/data}" "${REDIS_PORT:-6379}" "${REDIS_BIND:-0.0.0.0}"
   if [ -n "${REDIS_PASSWORD:-}" ]; then
     case $REDIS_PASSWORD in
       *'
@@ -128,11 +130,20 @@ pub fn config_map(names: &Names, conf: &str) -> ConfigMap {
     }
 }
 
-fn probe(settings: Option<&ProbeSettings>, defaults: (i32, i32, i32, i32)) -> Value {
+/// The check of the standalone server's probes.
+const PING: &str = "redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG";
+
+/// An exec probe running `command` with the spec's timing, or `defaults` (initial delay,
+/// period, timeout, failure threshold).
+pub(crate) fn probe(
+    command: &str,
+    settings: Option<&ProbeSettings>,
+    defaults: (i32, i32, i32, i32),
+) -> Value {
     let settings = settings.cloned().unwrap_or_default();
     json!({
         // REDISCLI_AUTH carries the password, so it never shows in the probe's arguments.
-        "exec": { "command": ["sh", "-c", "redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG"] },
+        "exec": { "command": ["sh", "-c", command] },
         "initialDelaySeconds": settings.initial_delay_seconds.unwrap_or(defaults.0),
         "periodSeconds": settings.period_seconds.unwrap_or(defaults.1),
         "timeoutSeconds": settings.timeout_seconds.unwrap_or(defaults.2),
@@ -140,14 +151,59 @@ fn probe(settings: Option<&ProbeSettings>, defaults: (i32, i32, i32, i32)) -> Va
     })
 }
 
-fn password_env(spec: &RedisSpec, names: &[&str]) -> Vec<Value> {
-    let Some(secret) = &spec.kubernetes_config.redis_secret else {
+/// Environment variables `names`, each read from the password Secret's key.
+pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) -> Vec<Value> {
+    let Some(secret) = secret else {
         return Vec::new();
     };
     names
         .iter()
         .map(|name| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } } }))
         .collect()
+}
+
+/// The exporter sidecar, when enabled.
+pub(crate) fn exporter_container(
+    exporter: Option<&RedisExporter>,
+    pull_policy: &str,
+    secret: Option<&SecretKeyReference>,
+) -> Option<Value> {
+    let exporter = exporter.filter(|exporter| exporter.enabled)?;
+    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
+    let mut env = vec![
+        json!({ "name": "REDIS_ADDR", "value": "redis://127.0.0.1:6379" }),
+        json!({ "name": "REDIS_EXPORTER_WEB_LISTEN_ADDRESS", "value": format!(":{port}") }),
+    ];
+    env.extend(password_env(secret, &["REDIS_PASSWORD"]));
+    Some(json!({
+        "name": "redis-exporter",
+        "image": exporter.image.as_deref().unwrap_or(DEFAULT_EXPORTER_IMAGE),
+        "imagePullPolicy": pull_policy,
+        "env": env,
+        "ports": [{ "name": "metrics", "containerPort": port }],
+        "resources": exporter.resources,
+        "securityContext": container_security(None),
+    }))
+}
+
+/// The containers' security context: the spec's, or no privilege escalation, no
+/// capabilities and a read-only root filesystem.
+pub(crate) fn container_security(context: Option<&SecurityContext>) -> Value {
+    context.map_or_else(
+        || {
+            json!({ "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                    "capabilities": { "drop": ["ALL"] } })
+        },
+        |context| json!(context),
+    )
+}
+
+/// The pod's security context: the spec's, or non-root user, group and fsGroup 1000.
+pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> Value {
+    context.map_or_else(
+        || json!({ "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000 }),
+        |context| json!(context),
+    )
 }
 
 /// The StatefulSet running the server (and the exporter when enabled).
@@ -165,44 +221,23 @@ pub fn stateful_set(
         "image": kubernetes.image,
         "imagePullPolicy": pull_policy,
         "command": ["sh", format!("/etc/redis/{START_SCRIPT_KEY}")],
-        "env": password_env(spec, &["REDIS_PASSWORD", "REDISCLI_AUTH"]),
+        "env": password_env(kubernetes.redis_secret.as_ref(), &["REDIS_PASSWORD", "REDISCLI_AUTH"]),
         "ports": [{ "name": "redis", "containerPort": REDIS_PORT }],
         "resources": kubernetes.resources,
-        "readinessProbe": probe(spec.readiness_probe.as_ref(), (5, 5, 1, 3)),
-        "livenessProbe": probe(spec.liveness_probe.as_ref(), (15, 10, 5, 3)),
-        "securityContext": spec.container_security_context.clone().map_or_else(
-            || json!({ "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                       "capabilities": { "drop": ["ALL"] } }),
-            |context| json!(context),
-        ),
+        "readinessProbe": probe(PING, spec.readiness_probe.as_ref(), (5, 5, 1, 3)),
+        "livenessProbe": probe(PING, spec.liveness_probe.as_ref(), (15, 10, 5, 3)),
+        "securityContext": container_security(spec.container_security_context.as_ref()),
         "volumeMounts": [
             { "name": "data", "mountPath": "/data" },
             { "name": "config", "mountPath": "/etc/redis" },
             { "name": "run", "mountPath": "/run/redis" },
         ],
     })];
-    if let Some(exporter) = spec
-        .redis_exporter
-        .as_ref()
-        .filter(|exporter| exporter.enabled)
-    {
-        let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
-        let mut env = vec![
-            json!({ "name": "REDIS_ADDR", "value": "redis://127.0.0.1:6379" }),
-            json!({ "name": "REDIS_EXPORTER_WEB_LISTEN_ADDRESS", "value": format!(":{port}") }),
-        ];
-        env.extend(password_env(spec, &["REDIS_PASSWORD"]));
-        containers.push(json!({
-            "name": "redis-exporter",
-            "image": exporter.image.as_deref().unwrap_or(DEFAULT_EXPORTER_IMAGE),
-            "imagePullPolicy": pull_policy,
-            "env": env,
-            "ports": [{ "name": "metrics", "containerPort": port }],
-            "resources": exporter.resources,
-            "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                 "capabilities": { "drop": ["ALL"] } },
-        }));
-    }
+    containers.extend(exporter_container(
+        spec.redis_exporter.as_ref(),
+        pull_policy,
+        kubernetes.redis_secret.as_ref(),
+    ));
     let mut volumes = vec![
         json!({ "name": "config", "configMap": { "name": names.config } }),
         json!({ "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
@@ -221,10 +256,7 @@ pub fn stateful_set(
         .storage
         .as_ref()
         .is_some_and(|storage| storage.keep_after_delete);
-    let pod_security = spec.security_context.clone().map_or_else(
-        || json!({ "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000 }),
-        |context| json!(context),
-    );
+    let pod_security = pod_security(spec.security_context.as_ref());
     let value = json!({
         "metadata": { "name": names.server },
         "spec": {
@@ -270,6 +302,13 @@ pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Ser
     serde_json::from_value(value).unwrap_or_default()
 }
 
+/// The Service port of the exporter's metrics, when enabled.
+pub(crate) fn exporter_service_port(exporter: Option<&RedisExporter>) -> Option<Value> {
+    let exporter = exporter.filter(|exporter| exporter.enabled)?;
+    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
+    Some(json!({ "name": "metrics", "port": port, "targetPort": "metrics" }))
+}
+
 /// The client Service, of the spec's type; it also exposes the exporter's port when enabled.
 pub fn client_service(
     spec: &RedisSpec,
@@ -277,14 +316,7 @@ pub fn client_service(
     labels: &BTreeMap<String, String>,
 ) -> Service {
     let mut ports = vec![json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" })];
-    if let Some(exporter) = spec
-        .redis_exporter
-        .as_ref()
-        .filter(|exporter| exporter.enabled)
-    {
-        let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
-        ports.push(json!({ "name": "metrics", "port": port, "targetPort": "metrics" }));
-    }
+    ports.extend(exporter_service_port(spec.redis_exporter.as_ref()));
     let value = json!({
         "metadata": { "name": names.server },
         "spec": {
@@ -404,13 +436,24 @@ impl ReconcileError for Error {
 /// Checks what only the operator can: that the password Secret and its key exist. Reads the
 /// Secret's key names, never logs or stores its values.
 async fn validate(redis: &Redis, context: &Context) -> Result<(), Error> {
-    let Some(reference) = &redis.spec.kubernetes_config.redis_secret else {
-        return Ok(());
+    let namespace = redis.namespace().unwrap_or_default();
+    let reference = redis.spec.kubernetes_config.redis_secret.as_ref();
+    read_password(reference, &namespace, context.client())
+        .await
+        .map(drop)
+}
+
+/// The password from the Secret key `reference` names, if any; an error when the Secret or the
+/// key is missing. The value is kept in memory only, never logged or written.
+pub(crate) async fn read_password(
+    reference: Option<&SecretKeyReference>,
+    namespace: &str,
+    client: &kube::Client,
+) -> Result<Option<String>, Error> {
+    let Some(reference) = reference else {
+        return Ok(None);
     };
-    let secrets = Api::<Secret>::namespaced(
-        context.client().clone(),
-        &redis.namespace().unwrap_or_default(),
-    );
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let secret = secrets
         .get_opt(&reference.name)
         .await
@@ -423,21 +466,24 @@ async fn validate(redis: &Redis, context: &Context) -> Result<(), Error> {
             name: reference.name.clone(),
         });
     };
-    let has_key = secret
+    let value = secret
         .data
         .as_ref()
-        .is_some_and(|data| data.contains_key(&reference.key))
-        || secret
-            .string_data
-            .as_ref()
-            .is_some_and(|data| data.contains_key(&reference.key));
-    if !has_key {
-        return Err(Error::SecretKeyNotFound {
+        .and_then(|data| data.get(&reference.key))
+        .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|data| data.get(&reference.key).cloned())
+        });
+    match value {
+        Some(value) => Ok(Some(value)),
+        None => Err(Error::SecretKeyNotFound {
             name: reference.name.clone(),
             key: reference.key.clone(),
-        });
+        }),
     }
-    Ok(())
 }
 
 /// The `Redis` reconciler.

@@ -284,3 +284,159 @@ pub struct RedisStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
+
+/// Redis with Sentinel: an odd number of pods, each running Redis and a Sentinel, with one
+/// master, automatic failover, and an operator that checks and heals the replication topology.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[kube(
+    group = "redis.operator-kit.io",
+    version = "v1beta1",
+    kind = "RedisSentinel",
+    namespaced,
+    status = "RedisSentinelStatus",
+    shortname = "rdss",
+    category = "redis",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Master","type":"string","jsonPath":".status.master"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Last failover","type":"date","jsonPath":".status.lastFailover.startedAt","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name must be at most 47 characters: the StatefulSet `<name>-node`, its pod names and revision labels add up to 16 more"),
+    validation = Rule::new("!has(self.spec.sentinel) || !has(self.spec.sentinel.quorum) || self.spec.sentinel.quorum <= self.spec.replicas").message("spec.sentinel.quorum must not exceed spec.replicas"),
+    validation = Rule::new("!has(self.spec.minReplicasToWrite) || self.spec.minReplicasToWrite < self.spec.replicas").message("spec.minReplicasToWrite must be less than spec.replicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelSpec {
+    /// Pods, each with a Redis and a Sentinel: odd, at least 3, so that a majority of
+    /// sentinels always exists. Default 3.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 3 && self <= 99 && self % 2 == 1").message("replicas must be an odd number between 3 and 99"))]
+    pub replicas: i32,
+    /// Sentinel's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelSettings>,
+    /// `min-replicas-to-write`: the master refuses writes unless this many replicas are
+    /// connected, so a master cut off from the others cannot accept writes a failover would
+    /// discard. Default 1; 0 turns the protection off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("minReplicasToWrite must not be negative"))]
+    pub min_replicas_to_write: Option<i32>,
+    /// `min-replicas-max-lag`: seconds after which a silent replica no longer counts for
+    /// `minReplicasToWrite`. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("minReplicasMaxLag must be at least 1"))]
+    pub min_replicas_max_lag: Option<i32>,
+    /// How the pods run: image, resources, Service type and password Secret.
+    pub kubernetes_config: KubernetesConfig,
+    /// Persistent storage for each pod's `/data`. Without it the data lives in an `emptyDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    /// The Prometheus exporter sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_exporter: Option<RedisExporter>,
+    /// Settings added to the generated `redis.conf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_config: Option<RedisConfig>,
+    /// Node labels the pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Scheduling constraints of the pods. Default: prefer spreading them over hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// The pods' security context. Default: run as user and group 1000 (`fsGroup` 1000) as non-root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// The security context of the Redis and Sentinel containers. Default: no privilege
+    /// escalation, all capabilities dropped, read-only root filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+    /// The PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("priorityClassName must be a DNS subdomain name"))]
+    pub priority_class_name: Option<String>,
+    /// Overrides of the readiness probes' timing. Default: the seed chart's (initial delay
+    /// 20 s, period 5 s, timeout 1 s, 5 failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ProbeSettings>,
+    /// Overrides of the liveness probes' timing. Default: initial delay 20 s, period 5 s,
+    /// timeout 5 s, 5 failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<ProbeSettings>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// Sentinel's settings; every field has a default.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelSettings {
+    /// The name sentinels know the master by. Default `mymaster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9][-_.a-zA-Z0-9]*$')").message("sentinel.masterSet must be letters, digits, '-', '_' or '.'"))]
+    pub master_set: Option<String>,
+    /// Sentinels that must agree the master is down before a failover. Default: a majority
+    /// of `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("sentinel.quorum must be at least 1"))]
+    pub quorum: Option<i32>,
+    /// Milliseconds without an answer before a node counts as down. Default 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 100").message("sentinel.downAfterMilliseconds must be at least 100"))]
+    pub down_after_milliseconds: Option<i64>,
+    /// Sentinel's failover timeout in milliseconds. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1000").message("sentinel.failoverTimeout must be at least 1000"))]
+    pub failover_timeout: Option<i64>,
+    /// Replicas resynchronised with a new master at the same time. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("sentinel.parallelSyncs must be at least 1"))]
+    pub parallel_syncs: Option<i32>,
+}
+
+/// The last failover the operator saw.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    /// The pod that was master.
+    pub from: String,
+    /// The pod that became master.
+    pub to: String,
+    /// When the sentinels agreed the master was down (RFC 3339).
+    pub started_at: String,
+    /// Milliseconds from then to the new master being announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+}
+
+/// What the operator observed.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelStatus {
+    /// Pending, Ready or Failed.
+    pub phase: Phase,
+    /// `Ready`: one master, every replica attached, every sentinel agreeing; its reason says
+    /// what is wrong otherwise.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The pod that is master now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Where clients connect: the master Service `<name>-master.<namespace>.svc:6379`, or the
+    /// sentinels at `<name>.<namespace>.svc:26379`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The last failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<Failover>,
+}

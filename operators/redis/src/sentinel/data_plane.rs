@@ -1,0 +1,740 @@
+//! The Redis and Sentinel processes of a `RedisSentinel`: what the operator observes
+//! ([`observe`]), what it decides ([`plan`], a pure function), and how it heals ([`heal`]).
+//!
+//! The rules, in order:
+//! - A master named by a majority of all sentinels, reachable and acting as master, is the
+//!   master. Any other master is demoted to replicate from it (with a warning).
+//! - When a majority of sentinels is reachable and names a master that is down, the sentinels
+//!   are failing over: the operator waits and changes nothing.
+//! - Otherwise (a cold start, a lost sentinel quorum, sentinels that disagree) the operator
+//!   picks the node with the highest replication offset, then the most keys, then an existing
+//!   master, then the lowest ordinal — never an empty node while one with data is reachable —
+//!   promotes it if needed, points every replica and every sentinel at it.
+//! - Nothing is ever flushed, and sentinels are re-pointed one by one (`SENTINEL REMOVE` +
+//!   `MONITOR`) only when they name another master: there is no blanket `SENTINEL RESET`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::resp::{Connection, RespError, Stream};
+
+/// One pod: its name and where its Redis and Sentinel are announced (stable DNS name in a
+/// cluster, never a pod IP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The pod's name (`<name>-node-<ordinal>`).
+    pub pod: String,
+    /// The announced host name.
+    pub host: String,
+    /// Redis's port.
+    pub redis_port: u16,
+    /// Sentinel's port.
+    pub sentinel_port: u16,
+}
+
+/// The Sentinel settings of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The monitored master's name in Sentinel (`masterSet`).
+    pub master_set: String,
+    /// Sentinels that must agree that the master is down.
+    pub quorum: u32,
+    /// How long the master must be unreachable before it is considered down.
+    pub down_after_milliseconds: u64,
+    /// Sentinel's failover timeout.
+    pub failover_timeout: u64,
+    /// Replicas resynchronised at the same time after a failover.
+    pub parallel_syncs: u32,
+}
+
+/// A connection being opened.
+pub type Connecting<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Stream>>> + Send + 'a>>;
+
+/// Opens connections to announced addresses: directly in a cluster or in tests, through the
+/// API server's port-forward when the operator runs outside the cluster.
+pub trait Resolver: Send + Sync {
+    /// A byte stream to `host:port`.
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> Connecting<'a>;
+}
+
+/// Connects with TCP to the announced host name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectResolver;
+
+impl Resolver for DirectResolver {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> Connecting<'a> {
+        Box::pin(async move {
+            let stream = tokio::time::timeout(
+                crate::resp::COMMAND_TIMEOUT,
+                tokio::net::TcpStream::connect((host, port)),
+            )
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            Ok(Box::new(stream) as Box<dyn Stream>)
+        })
+    }
+}
+
+/// Opens an authenticated connection through `resolver`.
+pub async fn connect(
+    resolver: &dyn Resolver,
+    host: &str,
+    port: u16,
+    password: Option<&str>,
+) -> Result<Connection, RespError> {
+    let stream = resolver.connect(host, port).await?;
+    Connection::open(stream, password).await
+}
+
+/// A node's role as Redis reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts writes.
+    Master,
+    /// Replicates from `host:port`; `link_up` when the link is established.
+    Replica {
+        /// The master's announced host.
+        host: String,
+        /// The master's port.
+        port: u16,
+        /// `master_link_status:up`.
+        link_up: bool,
+    },
+}
+
+/// What one Redis answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisState {
+    /// Its role.
+    pub role: Role,
+    /// Its replication offset (`master_repl_offset`, or `slave_repl_offset` on a replica).
+    pub offset: i64,
+    /// Keys in all databases.
+    pub keys: u64,
+}
+
+/// What one Sentinel answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelState {
+    /// The master it monitors under the master set name, if any.
+    pub master: Option<(String, u16)>,
+    /// `SENTINEL CKQUORUM` succeeded.
+    pub quorum_ok: bool,
+}
+
+/// Everything observed, by node index (`None`: unreachable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Each node's Redis.
+    pub redis: Vec<Option<RedisState>>,
+    /// Each node's Sentinel.
+    pub sentinels: Vec<Option<SentinelState>>,
+}
+
+/// Parses `INFO` output into its `key:value` fields.
+pub fn parse_info(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.trim_end().split_once(':'))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The role, offset and key count from `INFO replication` and `INFO keyspace` fields.
+pub fn redis_state(info: &BTreeMap<String, String>) -> Option<RedisState> {
+    let number = |key: &str| info.get(key).and_then(|value| value.parse::<i64>().ok());
+    let role = match info.get("role").map(String::as_str) {
+        Some("master") => Role::Master,
+        Some("slave") => Role::Replica {
+            host: info.get("master_host")?.clone(),
+            port: info.get("master_port")?.parse().ok()?,
+            link_up: info.get("master_link_status").map(String::as_str) == Some("up"),
+        },
+        _ => return None,
+    };
+    let offset = match role {
+        Role::Master => number("master_repl_offset"),
+        Role::Replica { .. } => number("slave_repl_offset").or(number("master_repl_offset")),
+    }
+    .unwrap_or(0);
+    // Keyspace lines look like `db0:keys=3,expires=0,avg_ttl=0`.
+    let keys = info
+        .iter()
+        .filter(|(key, _)| key.starts_with("db"))
+        .filter_map(|(_, value)| value.split(',').find_map(|pair| pair.strip_prefix("keys=")))
+        .filter_map(|count| count.parse::<u64>().ok())
+        .sum();
+    Some(RedisState { role, offset, keys })
+}
+
+async fn observe_redis(
+    node: &Node,
+    resolver: &dyn Resolver,
+    password: Option<&str>,
+) -> Result<RedisState, RespError> {
+    let mut connection = connect(resolver, &node.host, node.redis_port, password).await?;
+    let mut text = String::new();
+    for section in ["replication", "keyspace"] {
+        let reply = connection.command(&["INFO", section]).await?;
+        text.push_str(&reply.text().unwrap_or_default());
+    }
+    redis_state(&parse_info(&text))
+        .ok_or_else(|| RespError::Protocol("INFO replication has no role".to_owned()))
+}
+
+async fn observe_sentinel(
+    node: &Node,
+    resolver: &dyn Resolver,
+    settings: &Settings,
+) -> Result<SentinelState, RespError> {
+    let mut connection = connect(resolver, &node.host, node.sentinel_port, None).await?;
+    let reply = connection
+        .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &settings.master_set])
+        .await?;
+    let master = match reply.items() {
+        [host, port] => host
+            .text()
+            .zip(port.text().and_then(|port| port.parse().ok())),
+        _ => None,
+    };
+    let quorum_ok = master.is_some()
+        && connection
+            .command(&["SENTINEL", "CKQUORUM", &settings.master_set])
+            .await
+            .is_ok();
+    Ok(SentinelState { master, quorum_ok })
+}
+
+/// Asks every Redis and every Sentinel, concurrently; an unreachable one is `None`.
+pub async fn observe(
+    nodes: &[Node],
+    resolver: &dyn Resolver,
+    settings: &Settings,
+    password: Option<&str>,
+) -> Observation {
+    let redis = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|node| async move { observe_redis(node, resolver, password).await.ok() }),
+    );
+    let sentinels = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|node| async move { observe_sentinel(node, resolver, settings).await.ok() }),
+    );
+    let (redis, sentinels) = futures::join!(redis, sentinels);
+    Observation { redis, sentinels }
+}
+
+/// One step of healing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `REPLICAOF NO ONE` on this node.
+    Promote(usize),
+    /// `REPLICAOF <master>` on `node`.
+    Replicate {
+        /// The node to point.
+        node: usize,
+        /// The node it replicates from.
+        master: usize,
+    },
+    /// `SENTINEL REMOVE` + `MONITOR` + `SET` on this node's sentinel, for `master`.
+    Monitor {
+        /// The sentinel's node.
+        sentinel: usize,
+        /// The node to monitor.
+        master: usize,
+    },
+}
+
+/// Why the master is the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// A majority of the sentinels names it.
+    Sentinels,
+    /// Chosen by data: the highest offset, then most keys.
+    MostUpToDate,
+}
+
+/// What the operator concluded from an [`Observation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The master after healing, if one can be chosen now.
+    pub master: Option<usize>,
+    /// How it was chosen.
+    pub choice: Option<Choice>,
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// Situations worth a Warning event (for example, two masters).
+    pub warnings: Vec<String>,
+    /// The sentinels hold quorum and are failing over: do nothing.
+    pub failover_in_progress: bool,
+}
+
+impl Plan {
+    /// Exactly one master, every replica attached to it, every sentinel monitoring it with
+    /// quorum: nothing to heal.
+    pub fn is_healthy(&self, observation: &Observation) -> bool {
+        let Some(master) = self.master else {
+            return false;
+        };
+        self.actions.is_empty()
+            && observation
+                .redis
+                .iter()
+                .enumerate()
+                .all(|(index, state)| match state {
+                    Some(RedisState {
+                        role: Role::Master, ..
+                    }) => index == master,
+                    Some(RedisState {
+                        role: Role::Replica { link_up, .. },
+                        ..
+                    }) => *link_up,
+                    None => false,
+                })
+            && observation
+                .sentinels
+                .iter()
+                .all(|state| state.as_ref().is_some_and(|state| state.quorum_ok))
+    }
+}
+
+fn address_of(nodes: &[Node], host: &str, port: u16) -> Option<usize> {
+    nodes
+        .iter()
+        .position(|node| node.host == host && node.redis_port == port)
+}
+
+/// Decides the master and the actions that make every node and sentinel follow it.
+pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
+    let majority = nodes.len() / 2 + 1;
+    let mut votes: BTreeMap<usize, usize> = BTreeMap::new();
+    for state in observation.sentinels.iter().flatten() {
+        if let Some(index) = state
+            .master
+            .as_ref()
+            .and_then(|(host, port)| address_of(nodes, host, *port))
+        {
+            *votes.entry(index).or_default() += 1;
+        }
+    }
+    let named = votes
+        .iter()
+        .find(|(_, count)| **count >= majority)
+        .map(|(index, _)| *index);
+    let is_master = |index: usize| {
+        matches!(
+            observation.redis.get(index),
+            Some(Some(RedisState {
+                role: Role::Master,
+                ..
+            }))
+        )
+    };
+    let mut warnings = Vec::new();
+    let (master, choice) = match named {
+        Some(index) if is_master(index) => (index, Choice::Sentinels),
+        Some(_) => {
+            // A majority of the sentinels agrees on a master that is down or not a master:
+            // their failover is under way (or about to be). Acting now would race them.
+            return Plan {
+                master: None,
+                choice: None,
+                actions: Vec::new(),
+                warnings,
+                failover_in_progress: true,
+            };
+        }
+        _ => match most_up_to_date(observation) {
+            Some(index) => (index, Choice::MostUpToDate),
+            None => {
+                return Plan {
+                    master: None,
+                    choice: None,
+                    actions: Vec::new(),
+                    warnings,
+                    failover_in_progress: false,
+                };
+            }
+        },
+    };
+    let mut actions = Vec::new();
+    if !is_master(master) {
+        actions.push(Action::Promote(master));
+    }
+    let target = &nodes[master];
+    for (index, state) in observation.redis.iter().enumerate() {
+        let Some(state) = state else { continue };
+        if index == master {
+            continue;
+        }
+        match &state.role {
+            Role::Master => {
+                // An empty master is a pod that started before the sentinels knew a master
+                // (a normal bootstrap); one with data is a real second master.
+                if state.offset > 0 || state.keys > 0 {
+                    warnings.push(format!(
+                        "two masters: {:?} is a master too; demoting it to replicate from {:?} \
+                     ({})",
+                        nodes[index].pod,
+                        target.pod,
+                        match choice {
+                            Choice::Sentinels => "named by the sentinels",
+                            Choice::MostUpToDate => "the most up-to-date node",
+                        }
+                    ));
+                }
+                actions.push(Action::Replicate {
+                    node: index,
+                    master,
+                });
+            }
+            Role::Replica { host, port, .. } => {
+                if address_of(nodes, host, *port) != Some(master) {
+                    actions.push(Action::Replicate {
+                        node: index,
+                        master,
+                    });
+                }
+            }
+        }
+    }
+    for (index, state) in observation.sentinels.iter().enumerate() {
+        let Some(state) = state else { continue };
+        let monitored = state
+            .master
+            .as_ref()
+            .and_then(|(host, port)| address_of(nodes, host, *port));
+        if monitored != Some(master) {
+            actions.push(Action::Monitor {
+                sentinel: index,
+                master,
+            });
+        }
+    }
+    Plan {
+        master: Some(master),
+        choice: Some(choice),
+        actions,
+        warnings,
+        failover_in_progress: false,
+    }
+}
+
+/// The reachable node with the highest offset, then the most keys, then already a master,
+/// then the lowest ordinal.
+fn most_up_to_date(observation: &Observation) -> Option<usize> {
+    observation
+        .redis
+        .iter()
+        .enumerate()
+        .filter_map(|(index, state)| state.as_ref().map(|state| (index, state)))
+        .max_by_key(|(index, state)| {
+            (
+                state.offset,
+                state.keys,
+                state.role == Role::Master,
+                std::cmp::Reverse(*index),
+            )
+        })
+        .map(|(index, _)| index)
+}
+
+/// The role label of each pod, given the master.
+pub fn roles(nodes: &[Node], master: usize) -> Vec<(&str, &'static str)> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let role = if index == master { "master" } else { "replica" };
+            (node.pod.as_str(), role)
+        })
+        .collect()
+}
+
+/// Runs the plan's actions in order; returns how many were applied. Stops at the first
+/// failure, which the next reconcile retries from a fresh observation.
+pub async fn heal(
+    nodes: &[Node],
+    plan: &Plan,
+    resolver: &dyn Resolver,
+    settings: &Settings,
+    password: Option<&str>,
+) -> Result<usize, RespError> {
+    let mut applied = 0;
+    for action in &plan.actions {
+        match *action {
+            Action::Promote(index) => {
+                let node = &nodes[index];
+                let mut connection =
+                    connect(resolver, &node.host, node.redis_port, password).await?;
+                connection.command(&["REPLICAOF", "NO", "ONE"]).await?;
+            }
+            Action::Replicate { node, master } => {
+                let (node, master) = (&nodes[node], &nodes[master]);
+                let mut connection =
+                    connect(resolver, &node.host, node.redis_port, password).await?;
+                connection
+                    .command(&["REPLICAOF", &master.host, &master.redis_port.to_string()])
+                    .await?;
+            }
+            Action::Monitor { sentinel, master } => {
+                let (sentinel, master) = (&nodes[sentinel], &nodes[master]);
+                let mut connection =
+                    connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
+                monitor(&mut connection, master, settings, password).await?;
+            }
+        }
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Points one sentinel at `master` with the resource's settings.
+async fn monitor(
+    connection: &mut Connection,
+    master: &Node,
+    settings: &Settings,
+    password: Option<&str>,
+) -> Result<(), RespError> {
+    let set = settings.master_set.as_str();
+    // REMOVE fails when the sentinel monitors nothing yet, which is fine.
+    let _ = connection.command(&["SENTINEL", "REMOVE", set]).await;
+    connection
+        .command(&[
+            "SENTINEL",
+            "MONITOR",
+            set,
+            &master.host,
+            &master.redis_port.to_string(),
+            &settings.quorum.to_string(),
+        ])
+        .await?;
+    let (down_after, failover_timeout, parallel_syncs) = (
+        settings.down_after_milliseconds.to_string(),
+        settings.failover_timeout.to_string(),
+        settings.parallel_syncs.to_string(),
+    );
+    connection
+        .command(&[
+            "SENTINEL",
+            "SET",
+            set,
+            "down-after-milliseconds",
+            &down_after,
+            "failover-timeout",
+            &failover_timeout,
+            "parallel-syncs",
+            &parallel_syncs,
+        ])
+        .await?;
+    if let Some(password) = password {
+        connection
+            .command(&["SENTINEL", "SET", set, "auth-pass", password])
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> Vec<Node> {
+        (0..3)
+            .map(|index| Node {
+                pod: format!("cache-node-{index}"),
+                host: format!("cache-node-{index}.cache-headless"),
+                redis_port: 6379,
+                sentinel_port: 26379,
+            })
+            .collect()
+    }
+
+    fn master(offset: i64, keys: u64) -> Option<RedisState> {
+        Some(RedisState {
+            role: Role::Master,
+            offset,
+            keys,
+        })
+    }
+
+    fn replica_of(index: usize, offset: i64) -> Option<RedisState> {
+        Some(RedisState {
+            role: Role::Replica {
+                host: format!("cache-node-{index}.cache-headless"),
+                port: 6379,
+                link_up: true,
+            },
+            offset,
+            keys: 1,
+        })
+    }
+
+    fn sentinel_on(index: Option<usize>) -> Option<SentinelState> {
+        Some(SentinelState {
+            master: index.map(|index| (format!("cache-node-{index}.cache-headless"), 6379)),
+            quorum_ok: index.is_some(),
+        })
+    }
+
+    #[test]
+    fn info_replication_parses_roles_offsets_and_keys() {
+        let info = parse_info(
+            "# Replication\r\nrole:slave\r\nmaster_host:cache-node-0.cache-headless\r\n\
+             master_port:6379\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\n\
+             master_repl_offset:1234\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n\
+             db2:keys=4,expires=1,avg_ttl=0\r\n",
+        );
+        assert_eq!(
+            redis_state(&info),
+            Some(RedisState {
+                role: Role::Replica {
+                    host: "cache-node-0.cache-headless".into(),
+                    port: 6379,
+                    link_up: true
+                },
+                offset: 1234,
+                keys: 7,
+            })
+        );
+        let info = parse_info("role:master\nmaster_repl_offset:99\n");
+        assert_eq!(redis_state(&info).map(|state| state.offset), Some(99));
+        assert_eq!(redis_state(&parse_info("loading:1\n")), None);
+    }
+
+    #[test]
+    fn a_healthy_set_needs_nothing() {
+        let observation = Observation {
+            redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
+            sentinels: vec![sentinel_on(Some(0)); 3],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, Some(0));
+        assert_eq!(plan.choice, Some(Choice::Sentinels));
+        assert!(plan.actions.is_empty());
+        assert!(plan.is_healthy(&observation));
+    }
+
+    #[test]
+    fn a_cold_start_gets_one_master_and_every_sentinel_pointed_at_it() {
+        let observation = Observation {
+            redis: vec![master(0, 0), master(0, 0), master(0, 0)],
+            sentinels: vec![sentinel_on(None); 3],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, Some(0));
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::Replicate { node: 1, master: 0 },
+                Action::Replicate { node: 2, master: 0 },
+                Action::Monitor {
+                    sentinel: 0,
+                    master: 0
+                },
+                Action::Monitor {
+                    sentinel: 1,
+                    master: 0
+                },
+                Action::Monitor {
+                    sentinel: 2,
+                    master: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn without_sentinel_quorum_the_highest_offset_wins_never_an_empty_node() {
+        // Node 0 (the oldest) restarted empty; node 2 holds the most data.
+        let observation = Observation {
+            redis: vec![master(0, 0), replica_of(9, 500), replica_of(9, 800)],
+            sentinels: vec![None, None, sentinel_on(None)],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, Some(2));
+        assert_eq!(plan.choice, Some(Choice::MostUpToDate));
+        assert_eq!(plan.actions[0], Action::Promote(2));
+        assert!(
+            plan.actions
+                .contains(&Action::Replicate { node: 0, master: 2 })
+        );
+        assert!(
+            plan.actions
+                .contains(&Action::Replicate { node: 1, master: 2 })
+        );
+    }
+
+    #[test]
+    fn two_masters_keep_the_one_the_sentinels_name_and_warn() {
+        let observation = Observation {
+            redis: vec![master(100, 5), master(300, 9), replica_of(0, 100)],
+            sentinels: vec![
+                sentinel_on(Some(0)),
+                sentinel_on(Some(0)),
+                sentinel_on(Some(1)),
+            ],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, Some(0));
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::Replicate { node: 1, master: 0 },
+                Action::Monitor {
+                    sentinel: 2,
+                    master: 0
+                },
+            ]
+        );
+        assert_eq!(plan.warnings.len(), 1);
+        assert!(
+            plan.warnings[0].contains("two masters"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn two_masters_without_sentinels_keep_the_higher_offset() {
+        let observation = Observation {
+            redis: vec![master(100, 5), master(300, 9), replica_of(0, 100)],
+            sentinels: vec![None, None, None],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, Some(1));
+        assert!(
+            plan.actions
+                .contains(&Action::Replicate { node: 0, master: 1 })
+        );
+    }
+
+    #[test]
+    fn a_failover_in_progress_is_left_to_the_sentinels() {
+        // The master died; sentinels still name it and hold quorum.
+        let observation = Observation {
+            redis: vec![None, replica_of(0, 100), replica_of(0, 90)],
+            sentinels: vec![None, sentinel_on(Some(0)), sentinel_on(Some(0))],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert!(plan.failover_in_progress);
+        assert!(plan.actions.is_empty());
+        assert_eq!(plan.master, None);
+    }
+
+    #[test]
+    fn nothing_reachable_means_no_master_and_no_action() {
+        let observation = Observation {
+            redis: vec![None; 3],
+            sentinels: vec![None; 3],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, None);
+        assert!(plan.actions.is_empty());
+        assert!(!plan.is_healthy(&observation));
+    }
+}

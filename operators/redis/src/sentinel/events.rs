@@ -1,0 +1,278 @@
+//! Sentinel's own notifications, turned into what the controller reports: a subscriber per
+//! resource listens to one sentinel's `+odown`, `+switch-master` and `-failover-abort-*`
+//! channels, keeps a [`FailoverLog`], and asks the controller to reconcile when the master
+//! moves — so status, labels and events follow a failover within moments, not at the next
+//! periodic check.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::data_plane::{Node, Resolver, connect};
+use crate::resp::Value;
+use crate::v1beta1::RedisSentinel;
+
+/// A message of one of the subscribed channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentinelEvent {
+    /// The sentinels agree the master at this host is down.
+    ObjectivelyDown {
+        /// The master's host.
+        host: String,
+        /// The master's port.
+        port: u16,
+    },
+    /// The master moved.
+    SwitchMaster {
+        /// The old master's host and port.
+        from: (String, u16),
+        /// The new master's host and port.
+        to: (String, u16),
+    },
+    /// A failover was given up (`-failover-abort-…`: no good replica, not elected, …).
+    FailoverAborted {
+        /// The channel's name, which says why.
+        reason: String,
+    },
+}
+
+/// Parses a Pub/Sub message (`message` or `pmessage`) into an event, for `master_set` only.
+pub fn parse(message: &Value, master_set: &str) -> Option<SentinelEvent> {
+    let items = message.items();
+    let (channel, payload) = match items.first()?.text()?.as_str() {
+        "message" => (items.get(1)?.text()?, items.get(2)?.text()?),
+        "pmessage" => (items.get(2)?.text()?, items.get(3)?.text()?),
+        _ => return None,
+    };
+    let words: Vec<&str> = payload.split_whitespace().collect();
+    match channel.as_str() {
+        // "mymaster <old-host> <old-port> <new-host> <new-port>"
+        "+switch-master" if words.first() == Some(&master_set) => {
+            Some(SentinelEvent::SwitchMaster {
+                from: (words.get(1)?.to_string(), words.get(2)?.parse().ok()?),
+                to: (words.get(3)?.to_string(), words.get(4)?.parse().ok()?),
+            })
+        }
+        // "master mymaster <host> <port> #quorum 2/2"
+        "+odown" if words.first() == Some(&"master") && words.get(1) == Some(&master_set) => {
+            Some(SentinelEvent::ObjectivelyDown {
+                host: words.get(2)?.to_string(),
+                port: words.get(3)?.parse().ok()?,
+            })
+        }
+        channel if channel.starts_with("-failover-abort") => Some(SentinelEvent::FailoverAborted {
+            reason: channel.trim_start_matches('-').to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// A failover as the sentinels reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    /// The old master's pod.
+    pub from: String,
+    /// The new master's pod.
+    pub to: String,
+    /// When the sentinels agreed the master was down (or, without `+odown`, the switch).
+    pub started_at: SystemTime,
+    /// When the new master was announced.
+    pub finished_at: SystemTime,
+}
+
+/// What the subscriber heard since the controller last looked.
+#[derive(Debug, Clone, Default)]
+pub struct FailoverLog {
+    /// Since when the master is objectively down, if it is.
+    pub down_since: Option<SystemTime>,
+    /// The latest switch not yet reported.
+    pub switch: Option<Switch>,
+    /// Events not yet reported: `(warning, reason, message)`.
+    pub notes: Vec<(bool, &'static str, String)>,
+}
+
+impl FailoverLog {
+    /// Records one event about the set of `nodes`; returns whether the controller should
+    /// reconcile now.
+    pub fn record(&mut self, event: SentinelEvent, at: SystemTime, nodes: &[Node]) -> bool {
+        match event {
+            SentinelEvent::ObjectivelyDown { host, port } => {
+                self.down_since.get_or_insert(at);
+                self.notes.push((
+                    true,
+                    "MasterDown",
+                    format!(
+                        "the sentinels agree that master {:?} is down; failing over",
+                        pod_at(nodes, &host, port)
+                    ),
+                ));
+                true
+            }
+            SentinelEvent::SwitchMaster { from, to } => {
+                let (from, to) = (pod_at(nodes, &from.0, from.1), pod_at(nodes, &to.0, to.1));
+                let started_at = self.down_since.take().unwrap_or(at);
+                let milliseconds = at
+                    .duration_since(started_at)
+                    .unwrap_or_default()
+                    .as_millis();
+                self.notes.push((
+                    false,
+                    "Failover",
+                    format!("master moved from {from:?} to {to:?} in {milliseconds} ms"),
+                ));
+                self.switch = Some(Switch {
+                    from,
+                    to,
+                    started_at,
+                    finished_at: at,
+                });
+                true
+            }
+            SentinelEvent::FailoverAborted { reason } => {
+                self.notes.push((
+                    true,
+                    "FailoverAborted",
+                    format!("the sentinels gave up a failover: {reason}"),
+                ));
+                true
+            }
+        }
+    }
+}
+
+/// The pod announced at `host:port`, or the host itself when no node matches.
+pub fn pod_at(nodes: &[Node], host: &str, port: u16) -> String {
+    nodes
+        .iter()
+        .find(|node| node.host == host && node.redis_port == port)
+        .map_or_else(|| host.to_owned(), |node| node.pod.clone())
+}
+
+/// The logs of every resource, shared by the subscribers and the controller.
+pub type FailoverLogs = Arc<Mutex<HashMap<ObjectRef<RedisSentinel>, FailoverLog>>>;
+
+/// The channels subscribed to, and the pattern for the abort channels.
+const CHANNELS: [&str; 3] = ["SUBSCRIBE", "+odown", "+switch-master"];
+const ABORT_PATTERN: [&str; 2] = ["PSUBSCRIBE", "-failover-abort-*"];
+
+/// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
+/// at a time, moving to the next when the connection breaks.
+pub async fn subscribe(
+    object: ObjectRef<RedisSentinel>,
+    nodes: Vec<Node>,
+    master_set: String,
+    resolver: Arc<dyn Resolver>,
+    logs: FailoverLogs,
+    trigger: UnboundedSender<ObjectRef<RedisSentinel>>,
+    keep_running: impl Fn() -> futures::future::BoxFuture<'static, bool> + Send,
+) {
+    loop {
+        for node in &nodes {
+            let Ok(mut connection) =
+                connect(resolver.as_ref(), &node.host, node.sentinel_port, None).await
+            else {
+                continue;
+            };
+            if connection.send(&CHANNELS).await.is_err()
+                || connection.send(&ABORT_PATTERN).await.is_err()
+            {
+                continue;
+            }
+            while let Ok(message) = connection.read().await {
+                let Some(event) = parse(&message, &master_set) else {
+                    continue;
+                };
+                let reconcile = match logs.lock() {
+                    Ok(mut logs) => logs.entry(object.clone()).or_default().record(
+                        event,
+                        SystemTime::now(),
+                        &nodes,
+                    ),
+                    Err(_) => false,
+                };
+                if reconcile && trigger.send(object.clone()).is_err() {
+                    return;
+                }
+            }
+        }
+        if !keep_running().await {
+            return;
+        }
+        // No sentinel answered (pods starting or gone): try again shortly.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(channel: &str, payload: &str) -> Value {
+        Value::Array(vec![
+            Value::Bulk(b"message".to_vec()),
+            Value::Bulk(channel.as_bytes().to_vec()),
+            Value::Bulk(payload.as_bytes().to_vec()),
+        ])
+    }
+
+    #[test]
+    fn sentinel_messages_become_events_and_a_timed_failover() {
+        let down = parse(
+            &message(
+                "+odown",
+                "master mymaster cache-node-0.h.ns.svc 6379 #quorum 2/2",
+            ),
+            "mymaster",
+        )
+        .unwrap();
+        let switch = parse(
+            &message(
+                "+switch-master",
+                "mymaster cache-node-0.h.ns.svc 6379 cache-node-2.h.ns.svc 6379",
+            ),
+            "mymaster",
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&message("+switch-master", "other a 1 b 2"), "mymaster"),
+            None
+        );
+        let abort = Value::Array(vec![
+            Value::Bulk(b"pmessage".to_vec()),
+            Value::Bulk(b"-failover-abort-*".to_vec()),
+            Value::Bulk(b"-failover-abort-no-good-slave".to_vec()),
+            Value::Bulk(b"master mymaster x 6379".to_vec()),
+        ]);
+        assert_eq!(
+            parse(&abort, "mymaster"),
+            Some(SentinelEvent::FailoverAborted {
+                reason: "failover-abort-no-good-slave".into()
+            })
+        );
+
+        let nodes: Vec<Node> = [0, 2]
+            .map(|ordinal| Node {
+                pod: format!("cache-node-{ordinal}"),
+                host: format!("cache-node-{ordinal}.h.ns.svc"),
+                redis_port: 6379,
+                sentinel_port: 26379,
+            })
+            .to_vec();
+        let mut log = FailoverLog::default();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        assert!(log.record(down, start, &nodes));
+        assert!(log.record(switch, start + Duration::from_millis(6500), &nodes));
+        let recorded = log.switch.clone().unwrap();
+        assert_eq!(
+            (recorded.from.as_str(), recorded.to.as_str()),
+            ("cache-node-0", "cache-node-2")
+        );
+        assert_eq!(recorded.started_at, start);
+        assert_eq!(log.notes.len(), 2);
+        assert!(log.notes[1].2.contains("in 6500 ms"), "{:?}", log.notes);
+        assert!(log.down_since.is_none());
+    }
+}

@@ -1,0 +1,486 @@
+//! Redis with Sentinel: the `RedisSentinel` controller.
+//!
+//! validate → build → apply → data plane → status:
+//! - `validate` checks the password Secret (and reads the password, kept in memory only).
+//! - [`build`] turns the spec into a ConfigMap (configuration and scripts), a StatefulSet
+//!   `<name>-node` whose pods run Redis and Sentinel, a headless, a client and a master
+//!   Service, and a PodDisruptionBudget.
+//! - `apply` goes through operator-kit's `Children`.
+//! - The [`data_plane`] is checked on every reconcile and every few seconds: one master, every
+//!   replica following it, every sentinel monitoring it with quorum. What is wrong is healed,
+//!   and the pods are labelled with their role so that `<name>-master` selects the master.
+//! - [`events`] turns the sentinels' own notifications into Events, `status.lastFailover`
+//!   and an immediate reconcile.
+
+pub mod access;
+pub mod build;
+pub mod data_plane;
+pub mod events;
+pub mod scripts;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
+use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use self::access::Access;
+use self::build::{Names, ROLE_LABEL};
+use self::data_plane::{Node, Observation, Plan};
+use self::events::{FailoverLog, FailoverLogs};
+use crate::resp::RespError;
+use crate::standalone::{self, REDIS_PORT, read_password};
+use crate::v1beta1::{Failover, Phase, RedisSentinel, RedisSentinelStatus};
+
+/// How often a healthy set is checked when nothing else triggers a reconcile.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(15);
+/// How soon a set that is not healthy yet is checked again.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Errors of the RedisSentinel controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The password Secret or its key is missing or unreadable.
+    #[error(transparent)]
+    Secret(#[from] standalone::Error),
+    /// Applying or pruning a child object failed.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    /// Reading or labelling the pods failed.
+    #[error("failed to label the pods with their role: {0}")]
+    Pods(#[source] Box<kube::Error>),
+    /// A healing command failed; the next reconcile starts from a fresh observation.
+    #[error("failed to heal the replication: {0}")]
+    Heal(#[source] RespError),
+    /// Writing the status failed.
+    #[error("failed to patch the status: {0}")]
+    Status(#[source] Box<kube::Error>),
+}
+
+impl ReconcileError for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Secret(error) => error.class(),
+            _ => ErrorClass::Transient,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::Secret(error) => error.reason(),
+            Self::Child(_) => "ApplyFailed",
+            Self::Pods(_) => "LabelFailed",
+            Self::Heal(_) => "HealFailed",
+            Self::Status(_) => "StatusFailed",
+        }
+    }
+}
+
+/// Where a resource's nodes are announced; by default their stable DNS names
+/// ([`build::nodes`]). Tests map them to local processes.
+pub type NodeAddresses = Arc<dyn Fn(&RedisSentinel) -> Vec<Node> + Send + Sync>;
+
+/// The `RedisSentinel` reconciler and the state its Sentinel subscribers share with it.
+pub struct RedisSentinelReconciler {
+    access: Access,
+    addresses: NodeAddresses,
+    logs: FailoverLogs,
+    subscribers: Mutex<HashMap<ObjectRef<RedisSentinel>, tokio::task::JoinHandle<()>>>,
+    trigger: mpsc::UnboundedSender<ObjectRef<RedisSentinel>>,
+}
+
+impl RedisSentinelReconciler {
+    /// A reconciler reaching the data plane through `access` at `addresses`, and the stream of
+    /// objects its Sentinel subscribers want reconciled (give it to
+    /// `Controller::reconcile_on`).
+    pub fn new(
+        access: Access,
+        addresses: NodeAddresses,
+    ) -> (
+        Self,
+        impl futures::Stream<Item = ObjectRef<RedisSentinel>> + Send + 'static,
+    ) {
+        let (trigger, receiver) = mpsc::unbounded_channel();
+        let triggers = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|object| (object, receiver))
+        });
+        let reconciler = Self {
+            access,
+            addresses,
+            logs: FailoverLogs::default(),
+            subscribers: Mutex::new(HashMap::new()),
+            trigger,
+        };
+        (reconciler, triggers)
+    }
+
+    /// Starts the Sentinel subscriber of `resource` unless one runs.
+    fn ensure_subscriber(
+        &self,
+        resource: &RedisSentinel,
+        nodes: &[Node],
+        resolver: Arc<dyn data_plane::Resolver>,
+        context: &Context,
+    ) {
+        let object = ObjectRef::from_obj(resource);
+        let Ok(mut subscribers) = self.subscribers.lock() else {
+            return;
+        };
+        if subscribers
+            .get(&object)
+            .is_some_and(|handle| !handle.is_finished())
+        {
+            return;
+        }
+        let api = Api::<RedisSentinel>::namespaced(
+            context.client().clone(),
+            &resource.namespace().unwrap_or_default(),
+        );
+        let name = resource.name_any();
+        let uid = resource.uid();
+        // The subscriber stops once its resource is gone (no finalizer needed).
+        let keep_running = move || {
+            let (api, name, uid) = (api.clone(), name.clone(), uid.clone());
+            Box::pin(async move {
+                match api.get_opt(&name).await {
+                    Ok(Some(current)) => current.uid() == uid,
+                    Ok(None) => false,
+                    Err(_) => true,
+                }
+            }) as futures::future::BoxFuture<'static, bool>
+        };
+        let handle = tokio::spawn(events::subscribe(
+            object.clone(),
+            nodes.to_vec(),
+            build::settings(&resource.spec).master_set,
+            resolver,
+            self.logs.clone(),
+            self.trigger.clone(),
+            keep_running,
+        ));
+        subscribers.insert(object, handle);
+    }
+
+    fn take_log(&self, resource: &RedisSentinel) -> FailoverLog {
+        let object = ObjectRef::from_obj(resource);
+        self.logs
+            .lock()
+            .map(|mut logs| {
+                let log = logs.entry(object).or_default();
+                FailoverLog {
+                    down_since: log.down_since,
+                    switch: log.switch.take(),
+                    notes: std::mem::take(&mut log.notes),
+                }
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RedisSentinelReconciler {
+    fn drop(&mut self) {
+        if let Ok(subscribers) = self.subscribers.lock() {
+            for handle in subscribers.values() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+/// The pods' readiness as the StatefulSet reports it: `(ready, wanted, rolled out)`.
+fn stateful_set_progress(stateful_set: &StatefulSet) -> (i32, i32, bool) {
+    let wanted = stateful_set.spec.replicas.unwrap_or(1);
+    let status = stateful_set.status.as_ref();
+    let ready = status.and_then(|status| status.ready_replicas).unwrap_or(0);
+    let rolled_out = status.is_some_and(|status| {
+        status.observed_generation >= stateful_set.metadata.generation
+            && status.update_revision.is_some()
+            && status.current_revision == status.update_revision
+    });
+    (ready, wanted, rolled_out)
+}
+
+/// The Ready condition from the StatefulSet's progress and the data plane's state.
+pub fn readiness(
+    nodes: &[Node],
+    progress: (i32, i32, bool),
+    observation: &Observation,
+    plan: &Plan,
+) -> ConditionUpdate<'static> {
+    let (ready, wanted, rolled_out) = progress;
+    let reachable = observation.redis.iter().flatten().count();
+    if reachable == 0 && ready < wanted {
+        return ConditionUpdate::fails(
+            READY,
+            "PodsNotReady",
+            format!("{ready} of {wanted} pods are ready"),
+        );
+    }
+    if reachable == 0 {
+        return ConditionUpdate::fails(
+            READY,
+            "NodesUnreachable",
+            "the pods are ready but no Redis answers the operator",
+        );
+    }
+    if plan.failover_in_progress {
+        return ConditionUpdate::fails(
+            READY,
+            "FailoverInProgress",
+            "the sentinels are promoting a new master",
+        );
+    }
+    let Some(master) = plan.master else {
+        return ConditionUpdate::fails(READY, "NoMaster", "no node can be made master yet");
+    };
+    if !plan.is_healthy(observation) {
+        let unreachable: Vec<&str> = nodes
+            .iter()
+            .zip(&observation.redis)
+            .filter(|(_, state)| state.is_none())
+            .map(|(node, _)| node.pod.as_str())
+            .collect();
+        let detail = if plan.actions.is_empty() {
+            format!("waiting for replicas to sync; unreachable: {unreachable:?}")
+        } else {
+            format!("healing: {:?}", plan.actions)
+        };
+        return ConditionUpdate::fails(READY, "Degraded", detail);
+    }
+    if ready < wanted || !rolled_out {
+        return ConditionUpdate::fails(
+            READY,
+            "RollingOut",
+            format!("{ready} of {wanted} pods are ready with the current spec"),
+        );
+    }
+    ConditionUpdate::holds(
+        READY,
+        "Healthy",
+        format!(
+            "master {:?}; {} replicas in sync; every sentinel agrees",
+            nodes[master].pod,
+            nodes.len() - 1
+        ),
+    )
+}
+
+fn timestamp(at: SystemTime) -> String {
+    Timestamp::try_from(at)
+        .map(|timestamp| timestamp.to_string())
+        .unwrap_or_default()
+}
+
+/// Sets the role label of each pod that has the wrong one; returns how many were patched.
+async fn label_pods(
+    context: &Context,
+    namespace: &str,
+    nodes: &[Node],
+    master: usize,
+    instance_selector: &str,
+) -> Result<usize, Error> {
+    let pods = Api::<Pod>::namespaced(context.client().clone(), namespace);
+    let listed = pods
+        .list_metadata(&ListParams::default().labels(instance_selector))
+        .await
+        .map_err(|source| Error::Pods(Box::new(source)))?;
+    let roles: BTreeMap<&str, &str> = data_plane::roles(nodes, master).into_iter().collect();
+    let mut patched = 0;
+    for pod in listed.items {
+        let name = pod.name_any();
+        let Some(role) = roles.get(name.as_str()) else {
+            continue;
+        };
+        if pod.labels().get(ROLE_LABEL).map(String::as_str) == Some(*role) {
+            continue;
+        }
+        let patch = json!({ "metadata": { "labels": { ROLE_LABEL: role } } });
+        pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Pods(Box::new(source)))?;
+        patched += 1;
+    }
+    Ok(patched)
+}
+
+impl Reconciler for RedisSentinelReconciler {
+    type Resource = RedisSentinel;
+    type Error = Error;
+
+    async fn reconcile(
+        &self,
+        resource: Arc<RedisSentinel>,
+        context: &Context,
+    ) -> Result<Action, Error> {
+        let namespace = resource.namespace().unwrap_or_default();
+        let generation = resource.meta().generation;
+        // validate: the password Secret (only the operator can check it).
+        let password = match read_password(
+            resource.spec.kubernetes_config.redis_secret.as_ref(),
+            &namespace,
+            context.client(),
+        )
+        .await
+        {
+            Ok(password) => password,
+            Err(error) => {
+                if error.class() == ErrorClass::WaitForChange {
+                    let mut status = resource.status.clone().unwrap_or_default();
+                    let update = ConditionUpdate::fails(READY, error.reason(), error.to_string());
+                    set_condition(&mut status.conditions, update.observed(generation));
+                    status.phase = Phase::Failed;
+                    status.observed_generation = generation;
+                    context
+                        .patch_status(&*resource, &status)
+                        .await
+                        .map_err(|source| Error::Status(Box::new(source)))?;
+                }
+                return Err(error.into());
+            }
+        };
+
+        // build + apply.
+        let names = Names::of(&resource.name_any());
+        let mut children = context.children(&*resource)?;
+        let labels = children.labels().clone();
+        let config = build::config_map(&names, &build::redis_conf(&resource.spec));
+        let hash = build::config_hash(&config);
+        children.apply(config).await?;
+        children
+            .apply(build::headless_service(&names, &labels))
+            .await?;
+        children
+            .apply(build::client_service(&resource.spec, &names, &labels))
+            .await?;
+        children
+            .apply(build::master_service(&names, &labels))
+            .await?;
+        children
+            .apply(build::pod_disruption_budget(&names, &labels))
+            .await?;
+        let (stateful_set, _) = children
+            .apply(build::stateful_set(&resource, &names, &labels, &hash))
+            .await?;
+        children.prune().await?;
+
+        // data plane: observe → plan → heal, then the role labels.
+        let nodes = (self.addresses)(&resource);
+        let settings = build::settings(&resource.spec);
+        let resolver = self.access.resolver(context.client());
+        self.ensure_subscriber(&resource, &nodes, resolver.clone(), context);
+        let observation =
+            data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
+        let plan = data_plane::plan(&nodes, &observation);
+        for warning in &plan.warnings {
+            context
+                .publish(
+                    &*resource,
+                    EventType::Warning,
+                    "SplitBrain",
+                    "Heal",
+                    warning.clone(),
+                )
+                .await;
+        }
+        data_plane::heal(
+            &nodes,
+            &plan,
+            resolver.as_ref(),
+            &settings,
+            password.as_deref(),
+        )
+        .await
+        .map_err(Error::Heal)?;
+        if let Some(master) = plan.master {
+            let selector = labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            label_pods(context, &namespace, &nodes, master, &selector).await?;
+        }
+
+        // status, and the sentinels' events.
+        let log = self.take_log(&resource);
+        for (warning, reason, note) in &log.notes {
+            let kind = if *warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            context
+                .publish(&*resource, kind, reason, "Failover", note.clone())
+                .await;
+        }
+        let previous = resource.status.clone().unwrap_or_default();
+        let mut status = RedisSentinelStatus {
+            observed_generation: generation,
+            endpoint: Some(format!("{}.{namespace}.svc:{REDIS_PORT}", names.master)),
+            ..previous.clone()
+        };
+        let current_master = plan.master.map(|master| nodes[master].pod.clone());
+        if let Some(switch) = log.switch {
+            status.last_failover = Some(Failover {
+                from: switch.from,
+                to: switch.to,
+                started_at: timestamp(switch.started_at),
+                duration_ms: switch
+                    .finished_at
+                    .duration_since(switch.started_at)
+                    .ok()
+                    .and_then(|duration| i64::try_from(duration.as_millis()).ok()),
+            });
+        } else if let (Some(old), Some(new)) = (&previous.master, &current_master)
+            && old != new
+        {
+            // The master moved while no subscriber listened (operator restarted, healed).
+            status.last_failover = Some(Failover {
+                from: old.clone(),
+                to: new.clone(),
+                started_at: timestamp(SystemTime::now()),
+                duration_ms: None,
+            });
+        }
+        if current_master.is_some() {
+            status.master = current_master;
+        }
+        let progress = stateful_set_progress(&stateful_set);
+        let update = readiness(&nodes, progress, &observation, &plan);
+        let healthy = update.status;
+        set_condition(&mut status.conditions, update.observed(generation));
+        status.phase = if healthy {
+            Phase::Ready
+        } else {
+            Phase::Pending
+        };
+        let became_ready = healthy && previous.phase != Phase::Ready;
+        context
+            .patch_status(&*resource, &status)
+            .await
+            .map_err(|source| Error::Status(Box::new(source)))?;
+        if became_ready {
+            let note = format!(
+                "Redis with Sentinel is ready; master {:?}",
+                status.master.unwrap_or_default()
+            );
+            context
+                .publish(&*resource, EventType::Normal, "Ready", "Reconcile", note)
+                .await;
+        }
+        Ok(Action::requeue(if healthy {
+            CHECK_INTERVAL
+        } else {
+            RECHECK_INTERVAL
+        }))
+    }
+}

@@ -1,0 +1,406 @@
+//! redis-operator's `RedisSentinel` on the local cluster. The Kubernetes side is real (the
+//! API server, the StatefulSet controller, kwok's pods); the pods run no process, so the
+//! operator's data-plane resolver is pointed at local `redis-server` and `redis-sentinel`
+//! processes started by the pods' own scripts — one per pod, by ordinal. What the operator
+//! sees and does there (failover, labels, status, events) is what it does with real pods.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use operator_kit::testing::{RunningOperator, TestNamespace};
+use redis_operator::sentinel::access::Access;
+use redis_operator::sentinel::build::ROLE_LABEL;
+use redis_operator::sentinel::data_plane::Node;
+use redis_operator::v1beta1::{Phase, RedisSentinel};
+use serde_json::json;
+use support::{LocalSet, PASSWORD};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn start(namespace: &TestNamespace, set: &LocalSet) -> Result<RunningOperator> {
+    let nodes: Vec<Node> = set.nodes.clone();
+    let addresses = Arc::new(move |resource: &RedisSentinel| {
+        let count = usize::try_from(resource.spec.replicas).unwrap_or(0);
+        nodes[..count.min(nodes.len())].to_vec()
+    });
+    let controller = redis_operator::redis_sentinel_controller_with(Access::Direct, addresses);
+    Ok(namespace
+        .start_operator(
+            redis_operator::OPERATOR_NAME,
+            &redis_operator::crds(),
+            |operator| operator.with_controller(controller),
+        )
+        .await?)
+}
+
+fn resource(name: &str, replicas: i32) -> Result<RedisSentinel> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "redis.operator-kit.io/v1beta1",
+        "kind": "RedisSentinel",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "sentinel": { "downAfterMilliseconds": 1000, "failoverTimeout": 5000 },
+            "kubernetesConfig": {
+                "image": "redis:7.4",
+                "redisSecret": { "name": "redis-auth", "key": "password" },
+            },
+            "storage": { "volumeClaimTemplate": { "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": { "requests": { "storage": "1Gi" } },
+            } } },
+        },
+    }))?)
+}
+
+async fn wait_healthy(
+    namespace: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    master_other_than: Option<&str>,
+) -> Result<RedisSentinel> {
+    let api = namespace.api::<RedisSentinel>();
+    let excluded = master_other_than.map(str::to_owned);
+    Ok(namespace
+        .wait_for(
+            &api,
+            name,
+            "Ready with the expected master",
+            TIMEOUT,
+            move |resource: &RedisSentinel| {
+                resource.spec.replicas == replicas
+                    && resource.status.as_ref().is_some_and(|status| {
+                        status.phase == Phase::Ready
+                            && status.observed_generation == resource.metadata.generation
+                            && status.master.is_some()
+                            && status.master != excluded
+                    })
+            },
+        )
+        .await?)
+}
+
+async fn master_labels(namespace: &TestNamespace) -> Result<Vec<String>> {
+    let pods = namespace
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("{ROLE_LABEL}=master")))
+        .await?;
+    Ok(pods
+        .items
+        .iter()
+        .map(|pod| pod.metadata.name.clone().unwrap_or_default())
+        .collect())
+}
+
+#[tokio::test]
+async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()> {
+    let namespace = TestNamespace::create("redis-sentinel").await?;
+    let mut set = LocalSet::new("cache", 5, 3, 1000)?;
+    let operator = start(&namespace, &set).await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "redis-auth" },
+        "data": { "password": ByteString(PASSWORD.as_bytes().to_vec()) },
+    }))?;
+    namespace
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let api = namespace.api::<RedisSentinel>();
+    api.create(&PostParams::default(), &resource("cache", 3)?)
+        .await?;
+
+    // Bootstrap: the operator picks a master, points everyone at it and labels the pods.
+    let ready = wait_healthy(&namespace, "cache", 3, None).await?;
+    let status = ready.status.clone().context("no status")?;
+    let master = status.master.clone().context("no master")?;
+    ensure!(
+        status.endpoint.as_deref() == Some(&*format!("cache-master.{}.svc:6379", namespace.name()))
+    );
+    wait_for_master_label(&namespace, &master).await?;
+
+    // The objects.
+    let stateful_set = namespace.api::<StatefulSet>().get("cache-node").await?;
+    let spec = stateful_set.spec;
+    ensure!(spec.replicas == Some(3) && spec.service_name.as_deref() == Some("cache-headless"));
+    let pod = spec.template.spec.context("no pod spec")?;
+    ensure!(
+        pod.containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            == ["redis", "sentinel"]
+    );
+    for container in &pod.containers {
+        let readiness = container
+            .readiness_probe
+            .clone()
+            .context("no readiness probe")?;
+        ensure!(readiness.initial_delay_seconds == Some(20) && readiness.period_seconds == Some(5));
+        ensure!(container.liveness_probe.is_some());
+    }
+    let master_service = namespace.api::<Service>().get("cache-master").await?;
+    let selector = master_service
+        .spec
+        .and_then(|spec| spec.selector)
+        .context("no selector")?;
+    ensure!(selector.get(ROLE_LABEL).map(String::as_str) == Some("master"));
+    let headless = namespace.api::<Service>().get("cache-headless").await?;
+    ensure!(
+        headless
+            .spec
+            .and_then(|spec| spec.publish_not_ready_addresses)
+            == Some(true)
+    );
+    let client_ports: Vec<i32> = namespace
+        .api::<Service>()
+        .get("cache")
+        .await?
+        .spec
+        .and_then(|spec| spec.ports)
+        .into_iter()
+        .flatten()
+        .map(|port| port.port)
+        .collect();
+    ensure!(client_ports == [6379, 26379], "{client_ports:?}");
+    let budget = namespace
+        .api::<PodDisruptionBudget>()
+        .get("cache-node")
+        .await?;
+    ensure!(budget.spec.and_then(|spec| spec.max_unavailable) == Some(IntOrString::Int(1)));
+    let config = namespace.api::<ConfigMap>().get("cache-config").await?;
+    ensure!(!serde_json::to_string(&config)?.contains(PASSWORD));
+    // The master Service's endpoints are the master pod, through the real EndpointSlice
+    // controller.
+    namespace
+        .wait_for(
+            &namespace.api::<EndpointSlice>(),
+            &endpoint_slice_name(&namespace, "cache-master").await?,
+            "the master endpoint",
+            TIMEOUT,
+            {
+                let master = master.clone();
+                move |slice: &EndpointSlice| {
+                    slice
+                        .endpoints
+                        .iter()
+                        .flatten()
+                        .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+                        .collect::<Vec<_>>()
+                        == vec![master.clone()]
+                }
+            },
+        )
+        .await?;
+
+    // kill -9 of the master's Redis: the sentinels fail over, the operator hears it, and its
+    // status, labels and events follow.
+    let old_index: usize = master.rsplit('-').next().context("ordinal")?.parse()?;
+    set.acknowledged_writes(old_index, "before", 50).await?;
+    set.kill_redis(old_index);
+    let failed_over = namespace
+        .wait_for(&api, "cache", "a new master", TIMEOUT, {
+            let master = master.clone();
+            move |resource: &RedisSentinel| {
+                resource.status.as_ref().is_some_and(|status| {
+                    status.master.as_ref().is_some_and(|new| *new != master)
+                        && status
+                            .last_failover
+                            .as_ref()
+                            .is_some_and(|failover| failover.from == master)
+                })
+            }
+        })
+        .await?;
+    let status = failed_over.status.context("no status")?;
+    let new_master = status.master.clone().context("no master")?;
+    let failover = status.last_failover.context("no lastFailover")?;
+    ensure!(failover.to == new_master, "{failover:?}");
+    ensure!(
+        failover.duration_ms.is_some_and(|ms| ms > 0 && ms < 30_000),
+        "{failover:?}"
+    );
+    let new_index: usize = new_master.rsplit('-').next().context("ordinal")?.parse()?;
+    ensure!(
+        set.missing_keys(
+            new_index,
+            &(0..50).map(|i| format!("before:{i}")).collect::<Vec<_>>()
+        )
+        .await?
+        .is_empty()
+    );
+    wait_for_master_label(&namespace, &new_master).await?;
+    let events = namespace
+        .api::<Event>()
+        .list(&ListParams::default().fields("involvedObject.name=cache"))
+        .await?;
+    ensure!(
+        events
+            .items
+            .iter()
+            .any(|event| event.reason.as_deref() == Some("Failover")),
+        "no Failover event: {:?}",
+        events
+            .items
+            .iter()
+            .map(|event| &event.reason)
+            .collect::<Vec<_>>()
+    );
+
+    // The old master's pod comes back (its script asks the sentinels and rejoins as replica).
+    set.start_redis(old_index)?;
+    wait_healthy(&namespace, "cache", 3, Some(&master)).await?;
+
+    // Scale 3 → 5 → 3.
+    set.start_redis(3)?;
+    set.start_sentinel(3)?;
+    set.start_redis(4)?;
+    set.start_sentinel(4)?;
+    api.patch(
+        "cache",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "replicas": 5 } })),
+    )
+    .await?;
+    wait_healthy(&namespace, "cache", 5, None).await?;
+    ensure!(
+        namespace
+            .api::<StatefulSet>()
+            .get("cache-node")
+            .await?
+            .spec
+            .replicas
+            == Some(5)
+    );
+    api.patch(
+        "cache",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "replicas": 3 } })),
+    )
+    .await?;
+    wait_healthy(&namespace, "cache", 3, None).await?;
+    ensure!(
+        namespace
+            .api::<StatefulSet>()
+            .get("cache-node")
+            .await?
+            .spec
+            .replicas
+            == Some(3)
+    );
+
+    // Deletion removes every object.
+    api.delete("cache", &DeleteParams::foreground()).await?;
+    namespace.wait_for_deletion(&api, "cache", TIMEOUT).await?;
+    namespace
+        .wait_for_deletion(&namespace.api::<StatefulSet>(), "cache-node", TIMEOUT)
+        .await?;
+    namespace
+        .wait_for_deletion(&namespace.api::<Service>(), "cache-master", TIMEOUT)
+        .await?;
+    namespace
+        .wait_for_deletion(
+            &namespace.api::<PodDisruptionBudget>(),
+            "cache-node",
+            TIMEOUT,
+        )
+        .await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// Polls the pods every 100 ms until exactly `master` carries the master label.
+async fn wait_for_master_label(namespace: &TestNamespace, master: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let labelled = master_labels(namespace).await?;
+        if labelled == [master] {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < TIMEOUT,
+            "master label on {labelled:?}, expected {master:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn endpoint_slice_name(namespace: &TestNamespace, service: &str) -> Result<String> {
+    let api = namespace.api::<EndpointSlice>();
+    for _ in 0..100 {
+        let slices = api
+            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+            .await?;
+        if let Some(name) = slices
+            .items
+            .first()
+            .and_then(|slice| slice.metadata.name.clone())
+        {
+            return Ok(name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("no EndpointSlice for Service {service:?}")
+}
+
+#[tokio::test]
+async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
+    let namespace = TestNamespace::create("redis-sentinel-invalid").await?;
+    operator_kit::testing::install_crd(
+        namespace.client(),
+        &<RedisSentinel as kube::CustomResourceExt>::crd(),
+        TIMEOUT,
+    )
+    .await?;
+    let api = namespace.api::<RedisSentinel>();
+    let cases = [
+        (json!({ "replicas": 4 }), "replicas must be an odd number"),
+        (json!({ "replicas": 1 }), "replicas must be an odd number"),
+        (
+            json!({ "replicas": 3, "sentinel": { "quorum": 5 } }),
+            "spec.sentinel.quorum must not exceed spec.replicas",
+        ),
+        (
+            json!({ "replicas": 3, "sentinel": { "quorum": 0 } }),
+            "sentinel.quorum must be at least 1",
+        ),
+        (
+            json!({ "replicas": 3, "minReplicasToWrite": 3 }),
+            "spec.minReplicasToWrite must be less than spec.replicas",
+        ),
+        (
+            json!({ "replicas": 3, "sentinel": { "downAfterMilliseconds": 10 } }),
+            "sentinel.downAfterMilliseconds must be at least 100",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let mut full = spec.clone();
+        full["kubernetesConfig"] = json!({});
+        let object: RedisSentinel = serde_json::from_value(json!({
+            "apiVersion": "redis.operator-kit.io/v1beta1",
+            "kind": "RedisSentinel",
+            "metadata": { "name": "invalid" },
+            "spec": full,
+        }))?;
+        match api.create(&PostParams::default(), &object).await {
+            Err(kube::Error::Api(status)) => ensure!(
+                status.code == 422 && status.message.contains(expected),
+                "{spec}: {}",
+                status.message
+            ),
+            other => anyhow::bail!("{spec} was not rejected: {other:?}"),
+        }
+    }
+    namespace.delete().await?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! Shared by the tests that need real Redis with Sentinel: a set of local `redis-server` and
+//! `redis-sentinel` processes started by redis-operator's own ConfigMap scripts, exactly as a
+//! pod starts them, on loopback.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use redis_operator::resp::Value;
+use redis_operator::sentinel::build::{self, Names};
+use redis_operator::sentinel::data_plane::{
+    self, DirectResolver, Node, Observation, Plan, Settings,
+};
+use redis_operator::v1beta1::RedisSentinel;
+
+pub const PASSWORD: &str = r#"sentinel "test" pass\word"#;
+
+pub struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `capacity` nodes (ports reserved), each a Redis and a Sentinel with its own directories,
+/// as pods of `<name>-node` would be.
+pub struct LocalSet {
+    pub directory: PathBuf,
+    pub nodes: Vec<Node>,
+    pub resource: RedisSentinel,
+    redis: Vec<Option<Process>>,
+    sentinels: Vec<Option<Process>>,
+}
+
+impl LocalSet {
+    /// Starts the first `started` of `capacity` nodes of a RedisSentinel called `name` whose
+    /// sentinels declare a master down after `down_after` milliseconds.
+    pub fn new(name: &str, capacity: usize, started: usize, down_after: u64) -> Result<Self> {
+        let resource: RedisSentinel = serde_json::from_value(serde_json::json!({
+            "apiVersion": "redis.operator-kit.io/v1beta1",
+            "kind": "RedisSentinel",
+            "metadata": { "name": name, "namespace": "local" },
+            "spec": {
+                "kubernetesConfig": {},
+                "sentinel": { "downAfterMilliseconds": down_after, "failoverTimeout": 5000 },
+            },
+        }))?;
+        let directory = std::env::temp_dir().join(format!(
+            "operator-kit-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ u128::from(free_port()?)
+        ));
+        std::fs::create_dir_all(&directory)?;
+        let mut nodes = Vec::new();
+        for index in 0..capacity {
+            nodes.push(Node {
+                pod: format!("{name}-node-{index}"),
+                host: "127.0.0.1".to_owned(),
+                redis_port: free_port()?,
+                sentinel_port: free_port()?,
+            });
+        }
+        let mut set = Self {
+            directory,
+            nodes,
+            resource,
+            redis: (0..capacity).map(|_| None).collect(),
+            sentinels: (0..capacity).map(|_| None).collect(),
+        };
+        for index in 0..capacity {
+            set.write_config(index)?;
+        }
+        for index in 0..started {
+            set.start_redis(index)?;
+            set.start_sentinel(index)?;
+        }
+        Ok(set)
+    }
+
+    pub fn settings(&self) -> Settings {
+        build::settings(&self.resource.spec)
+    }
+
+    fn node_dir(&self, index: usize) -> PathBuf {
+        self.directory.join(format!("node-{index}"))
+    }
+
+    /// The ConfigMap's files, as the pod mounts them at /etc/redis.
+    fn write_config(&self, index: usize) -> Result<()> {
+        let names = Names::of(&self.resource.metadata.name.clone().unwrap_or_default());
+        let config = build::config_map(&names, &build::redis_conf(&self.resource.spec));
+        let dir = self.node_dir(index);
+        for sub in ["config", "run", "data", "sentinel"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        for (key, value) in config.data.context("no ConfigMap data")? {
+            std::fs::write(dir.join("config").join(key), value)?;
+        }
+        Ok(())
+    }
+
+    /// The environment the pod gives both containers, pointed at this machine.
+    fn command(&self, index: usize, script: &str) -> Command {
+        let node = &self.nodes[index];
+        let settings = self.settings();
+        let dir = self.node_dir(index);
+        let sentinels: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.sentinel_port))
+            .collect();
+        let mut command = Command::new("sh");
+        command
+            .arg(dir.join("config").join(script))
+            .env("POD_NAME", &node.pod)
+            .env("ANNOUNCE_HOST", &node.host)
+            .env("REDIS_BIND", "127.0.0.1")
+            .env("REDIS_PORT", node.redis_port.to_string())
+            .env("SENTINEL_PORT", node.sentinel_port.to_string())
+            .env("REDIS_CONFIG_DIR", dir.join("config"))
+            .env("REDIS_RUN_DIR", dir.join("run"))
+            .env("REDIS_DATA_DIR", dir.join("data"))
+            .env("SENTINEL_RUN_DIR", dir.join("sentinel"))
+            .env("SENTINEL_HOSTS", sentinels.join(" "))
+            .env("MASTER_SET", &settings.master_set)
+            .env("QUORUM", settings.quorum.to_string())
+            .env(
+                "DOWN_AFTER_MILLISECONDS",
+                settings.down_after_milliseconds.to_string(),
+            )
+            .env("FAILOVER_TIMEOUT", settings.failover_timeout.to_string())
+            .env("PARALLEL_SYNCS", settings.parallel_syncs.to_string())
+            .env("REDIS_PASSWORD", PASSWORD)
+            .env("REDISCLI_AUTH", PASSWORD);
+        // Each process logs to <node>/<script>.log, for a failing test to be read.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{script}.log")));
+        match log {
+            Ok(log) => {
+                let errors = log.try_clone().map_or_else(|_| Stdio::null(), Stdio::from);
+                command.stdout(log).stderr(errors);
+            }
+            Err(_) => {
+                command.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        command
+    }
+
+    /// Starts (or restarts, on its old data) one Redis with the pod's start script.
+    pub fn start_redis(&mut self, index: usize) -> Result<()> {
+        let child = self
+            .command(index, "start-redis.sh")
+            .spawn()
+            .context("failed to start redis (run hack/install-deps.sh)")?;
+        self.redis[index] = Some(Process(child));
+        let port = self.nodes[index].redis_port;
+        wait_until("redis to answer", Duration::from_secs(10), || {
+            Ok(cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
+        })
+    }
+
+    /// Starts one Sentinel with the pod's start script and a fresh configuration.
+    pub fn start_sentinel(&mut self, index: usize) -> Result<()> {
+        let _ = std::fs::remove_file(self.node_dir(index).join("sentinel").join("sentinel.conf"));
+        let child = self
+            .command(index, "start-sentinel.sh")
+            .spawn()
+            .context("failed to start redis-sentinel (run hack/install-deps.sh)")?;
+        self.sentinels[index] = Some(Process(child));
+        let port = self.nodes[index].sentinel_port;
+        wait_until("sentinel to answer", Duration::from_secs(10), || {
+            Ok(sentinel_cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
+        })
+    }
+
+    /// kill -9 of one Redis.
+    pub fn kill_redis(&mut self, index: usize) {
+        self.redis[index] = None;
+    }
+
+    pub fn kill_sentinel(&mut self, index: usize) {
+        self.sentinels[index] = None;
+    }
+
+    /// SIGTERM, as Kubernetes stops a container: Redis saves and exits. A replica that is
+    /// writing its first AOF after a sync refuses to exit ("Writing initial AOF, can't exit"),
+    /// so the signal is repeated every 500 ms, for at most 30 s.
+    pub fn stop_redis(&mut self, index: usize) -> Result<()> {
+        let Some(mut process) = self.redis[index].take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            Command::new("kill")
+                .args(["-TERM", &process.0.id().to_string()])
+                .status()?;
+            let signalled = Instant::now();
+            while signalled.elapsed() < Duration::from_millis(500) {
+                if process.0.try_wait()?.is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        bail!("redis of node {index} did not stop within 30 s of SIGTERM")
+    }
+
+    pub fn port(&self, index: usize) -> u16 {
+        self.nodes[index].redis_port
+    }
+
+    /// The first `count` nodes, the data plane of a resource with `count` replicas.
+    pub fn first(&self, count: usize) -> Vec<Node> {
+        self.nodes[..count].to_vec()
+    }
+
+    pub async fn observe(&self, count: usize) -> Observation {
+        data_plane::observe(
+            &self.first(count),
+            &DirectResolver,
+            &self.settings(),
+            Some(PASSWORD),
+        )
+        .await
+    }
+
+    /// One pass of the operator's check over the first `count` nodes: observe, plan, heal.
+    pub async fn reconcile(&self, count: usize) -> Result<(Observation, Plan)> {
+        let nodes = self.first(count);
+        let observation = self.observe(count).await;
+        let plan = data_plane::plan(&nodes, &observation);
+        data_plane::heal(
+            &nodes,
+            &plan,
+            &DirectResolver,
+            &self.settings(),
+            Some(PASSWORD),
+        )
+        .await?;
+        Ok((observation, plan))
+    }
+
+    /// Runs the operator's check until the set is healthy; returns the master and the plans.
+    pub async fn reconcile_until_healthy(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(usize, Vec<Plan>)> {
+        let started = Instant::now();
+        let mut plans = Vec::new();
+        loop {
+            let (_, plan) = self.reconcile(count).await?;
+            plans.push(plan);
+            let after = self.observe(count).await;
+            let check = data_plane::plan(&self.first(count), &after);
+            if check.is_healthy(&after) {
+                return Ok((check.master.context("healthy without a master")?, plans));
+            }
+            if started.elapsed() > timeout {
+                bail!("not healthy after {timeout:?}: {after:#?}\nplan: {check:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Writes `count` keys to node `master`, each acknowledged by a replica (`WAIT 1`).
+    pub async fn acknowledged_writes(
+        &self,
+        master: usize,
+        prefix: &str,
+        count: usize,
+    ) -> Result<Vec<String>> {
+        let node = &self.nodes[master];
+        let mut connection =
+            data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD))
+                .await?;
+        let mut acknowledged = Vec::new();
+        for index in 0..count {
+            let key = format!("{prefix}:{index}");
+            connection
+                .command(&["SET", &key, &index.to_string()])
+                .await?;
+            let replicas = connection.command(&["WAIT", "1", "2000"]).await?;
+            if matches!(replicas, Value::Integer(count) if count >= 1) {
+                acknowledged.push(key);
+            }
+        }
+        anyhow::ensure!(
+            acknowledged.len() == count,
+            "only {} of {count} writes were acknowledged by a replica",
+            acknowledged.len()
+        );
+        Ok(acknowledged)
+    }
+
+    /// The keys of `keys` that node `index` lacks.
+    pub async fn missing_keys(&self, index: usize, keys: &[String]) -> Result<Vec<String>> {
+        let node = &self.nodes[index];
+        let mut connection =
+            data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD))
+                .await?;
+        let mut missing = Vec::new();
+        for key in keys {
+            if connection.command(&["EXISTS", key]).await? != Value::Integer(1) {
+                missing.push(key.clone());
+            }
+        }
+        Ok(missing)
+    }
+}
+
+impl Drop for LocalSet {
+    fn drop(&mut self) {
+        self.redis.clear();
+        self.sentinels.clear();
+        if std::env::var_os("OPERATOR_KIT_KEEP_NAMESPACES").is_none() {
+            let _ = std::fs::remove_dir_all(&self.directory);
+        }
+    }
+}
+
+/// redis-cli with the password in REDISCLI_AUTH, as the probes do.
+pub fn cli(port: u16, args: &[&str]) -> Result<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .env("REDISCLI_AUTH", PASSWORD)
+        .output()
+        .context("failed to run redis-cli")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// redis-cli to a sentinel, which has no password.
+pub fn sentinel_cli(port: u16, args: &[&str]) -> Result<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .env_remove("REDISCLI_AUTH")
+        .output()
+        .context("failed to run redis-cli")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Polls a condition every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let started = Instant::now();
+    while !condition()? {
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
