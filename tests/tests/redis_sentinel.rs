@@ -363,6 +363,18 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
     )
     .await?;
     let api = namespace.api::<RedisSentinel>();
+    // The example is accepted as it is.
+    let example = include_str!("../../examples/redis-sentinel.yaml");
+    let example: RedisSentinel =
+        serde_yaml::from_str(example.split("\n---\n").nth(1).context("no resource")?)?;
+    api.create(
+        &PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        &example,
+    )
+    .await?;
     let cases = [
         (json!({ "replicas": 4 }), "replicas must be an odd number"),
         (json!({ "replicas": 1 }), "replicas must be an odd number"),

@@ -1,18 +1,20 @@
 //! The Helm chart, installed as a user would, and its RBAC proven by running the operator
-//! binary out of cluster with nothing but the chart's ServiceAccount token.
+//! binary out of cluster with nothing but the chart's ServiceAccount token: a Redis goes
+//! through its whole lifecycle and a RedisSentinel gets its objects and status.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use operator_kit::testing::TestNamespace;
 use operator_kit::testing::tools::{HelmRelease, OperatorProcess, service_account_kubeconfig};
-use redis_operator::v1beta1::{Phase, Redis};
+use redis_operator::v1beta1::{Phase, Redis, RedisSentinel};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -177,6 +179,39 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
     watched
         .wait_for_deletion(&watched.api::<StatefulSet>(), "cache", TIMEOUT)
         .await?;
+
+    // A RedisSentinel through the same token: its objects, pod labels aside (kwok's pods run
+    // no Redis for the operator to reach), and a status saying why it is not ready yet.
+    let sentinel: RedisSentinel = serde_json::from_value(json!({
+        "apiVersion": "redis.operator-kit.io/v1beta1",
+        "kind": "RedisSentinel",
+        "metadata": { "name": "ha" },
+        "spec": { "kubernetesConfig": {} },
+    }))?;
+    let sentinels = watched.api::<RedisSentinel>();
+    sentinels.create(&PostParams::default(), &sentinel).await?;
+    let reported = watched
+        .wait_for(
+            &sentinels,
+            "ha",
+            "a status",
+            TIMEOUT,
+            |resource: &RedisSentinel| {
+                resource
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| !status.conditions.is_empty())
+            },
+        )
+        .await;
+    operator.check_running()?;
+    reported.with_context(|| format!("operator log:\n{}", operator.log()))?;
+    watched.api::<StatefulSet>().get("ha-node").await?;
+    watched.api::<PodDisruptionBudget>().get("ha-node").await?;
+    watched.api::<Service>().get("ha-master").await?;
+    sentinels.delete("ha", &DeleteParams::foreground()).await?;
+    watched.wait_for_deletion(&sentinels, "ha", TIMEOUT).await?;
+
     operator.check_running()?;
     let log = operator.log();
     ensure!(

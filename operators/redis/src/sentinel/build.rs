@@ -495,6 +495,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_builds_with_its_settings() {
+        let text = include_str!("../../../../examples/redis-sentinel.yaml");
+        let document = text.split("\n---\n").nth(1).unwrap();
+        let resource: RedisSentinel = serde_yaml::from_str(document).unwrap();
+        let settings = settings(&resource.spec);
+        assert_eq!(
+            (settings.quorum, settings.down_after_milliseconds),
+            (2, 5000)
+        );
+        let set = stateful_set(&resource, &Names::of("redis-ha"), &labels(), "h");
+        assert_eq!(
+            set.spec.volume_claim_templates.map(|claims| claims.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
     fn the_password_is_only_referenced() {
         let resource = resource(json!({
             "kubernetesConfig": { "redisSecret": { "name": "auth", "key": "password" } },
