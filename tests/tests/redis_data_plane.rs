@@ -95,7 +95,7 @@ fn redis_with(config: &[&str]) -> Result<Redis> {
         "metadata": { "name": "data-plane" },
         "spec": { "kubernetesConfig": { "image": "redis:7.4" } },
     }))?;
-    redis.spec.redis_config = Some(RedisConfig {
+    redis.spec.pod.redis_config = Some(RedisConfig {
         additional_config: config.iter().map(|line| line.to_string()).collect(),
     });
     Ok(redis)

@@ -265,38 +265,14 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
     set.start_sentinel(3)?;
     set.start_redis(4)?;
     set.start_sentinel(4)?;
-    api.patch(
-        "cache",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "spec": { "replicas": 5 } })),
-    )
-    .await?;
-    wait_healthy(&namespace, "cache", 5, None).await?;
-    ensure!(
-        namespace
-            .api::<StatefulSet>()
-            .get("cache-node")
-            .await?
-            .spec
-            .replicas
-            == Some(5)
-    );
-    api.patch(
-        "cache",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "spec": { "replicas": 3 } })),
-    )
-    .await?;
-    wait_healthy(&namespace, "cache", 3, None).await?;
-    ensure!(
-        namespace
-            .api::<StatefulSet>()
-            .get("cache-node")
-            .await?
-            .spec
-            .replicas
-            == Some(3)
-    );
+    for replicas in [5, 3] {
+        let patch = json!({ "spec": { "replicas": replicas } });
+        api.patch("cache", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        wait_healthy(&namespace, "cache", replicas, None).await?;
+        let stateful_set = namespace.api::<StatefulSet>().get("cache-node").await?;
+        ensure!(stateful_set.spec.replicas == Some(replicas));
+    }
 
     // Deletion removes every object.
     api.delete("cache", &DeleteParams::foreground()).await?;

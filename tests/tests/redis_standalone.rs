@@ -166,7 +166,7 @@ async fn the_exporter_comes_and_goes_and_drift_is_reverted() -> Result<()> {
     let operator = start(&namespace).await?;
     let mut redis = seed()?;
     redis.metadata.name = Some("cache".to_owned());
-    redis.spec.storage = None;
+    redis.spec.pod.storage = None;
     namespace
         .api::<Redis>()
         .create(&PostParams::default(), &redis)
@@ -270,8 +270,8 @@ async fn a_missing_secret_is_reported_once_and_recovered_from() -> Result<()> {
     let operator = start(&namespace).await?;
     let mut redis = seed()?;
     redis.metadata.name = Some("guarded".to_owned());
-    redis.spec.storage = None;
-    redis.spec.kubernetes_config.redis_secret = Some(serde_json::from_value(
+    redis.spec.pod.storage = None;
+    redis.spec.pod.kubernetes_config.redis_secret = Some(serde_json::from_value(
         json!({ "name": "redis-auth", "key": "password" }),
     )?);
     namespace
@@ -381,6 +381,7 @@ async fn deleting_removes_everything_and_keep_after_delete_keeps_the_data() -> R
         redis.metadata.name = Some(name.to_owned());
         redis
             .spec
+            .pod
             .storage
             .as_mut()
             .context("seed has storage")?

@@ -9,10 +9,40 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use super::{HarnessError, local_cluster_kubeconfig};
+use super::{HarnessError, TestNamespace, local_cluster_kubeconfig};
+
+/// Makes the API server enforce the restricted Pod Security Standard in `namespace`, so a pod
+/// that is not compliant (root, privilege escalation, capabilities, no seccomp) is refused.
+pub async fn enforce_restricted_pod_security(
+    namespace: &TestNamespace,
+) -> Result<(), HarnessError> {
+    let patch = serde_json::json!({ "metadata": { "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    } } });
+    Api::<Namespace>::all(namespace.client().clone())
+        .patch(
+            namespace.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(drop)
+        .map_err(|source| HarnessError::Api {
+            action: format!("label namespace {:?} restricted", namespace.name()),
+            source,
+        })
+}
+
+/// Whether a request was refused by authorization (HTTP 403), as RBAC denies it.
+pub fn is_forbidden<T>(result: &kube::Result<T>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+}
 
 /// The kubeconfig file of the test cluster: `KUBECONFIG` (its first entry), else the local
 /// cluster's.

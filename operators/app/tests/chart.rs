@@ -12,33 +12,22 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use operator_kit::conditions::{READY, is_true};
 use operator_kit::testing::TestNamespace;
-use operator_kit::testing::tools::{HelmRelease, OperatorProcess, service_account_kubeconfig};
-use serde_json::json;
+use operator_kit::testing::tools::{
+    HelmRelease, OperatorProcess, enforce_restricted_pod_security, is_forbidden,
+    service_account_kubeconfig,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const ADAM_DOC: &str = include_str!("../../../examples/adam-doc.yaml");
-
-fn is_forbidden<T>(result: kube::Result<T>) -> bool {
-    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
-}
 
 #[tokio::test]
 async fn cluster_wide_chart_with_leader_election_runs_an_app_lifecycle() -> Result<()> {
     let operator_namespace = TestNamespace::create("app-chart-operator").await?;
     let workloads = TestNamespace::create("app-chart-workloads").await?;
-    let restricted = json!({ "metadata": { "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-    } } });
-    Api::<Namespace>::all(operator_namespace.client().clone())
-        .patch(
-            operator_namespace.name(),
-            &PatchParams::default(),
-            &Patch::Merge(&restricted),
-        )
-        .await?;
+    enforce_restricted_pod_security(&operator_namespace).await?;
 
     let _release = HelmRelease::install(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/app-operator"),
@@ -88,20 +77,20 @@ async fn cluster_wide_chart_with_leader_election_runs_an_app_lifecycle() -> Resu
         service_account_kubeconfig(operator_namespace.name(), "apps-app-operator").await?;
     let list = ListParams::default();
     ensure!(is_forbidden(
-        Api::<Secret>::all(account.clone()).list(&list).await
+        &Api::<Secret>::all(account.clone()).list(&list).await
     ));
     ensure!(is_forbidden(
-        Api::<Secret>::namespaced(account.clone(), workloads.name())
+        &Api::<Secret>::namespaced(account.clone(), workloads.name())
             .list(&list)
             .await
     ));
     ensure!(is_forbidden(
-        Api::<Lease>::namespaced(account.clone(), workloads.name())
+        &Api::<Lease>::namespaced(account.clone(), workloads.name())
             .list(&list)
             .await
     ));
     ensure!(is_forbidden(
-        Api::<Namespace>::all(account.clone())
+        &Api::<Namespace>::all(account.clone())
             .delete(workloads.name(), &DeleteParams::default())
             .await
     ));

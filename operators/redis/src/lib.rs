@@ -76,6 +76,7 @@ pub fn redis_sentinel_controller_with(
                     resource.metadata.namespace == namespace
                         && resource
                             .spec
+                            .pod
                             .kubernetes_config
                             .redis_secret
                             .as_ref()

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
 
 use crate::v1beta1::{
     DEFAULT_EXPORTER_IMAGE, DEFAULT_EXPORTER_PORT, Phase, ProbeSettings, Redis, RedisExporter,
-    RedisSpec, RedisStatus, SecretKeyReference,
+    RedisPodSpec, RedisSpec, RedisStatus, SecretKeyReference,
 };
 
 /// The Redis port, in the container and on both Services.
@@ -92,6 +92,7 @@ pub fn redis_conf(spec: &RedisSpec) -> String {
          save 300 10\n",
     );
     for line in spec
+        .pod
         .redis_config
         .iter()
         .flat_map(|config| &config.additional_config)
@@ -162,6 +163,34 @@ pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) 
         .collect()
 }
 
+/// The `/data` volume: a claim template (and the claims' retention policy) with storage, or
+/// an `emptyDir` added to `volumes` without.
+pub(crate) fn data_storage(
+    pod: &RedisPodSpec,
+    labels: &BTreeMap<String, String>,
+    volumes: &mut Vec<Value>,
+) -> (Vec<Value>, Value) {
+    let keep = pod
+        .storage
+        .as_ref()
+        .is_some_and(|storage| storage.keep_after_delete);
+    let retention = json!({
+        "whenDeleted": if keep { "Retain" } else { "Delete" },
+        "whenScaled": "Retain",
+    });
+    let claim_templates = match &pod.storage {
+        Some(storage) => vec![json!({
+            "metadata": { "name": "data", "labels": labels },
+            "spec": storage.volume_claim_template.spec,
+        })],
+        None => {
+            volumes.push(json!({ "name": "data", "emptyDir": {} }));
+            Vec::new()
+        }
+    };
+    (claim_templates, retention)
+}
+
 /// The exporter sidecar, when enabled.
 pub(crate) fn exporter_container(
     exporter: Option<&RedisExporter>,
@@ -214,7 +243,7 @@ pub fn stateful_set(
     hash: &str,
 ) -> StatefulSet {
     let spec = &redis.spec;
-    let kubernetes = &spec.kubernetes_config;
+    let kubernetes = &spec.pod.kubernetes_config;
     let pull_policy = kubernetes.image_pull_policy.unwrap_or_default().as_str();
     let mut containers = vec![json!({
         "name": "redis",
@@ -224,9 +253,9 @@ pub fn stateful_set(
         "env": password_env(kubernetes.redis_secret.as_ref(), &["REDIS_PASSWORD", "REDISCLI_AUTH"]),
         "ports": [{ "name": "redis", "containerPort": REDIS_PORT }],
         "resources": kubernetes.resources,
-        "readinessProbe": probe(PING, spec.readiness_probe.as_ref(), (5, 5, 1, 3)),
-        "livenessProbe": probe(PING, spec.liveness_probe.as_ref(), (15, 10, 5, 3)),
-        "securityContext": container_security(spec.container_security_context.as_ref()),
+        "readinessProbe": probe(PING, spec.pod.readiness_probe.as_ref(), (5, 5, 1, 3)),
+        "livenessProbe": probe(PING, spec.pod.liveness_probe.as_ref(), (15, 10, 5, 3)),
+        "securityContext": container_security(spec.pod.container_security_context.as_ref()),
         "volumeMounts": [
             { "name": "data", "mountPath": "/data" },
             { "name": "config", "mountPath": "/etc/redis" },
@@ -234,7 +263,7 @@ pub fn stateful_set(
         ],
     })];
     containers.extend(exporter_container(
-        spec.redis_exporter.as_ref(),
+        spec.pod.redis_exporter.as_ref(),
         pull_policy,
         kubernetes.redis_secret.as_ref(),
     ));
@@ -242,41 +271,25 @@ pub fn stateful_set(
         json!({ "name": "config", "configMap": { "name": names.config } }),
         json!({ "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
     ];
-    let claim_templates = match &spec.storage {
-        Some(storage) => vec![json!({
-            "metadata": { "name": "data", "labels": labels },
-            "spec": storage.volume_claim_template.spec,
-        })],
-        None => {
-            volumes.push(json!({ "name": "data", "emptyDir": {} }));
-            Vec::new()
-        }
-    };
-    let keep = spec
-        .storage
-        .as_ref()
-        .is_some_and(|storage| storage.keep_after_delete);
-    let pod_security = pod_security(spec.security_context.as_ref());
+    let (claim_templates, retention) = data_storage(&spec.pod, labels, &mut volumes);
+    let pod_security = pod_security(spec.pod.security_context.as_ref());
     let value = json!({
         "metadata": { "name": names.server },
         "spec": {
             "replicas": 1,
             "serviceName": names.headless,
             "selector": { "matchLabels": labels },
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": if keep { "Retain" } else { "Delete" },
-                "whenScaled": "Retain",
-            },
+            "persistentVolumeClaimRetentionPolicy": retention,
             "template": {
                 "metadata": { "labels": labels, "annotations": { CONFIG_HASH_ANNOTATION: hash } },
                 "spec": {
                     "containers": containers,
                     "volumes": volumes,
                     "securityContext": pod_security,
-                    "nodeSelector": spec.node_selector,
-                    "affinity": spec.affinity,
-                    "tolerations": spec.tolerations,
-                    "priorityClassName": spec.priority_class_name,
+                    "nodeSelector": spec.pod.node_selector,
+                    "affinity": spec.pod.affinity,
+                    "tolerations": spec.pod.tolerations,
+                    "priorityClassName": spec.pod.priority_class_name,
                     "imagePullSecrets": kubernetes.image_pull_secrets,
                     "enableServiceLinks": false,
                 },
@@ -316,11 +329,11 @@ pub fn client_service(
     labels: &BTreeMap<String, String>,
 ) -> Service {
     let mut ports = vec![json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" })];
-    ports.extend(exporter_service_port(spec.redis_exporter.as_ref()));
+    ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
     let value = json!({
         "metadata": { "name": names.server },
         "spec": {
-            "type": spec.kubernetes_config.service_type.as_str(),
+            "type": spec.pod.kubernetes_config.service_type.as_str(),
             "selector": labels,
             "ports": ports,
         },
@@ -437,7 +450,7 @@ impl ReconcileError for Error {
 /// Secret's key names, never logs or stores its values.
 async fn validate(redis: &Redis, context: &Context) -> Result<(), Error> {
     let namespace = redis.namespace().unwrap_or_default();
-    let reference = redis.spec.kubernetes_config.redis_secret.as_ref();
+    let reference = redis.spec.pod.kubernetes_config.redis_secret.as_ref();
     read_password(reference, &namespace, context.client())
         .await
         .map(drop)
@@ -558,6 +571,7 @@ pub fn referring_to_secret<'a>(
             redis.namespace().as_deref() == secret_namespace
                 && redis
                     .spec
+                    .pod
                     .kubernetes_config
                     .redis_secret
                     .as_ref()
@@ -653,7 +667,7 @@ mod tests {
     #[test]
     fn without_storage_data_lives_in_an_empty_dir_and_keep_after_delete_retains_claims() {
         let mut redis = seed();
-        redis.spec.storage = None;
+        redis.spec.pod.storage = None;
         let (_, stateful_set, _, _) = build_all(&redis);
         let spec = stateful_set.spec;
         assert!(spec.volume_claim_templates.unwrap_or_default().is_empty());
@@ -667,6 +681,7 @@ mod tests {
         let mut redis = seed();
         redis
             .spec
+            .pod
             .storage
             .as_mut()
             .expect("storage")
@@ -682,7 +697,7 @@ mod tests {
     #[test]
     fn the_exporter_adds_a_sidecar_and_a_port_and_removing_it_removes_both() {
         let mut redis = seed();
-        redis.spec.redis_exporter = Some(RedisExporter {
+        redis.spec.pod.redis_exporter = Some(RedisExporter {
             enabled: true,
             port: Some(9200),
             ..RedisExporter::default()
@@ -708,6 +723,7 @@ mod tests {
 
         redis
             .spec
+            .pod
             .redis_exporter
             .as_mut()
             .expect("exporter")
@@ -730,7 +746,7 @@ mod tests {
     fn a_config_change_changes_the_pod_template_hash() {
         let mut redis = seed();
         let (_, before, _, _) = build_all(&redis);
-        redis.spec.redis_config = Some(RedisConfig {
+        redis.spec.pod.redis_config = Some(RedisConfig {
             additional_config: vec!["maxmemory 64mb".to_owned()],
         });
         let (config, after, _, _) = build_all(&redis);
@@ -752,11 +768,11 @@ mod tests {
     #[test]
     fn the_password_is_only_referenced_never_written() {
         let mut redis = seed();
-        redis.spec.kubernetes_config.redis_secret = Some(SecretKeyReference {
+        redis.spec.pod.kubernetes_config.redis_secret = Some(SecretKeyReference {
             name: "redis-auth".to_owned(),
             key: "password".to_owned(),
         });
-        redis.spec.redis_exporter = Some(RedisExporter {
+        redis.spec.pod.redis_exporter = Some(RedisExporter {
             enabled: true,
             ..RedisExporter::default()
         });
@@ -819,7 +835,7 @@ mod tests {
     #[test]
     fn secret_references_map_to_the_resources_using_them() {
         let mut using = seed();
-        using.spec.kubernetes_config.redis_secret = Some(SecretKeyReference {
+        using.spec.pod.kubernetes_config.redis_secret = Some(SecretKeyReference {
             name: "auth".to_owned(),
             key: "password".to_owned(),
         });

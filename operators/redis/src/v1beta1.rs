@@ -43,10 +43,19 @@ pub const DEFAULT_EXPORTER_PORT: i32 = 9121;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// How the Redis pod runs: image, resources, Service type and password Secret.
+    /// How the pods run: image, resources, storage, exporter, configuration, scheduling.
+    #[serde(flatten)]
+    pub pod: RedisPodSpec,
+}
+
+/// What `Redis` and `RedisSentinel` share: how their pods run.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisPodSpec {
+    /// How the Redis pods run: image, resources, Service type and password Secret.
     pub kubernetes_config: KubernetesConfig,
-    /// Persistent storage for `/data`. Without it the data lives in an `emptyDir` and is lost
-    /// when the pod is deleted.
+    /// Persistent storage for each pod's `/data`. Without it the data lives in an `emptyDir`
+    /// and is lost when the pod is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<Storage>,
     /// The Prometheus exporter sidecar.
@@ -55,31 +64,34 @@ pub struct RedisSpec {
     /// Settings added to the generated `redis.conf`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_config: Option<RedisConfig>,
-    /// Node labels the pod must be scheduled on.
+    /// Node labels the pods must be scheduled on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
-    /// Scheduling constraints of the pod.
+    /// Scheduling constraints of the pods. Default for a RedisSentinel: prefer spreading its
+    /// pods over hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// Taints the pod tolerates.
+    /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
-    /// The pod's security context. Default: run as user and group 1000 (`fsGroup` 1000) as non-root.
+    /// The pods' security context. Default: run as user and group 1000 (`fsGroup` 1000) as non-root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
-    /// The security context of the Redis container. Default: no privilege escalation, all
-    /// capabilities dropped, read-only root filesystem.
+    /// The security context of the Redis (and Sentinel) containers. Default: no privilege
+    /// escalation, all capabilities dropped, read-only root filesystem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_security_context: Option<SecurityContext>,
-    /// The PriorityClass of the pod.
+    /// The PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("priorityClassName must be a DNS subdomain name"))]
     pub priority_class_name: Option<String>,
-    /// Overrides of the readiness probe's timing (the check itself is `redis-cli ping`).
+    /// Overrides of the readiness probes' timing. Defaults: Redis 5/5/1/3 (initial delay,
+    /// period, timeout, failures); RedisSentinel the seed chart's 20/5/1/5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<ProbeSettings>,
-    /// Overrides of the liveness probe's timing (the check itself is `redis-cli ping`).
+    /// Overrides of the liveness probes' timing. Defaults: Redis 15/10/5/3; RedisSentinel
+    /// 20/5/5/5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<ProbeSettings>,
 }
@@ -327,46 +339,9 @@ pub struct RedisSentinelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("minReplicasMaxLag must be at least 1"))]
     pub min_replicas_max_lag: Option<i32>,
-    /// How the pods run: image, resources, Service type and password Secret.
-    pub kubernetes_config: KubernetesConfig,
-    /// Persistent storage for each pod's `/data`. Without it the data lives in an `emptyDir`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<Storage>,
-    /// The Prometheus exporter sidecar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis_exporter: Option<RedisExporter>,
-    /// Settings added to the generated `redis.conf`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis_config: Option<RedisConfig>,
-    /// Node labels the pods must be scheduled on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_selector: Option<BTreeMap<String, String>>,
-    /// Scheduling constraints of the pods. Default: prefer spreading them over hosts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Affinity>,
-    /// Taints the pods tolerate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerations: Option<Vec<Toleration>>,
-    /// The pods' security context. Default: run as user and group 1000 (`fsGroup` 1000) as non-root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<PodSecurityContext>,
-    /// The security context of the Redis and Sentinel containers. Default: no privilege
-    /// escalation, all capabilities dropped, read-only root filesystem.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_security_context: Option<SecurityContext>,
-    /// The PriorityClass of the pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("priorityClassName must be a DNS subdomain name"))]
-    pub priority_class_name: Option<String>,
-    /// Overrides of the readiness probes' timing. Default: the seed chart's (initial delay
-    /// 20 s, period 5 s, timeout 1 s, 5 failures).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readiness_probe: Option<ProbeSettings>,
-    /// Overrides of the liveness probes' timing. Default: initial delay 20 s, period 5 s,
-    /// timeout 5 s, 5 failures.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<ProbeSettings>,
+    /// How the pods run: image, resources, storage, exporter, configuration, scheduling.
+    #[serde(flatten)]
+    pub pod: RedisPodSpec,
 }
 
 fn default_replicas() -> i32 {

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use operator_kit::testing::TestNamespace;
-use operator_kit::testing::tools::{HelmRelease, OperatorProcess, service_account_kubeconfig};
+use operator_kit::testing::tools::{
+    HelmRelease, OperatorProcess, enforce_restricted_pod_security, is_forbidden,
+    service_account_kubeconfig,
+};
 use redis_operator::v1beta1::{Phase, Redis, RedisSentinel};
 use serde_json::json;
 
@@ -23,32 +26,12 @@ fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/redis-operator")
 }
 
-/// Enforces the restricted Pod Security Standard, so a pod that is not compliant is refused.
-async fn enforce_restricted(namespace: &TestNamespace) -> Result<()> {
-    let patch = json!({ "metadata": { "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest",
-    } } });
-    Api::<Namespace>::all(namespace.client().clone())
-        .patch(
-            namespace.name(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
-}
-
-fn is_forbidden<T>(result: kube::Result<T>) -> bool {
-    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
-}
-
 #[tokio::test]
 async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() -> Result<()> {
     let operator_namespace = TestNamespace::create("redis-chart-operator").await?;
     let watched = TestNamespace::create("redis-chart-watched").await?;
     let unrelated = TestNamespace::create("redis-chart-unrelated").await?;
-    enforce_restricted(&operator_namespace).await?;
+    enforce_restricted_pod_security(&operator_namespace).await?;
 
     let release = HelmRelease::install(
         &chart(),
@@ -114,20 +97,20 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         service_account_kubeconfig(operator_namespace.name(), "redis-operator").await?;
     let list = ListParams::default();
     ensure!(is_forbidden(
-        Api::<Secret>::namespaced(account.clone(), unrelated.name())
+        &Api::<Secret>::namespaced(account.clone(), unrelated.name())
             .list(&list)
             .await
     ));
     ensure!(is_forbidden(
-        Api::<Secret>::namespaced(account.clone(), operator_namespace.name())
+        &Api::<Secret>::namespaced(account.clone(), operator_namespace.name())
             .list(&list)
             .await
     ));
     ensure!(is_forbidden(
-        Api::<Secret>::all(account.clone()).list(&list).await
+        &Api::<Secret>::all(account.clone()).list(&list).await
     ));
     ensure!(is_forbidden(
-        Api::<Redis>::all(account.clone()).list(&list).await
+        &Api::<Redis>::all(account.clone()).list(&list).await
     ));
 
     // What it can do: the whole lifecycle of a Redis with a password, run by the real binary.

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::data_plane::{Node, Settings};
 use super::scripts;
 use crate::standalone::{
-    CONFIG_HASH_ANNOTATION, REDIS_PORT, container_security, exporter_container,
+    CONFIG_HASH_ANNOTATION, REDIS_PORT, container_security, data_storage, exporter_container,
     exporter_service_port, password_env, pod_security, probe,
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
@@ -103,6 +103,7 @@ pub fn redis_conf(spec: &RedisSentinelSpec) -> String {
         spec.min_replicas_max_lag.unwrap_or(10),
     );
     for line in spec
+        .pod
         .redis_config
         .iter()
         .flat_map(|config| &config.additional_config)
@@ -167,7 +168,7 @@ fn environment(resource: &RedisSentinel, names: &Names) -> Vec<Value> {
         value("PARALLEL_SYNCS", settings.parallel_syncs.to_string()),
     ];
     env.extend(password_env(
-        resource.spec.kubernetes_config.redis_secret.as_ref(),
+        resource.spec.pod.kubernetes_config.redis_secret.as_ref(),
         &["REDIS_PASSWORD", "REDISCLI_AUTH"],
     ));
     env
@@ -181,10 +182,10 @@ pub fn stateful_set(
     hash: &str,
 ) -> StatefulSet {
     let spec = &resource.spec;
-    let kubernetes = &spec.kubernetes_config;
+    let kubernetes = &spec.pod.kubernetes_config;
     let pull_policy = kubernetes.image_pull_policy.unwrap_or_default().as_str();
     let env = environment(resource, names);
-    let security = container_security(spec.container_security_context.as_ref());
+    let security = container_security(spec.pod.container_security_context.as_ref());
     let script = |name: &str, arguments: &str| format!("sh /etc/redis/{name} {arguments}");
     let mounts = json!([
         { "name": "data", "mountPath": "/data" },
@@ -200,8 +201,8 @@ pub fn stateful_set(
             "env": env,
             "ports": [{ "name": "redis", "containerPort": REDIS_PORT }],
             "resources": kubernetes.resources,
-            "readinessProbe": probe(&script("ping-redis.sh", "1"), spec.readiness_probe.as_ref(), READINESS_DEFAULTS),
-            "livenessProbe": probe(&script("ping-redis.sh", "5 liveness"), spec.liveness_probe.as_ref(), LIVENESS_DEFAULTS),
+            "readinessProbe": probe(&script("ping-redis.sh", "1"), spec.pod.readiness_probe.as_ref(), READINESS_DEFAULTS),
+            "livenessProbe": probe(&script("ping-redis.sh", "5 liveness"), spec.pod.liveness_probe.as_ref(), LIVENESS_DEFAULTS),
             "lifecycle": { "preStop": { "exec": { "command": ["sh", "/etc/redis/prestop-redis.sh"] } } },
             "securityContext": security,
             "volumeMounts": mounts,
@@ -214,8 +215,8 @@ pub fn stateful_set(
             "env": env,
             "ports": [{ "name": "sentinel", "containerPort": SENTINEL_PORT }],
             "resources": kubernetes.resources,
-            "readinessProbe": probe(&script("ping-sentinel.sh", "1"), spec.readiness_probe.as_ref(), READINESS_DEFAULTS),
-            "livenessProbe": probe(&script("ping-sentinel.sh", "5"), spec.liveness_probe.as_ref(), LIVENESS_DEFAULTS),
+            "readinessProbe": probe(&script("ping-sentinel.sh", "1"), spec.pod.readiness_probe.as_ref(), READINESS_DEFAULTS),
+            "livenessProbe": probe(&script("ping-sentinel.sh", "5"), spec.pod.liveness_probe.as_ref(), LIVENESS_DEFAULTS),
             "securityContext": security,
             "volumeMounts": [
                 { "name": "config", "mountPath": "/etc/redis" },
@@ -224,7 +225,7 @@ pub fn stateful_set(
         }),
     ];
     containers.extend(exporter_container(
-        spec.redis_exporter.as_ref(),
+        spec.pod.redis_exporter.as_ref(),
         pull_policy,
         kubernetes.redis_secret.as_ref(),
     ));
@@ -233,21 +234,8 @@ pub fn stateful_set(
         json!({ "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
         json!({ "name": "sentinel", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
     ];
-    let claim_templates = match &spec.storage {
-        Some(storage) => vec![json!({
-            "metadata": { "name": "data", "labels": labels },
-            "spec": storage.volume_claim_template.spec,
-        })],
-        None => {
-            volumes.push(json!({ "name": "data", "emptyDir": {} }));
-            Vec::new()
-        }
-    };
-    let keep = spec
-        .storage
-        .as_ref()
-        .is_some_and(|storage| storage.keep_after_delete);
-    let affinity = spec.affinity.clone().map_or_else(
+    let (claim_templates, retention) = data_storage(&spec.pod, labels, &mut volumes);
+    let affinity = spec.pod.affinity.clone().map_or_else(
         || {
             json!({ "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [{
                 "weight": 100,
@@ -268,20 +256,17 @@ pub fn stateful_set(
             // operator settles a cold start, so ordered start-up would only slow recovery.
             "podManagementPolicy": "Parallel",
             "selector": { "matchLabels": labels },
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": if keep { "Retain" } else { "Delete" },
-                "whenScaled": "Retain",
-            },
+            "persistentVolumeClaimRetentionPolicy": retention,
             "template": {
                 "metadata": { "labels": labels, "annotations": { CONFIG_HASH_ANNOTATION: hash } },
                 "spec": {
                     "containers": containers,
                     "volumes": volumes,
-                    "securityContext": pod_security(spec.security_context.as_ref()),
-                    "nodeSelector": spec.node_selector,
+                    "securityContext": pod_security(spec.pod.security_context.as_ref()),
+                    "nodeSelector": spec.pod.node_selector,
                     "affinity": affinity,
-                    "tolerations": spec.tolerations,
-                    "priorityClassName": spec.priority_class_name,
+                    "tolerations": spec.pod.tolerations,
+                    "priorityClassName": spec.pod.priority_class_name,
                     "imagePullSecrets": kubernetes.image_pull_secrets,
                     "enableServiceLinks": false,
                     "terminationGracePeriodSeconds": settings(spec).failover_timeout / 1000 + 20,
@@ -326,11 +311,11 @@ pub fn client_service(
         json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" }),
         json!({ "name": "sentinel", "port": SENTINEL_PORT, "targetPort": "sentinel" }),
     ];
-    ports.extend(exporter_service_port(spec.redis_exporter.as_ref()));
+    ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
     service(json!({
         "metadata": { "name": names.client },
         "spec": {
-            "type": spec.kubernetes_config.service_type.as_str(),
+            "type": spec.pod.kubernetes_config.service_type.as_str(),
             "selector": labels,
             "ports": ports,
         },

@@ -326,7 +326,7 @@ impl Reconciler for RedisSentinelReconciler {
         let generation = resource.meta().generation;
         // validate: the password Secret (only the operator can check it).
         let password = match read_password(
-            resource.spec.kubernetes_config.redis_secret.as_ref(),
+            resource.spec.pod.kubernetes_config.redis_secret.as_ref(),
             &namespace,
             context.client(),
         )
