@@ -91,7 +91,15 @@ async fn rendered_charts_pass_server_side_dry_run() -> Result<()> {
             let manifest = run("helm", &args, None)?;
             let applied = run(
                 "kubectl",
-                &["apply", "--dry-run=server", "--server-side", "-f", "-"],
+                &[
+                    "apply",
+                    "--dry-run=server",
+                    "--server-side",
+                    // The CRDs may already be installed by other tests' field manager.
+                    "--force-conflicts",
+                    "-f",
+                    "-",
+                ],
                 Some(manifest.as_bytes()),
             )?;
             for kind in [
