@@ -53,11 +53,65 @@ impl ReconcileResult {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+/// Buckets of an operator's own histograms ([`Metrics::observe`]): seconds to minutes, for
+/// things like failovers and rollouts.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+#[derive(Clone, Debug)]
 struct Histogram {
-    buckets: [u64; TIME_BUCKETS.len()],
+    bounds: &'static [f64],
+    buckets: Vec<u64>,
     count: u64,
     sum: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(&TIME_BUCKETS)
+    }
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn record(&mut self, seconds: f64) {
+        self.count += 1;
+        self.sum += seconds;
+        for (bucket, bound) in self.buckets.iter_mut().zip(self.bounds) {
+            if seconds <= *bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of `name` for one label set (`{…}`).
+    fn render(&self, text: &mut String, name: &str, labels: &str) {
+        // The label set without its braces, to add `le` to it.
+        let inner = labels.trim_start_matches('{').trim_end_matches('}');
+        let separator = if inner.is_empty() { "" } else { "," };
+        for (count, bound) in self.buckets.iter().zip(self.bounds) {
+            let _ = writeln!(
+                text,
+                "{name}_bucket{{{inner}{separator}le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "{name}_bucket{{{inner}{separator}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(text, "{name}_sum{labels} {}", self.sum);
+        let _ = writeln!(text, "{name}_count{labels} {}", self.count);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -70,10 +124,40 @@ struct ControllerMetrics {
     queue_depth: i64,
 }
 
+/// A metric an operator defines itself (see [`Metrics::count`] and [`Metrics::observe`]).
+#[derive(Debug)]
+struct CustomFamily {
+    help: String,
+    /// Samples by their rendered label set.
+    samples: BTreeMap<String, CustomSample>,
+}
+
+#[derive(Debug)]
+enum CustomSample {
+    Counter(u64),
+    Histogram(Histogram),
+}
+
+/// Renders labels as `{a="x",b="y"}`, escaping values as the exposition format wants.
+fn render_labels(labels: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(name, value)| {
+            let value = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{name}=\"{value}\"")
+        })
+        .collect();
+    format!("{{{}}}", pairs.join(","))
+}
+
 /// The operator's metrics; cheap to share, updated by the runtime.
 #[derive(Debug, Default)]
 pub struct Metrics {
     controllers: Mutex<BTreeMap<String, ControllerMetrics>>,
+    custom: Mutex<BTreeMap<String, CustomFamily>>,
     leader: Mutex<Option<(String, bool)>>,
     requests: Mutex<Option<RequestCounter>>,
 }
@@ -107,14 +191,7 @@ impl Metrics {
             if result == ReconcileResult::Error {
                 metrics.errors += 1;
             }
-            let seconds = elapsed.as_secs_f64();
-            metrics.time.count += 1;
-            metrics.time.sum += seconds;
-            for (bucket, bound) in metrics.time.buckets.iter_mut().zip(TIME_BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
-                }
-            }
+            metrics.time.record(elapsed.as_secs_f64());
         });
     }
 
@@ -155,6 +232,48 @@ impl Metrics {
         self.with(controller, |metrics| {
             metrics.reconciles.get(&result).copied().unwrap_or_default()
         })
+    }
+
+    fn with_custom(&self, name: &str, help: &str, update: impl FnOnce(&mut CustomFamily)) {
+        let mut custom = self
+            .custom
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let family = custom
+            .entry(name.to_owned())
+            .or_insert_with(|| CustomFamily {
+                help: help.to_owned(),
+                samples: BTreeMap::new(),
+            });
+        update(family);
+    }
+
+    /// Adds one to the operator's own counter `name` (a Prometheus counter; end the name in
+    /// `_total`) for this label set.
+    pub fn count(&self, name: &str, help: &str, labels: &[(&str, &str)]) {
+        self.with_custom(name, help, |family| {
+            let sample = family
+                .samples
+                .entry(render_labels(labels))
+                .or_insert(CustomSample::Counter(0));
+            if let CustomSample::Counter(count) = sample {
+                *count += 1;
+            }
+        });
+    }
+
+    /// Records `seconds` in the operator's own histogram `name` for this label set (buckets
+    /// from 0.1 s to 5 min).
+    pub fn observe(&self, name: &str, help: &str, labels: &[(&str, &str)], seconds: f64) {
+        self.with_custom(name, help, |family| {
+            let sample = family
+                .samples
+                .entry(render_labels(labels))
+                .or_insert_with(|| CustomSample::Histogram(Histogram::new(&DURATION_BUCKETS)));
+            if let CustomSample::Histogram(histogram) = sample {
+                histogram.record(seconds);
+            }
+        });
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -233,28 +352,10 @@ impl Metrics {
             "Length of time per reconciliation per controller",
             &mut |text| {
                 for (controller, metrics) in controllers.iter() {
-                    let name = "controller_runtime_reconcile_time_seconds";
-                    for (count, bound) in metrics.time.buckets.iter().zip(TIME_BUCKETS) {
-                        let _ = writeln!(
-                            text,
-                            "{name}_bucket{{controller=\"{controller}\",le=\"{bound}\"}} {count}"
-                        );
-                    }
-                    let histogram = &metrics.time;
-                    let _ = writeln!(
+                    metrics.time.render(
                         text,
-                        "{name}_bucket{{controller=\"{controller}\",le=\"+Inf\"}} {}",
-                        histogram.count
-                    );
-                    let _ = writeln!(
-                        text,
-                        "{name}_sum{{controller=\"{controller}\"}} {}",
-                        histogram.sum
-                    );
-                    let _ = writeln!(
-                        text,
-                        "{name}_count{{controller=\"{controller}\"}} {}",
-                        histogram.count
+                        "controller_runtime_reconcile_time_seconds",
+                        &render_labels(&[("controller", controller)]),
                     );
                 }
             },
@@ -287,6 +388,25 @@ impl Metrics {
                     text,
                     "rest_client_requests_total{{method=\"{method}\"}} {count}"
                 );
+            }
+        }
+        let custom = self
+            .custom
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, family) in custom.iter() {
+            let kind = match family.samples.values().next() {
+                Some(CustomSample::Histogram(_)) => "histogram",
+                _ => "counter",
+            };
+            let _ = writeln!(text, "# HELP {name} {}\n# TYPE {name} {kind}", family.help);
+            for (labels, sample) in &family.samples {
+                match sample {
+                    CustomSample::Counter(count) => {
+                        let _ = writeln!(text, "{name}{labels} {count}");
+                    }
+                    CustomSample::Histogram(histogram) => histogram.render(&mut text, name, labels),
+                }
             }
         }
         text
@@ -446,6 +566,34 @@ mod tests {
             "controller_runtime_reconcile_time_seconds_count{controller=\"redis\"} 2",
             "workqueue_depth{name=\"redis\"} 0",
             "leader_election_master_status{name=\"redis-operator\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|candidate| candidate == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_operator_adds_its_own_counters_and_histograms() {
+        let metrics = Metrics::default();
+        let labels = [("namespace", "shop"), ("name", "cache \"a\"")];
+        metrics.count("redis_failovers_total", "Failovers seen", &labels);
+        metrics.count("redis_failovers_total", "Failovers seen", &labels);
+        metrics.observe(
+            "redis_failover_duration_seconds",
+            "Failover time",
+            &labels,
+            6.3,
+        );
+        let text = metrics.render();
+        for line in [
+            "# TYPE redis_failovers_total counter",
+            "redis_failovers_total{namespace=\"shop\",name=\"cache \\\"a\\\"\"} 2",
+            "# TYPE redis_failover_duration_seconds histogram",
+            "redis_failover_duration_seconds_bucket{namespace=\"shop\",name=\"cache \\\"a\\\"\",le=\"5\"} 0",
+            "redis_failover_duration_seconds_bucket{namespace=\"shop\",name=\"cache \\\"a\\\"\",le=\"10\"} 1",
+            "redis_failover_duration_seconds_sum{namespace=\"shop\",name=\"cache \\\"a\\\"\"} 6.3",
         ] {
             assert!(
                 text.lines().any(|candidate| candidate == line),

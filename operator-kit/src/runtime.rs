@@ -151,6 +151,7 @@ pub enum OperatorError {
 /// What a reconcile can use besides its object: one per controller, shared by all reconciles.
 pub struct Context {
     client: Client,
+    metrics: Arc<Metrics>,
     field_manager: String,
     application: String,
     owned_kinds: Vec<ApiResource>,
@@ -161,6 +162,12 @@ impl Context {
     /// The Kubernetes client.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The operator's metrics, for a controller's own counters and histograms
+    /// ([`Metrics::count`], [`Metrics::observe`]), served on `/metrics` with the runtime's.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The field manager of every write the operator makes.
@@ -372,6 +379,7 @@ impl<R: Reconciler> Controller<R> {
             name: self.name,
             reconciler: self.reconciler,
             context: Context {
+                metrics: metrics.clone(),
                 recorder: Recorder::new(client.clone(), reporter),
                 client,
                 field_manager: operator_name.clone(),

@@ -256,6 +256,17 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
             .collect::<Vec<_>>()
     );
 
+    let metrics = operator.metrics().render();
+    let counter = format!(
+        "redis_sentinel_failovers_total{{namespace=\"{}\",name=\"cache\"}} 1",
+        namespace.name()
+    );
+    ensure!(
+        metrics.lines().any(|line| line == counter),
+        "no {counter:?} in\n{metrics}"
+    );
+    ensure!(metrics.contains("redis_sentinel_failover_duration_seconds_count{"));
+
     // The old master's pod comes back (its script asks the sentinels and rejoins as replica).
     set.start_redis(old_index)?;
     wait_healthy(&namespace, "cache", 3, Some(&master)).await?;

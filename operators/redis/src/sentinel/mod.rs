@@ -429,6 +429,26 @@ impl Reconciler for RedisSentinelReconciler {
             ..previous.clone()
         };
         let current_master = plan.master.map(|master| nodes[master].pod.clone());
+        if let Some(switch) = &log.switch {
+            let name = resource.name_any();
+            let labels = [("namespace", namespace.as_str()), ("name", name.as_str())];
+            context.metrics().count(
+                "redis_sentinel_failovers_total",
+                "Failovers announced by the sentinels (+switch-master)",
+                &labels,
+            );
+            let seconds = switch
+                .finished_at
+                .duration_since(switch.started_at)
+                .unwrap_or_default()
+                .as_secs_f64();
+            context.metrics().observe(
+                "redis_sentinel_failover_duration_seconds",
+                "Time from the sentinels agreeing the master is down to the new master",
+                &labels,
+                seconds,
+            );
+        }
         if let Some(switch) = log.switch {
             status.last_failover = Some(Failover {
                 from: switch.from,
