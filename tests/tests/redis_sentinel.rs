@@ -280,9 +280,28 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
         let patch = json!({ "spec": { "replicas": replicas } });
         api.patch("cache", &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        if replicas == 3 {
+            // The StatefulSet deletes pods 3 and 4: so go their processes.
+            for index in [3, 4] {
+                set.kill_redis(index);
+                set.kill_sentinel(index);
+            }
+        }
         wait_healthy(&namespace, "cache", replicas, None).await?;
         let stateful_set = namespace.api::<StatefulSet>().get("cache-node").await?;
         ensure!(stateful_set.spec.replicas == Some(replicas));
+    }
+    // Healthy again means the sentinels forgot the removed pods (reset one at a time), so a
+    // failover needs 2 votes again, not 3 of a remembered 5.
+    for node in &set.nodes[..3] {
+        let known =
+            support::sentinel_cli(node.sentinel_port, &["SENTINEL", "SENTINELS", "mymaster"])?;
+        let others = known.lines().filter(|line| *line == "name").count();
+        ensure!(
+            others == 2,
+            "sentinel {} still knows {others} others",
+            node.pod
+        );
     }
 
     // Deletion removes every object.

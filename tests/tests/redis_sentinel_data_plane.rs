@@ -176,3 +176,33 @@ async fn a_cold_restart_keeps_the_data_of_the_most_up_to_date_node() -> Result<(
     })?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_masters_pre_stop_hook_hands_over_without_losing_writes() -> Result<()> {
+    let set = LocalSet::new("pre-stop", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys = set.acknowledged_writes(master, "before-stop", 100).await?;
+    // What the kubelet runs before stopping the master's container.
+    let started = Instant::now();
+    let status = set.command(master, "prestop-redis.sh").status()?;
+    ensure!(status.success(), "the preStop hook failed: {status}");
+    // The hook returns once the sentinels name another master; then they demote this one.
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "the hook took {:?}",
+        started.elapsed()
+    );
+    wait_until(
+        "the old master to become a replica",
+        Duration::from_secs(20),
+        || Ok(cli(set.port(master), &["ROLE"])?.starts_with("slave")),
+    )?;
+    let (new_master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    ensure!(new_master != master);
+    ensure!(set.missing_keys(new_master, &keys).await?.is_empty());
+    Ok(())
+}

@@ -110,7 +110,7 @@ impl LocalSet {
     }
 
     /// The environment the pod gives both containers, pointed at this machine.
-    fn command(&self, index: usize, script: &str) -> Command {
+    pub fn command(&self, index: usize, script: &str) -> Command {
         let node = &self.nodes[index];
         let settings = self.settings();
         let dir = self.node_dir(index);

@@ -122,6 +122,10 @@ pub struct SentinelState {
     pub master: Option<(String, u16)>,
     /// `SENTINEL CKQUORUM` succeeded.
     pub quorum_ok: bool,
+    /// Other sentinels it knows (`SENTINEL SENTINELS`), gone ones included.
+    pub known_sentinels: usize,
+    /// Replicas it knows (`SENTINEL REPLICAS`), gone ones included.
+    pub known_replicas: usize,
 }
 
 /// Everything observed, by node index (`None`: unreachable).
@@ -199,12 +203,35 @@ async fn observe_sentinel(
             .zip(port.text().and_then(|port| port.parse().ok())),
         _ => None,
     };
-    let quorum_ok = master.is_some()
-        && connection
-            .command(&["SENTINEL", "CKQUORUM", &settings.master_set])
-            .await
-            .is_ok();
-    Ok(SentinelState { master, quorum_ok })
+    if master.is_none() {
+        return Ok(SentinelState {
+            master,
+            quorum_ok: false,
+            known_sentinels: 0,
+            known_replicas: 0,
+        });
+    }
+    let set = settings.master_set.as_str();
+    let quorum_ok = connection
+        .command(&["SENTINEL", "CKQUORUM", set])
+        .await
+        .is_ok();
+    let known_sentinels = connection
+        .command(&["SENTINEL", "SENTINELS", set])
+        .await?
+        .items()
+        .len();
+    let known_replicas = connection
+        .command(&["SENTINEL", "REPLICAS", set])
+        .await?
+        .items()
+        .len();
+    Ok(SentinelState {
+        master,
+        quorum_ok,
+        known_sentinels,
+        known_replicas,
+    })
 }
 
 /// Asks every Redis and every Sentinel, concurrently; an unreachable one is `None`.
@@ -240,6 +267,10 @@ pub enum Action {
         /// The node it replicates from.
         master: usize,
     },
+    /// `SENTINEL RESET` of this node's sentinel, which still counts sentinels or replicas of
+    /// pods that are gone (after a scale-down) and so needs more votes than exist to fail
+    /// over. One sentinel at a time, only while every other one holds quorum.
+    Reset(usize),
     /// `SENTINEL REMOVE` + `MONITOR` + `SET` on this node's sentinel, for `master`.
     Monitor {
         /// The sentinel's node.
@@ -295,10 +326,11 @@ impl Plan {
                     }) => *link_up,
                     None => false,
                 })
-            && observation
-                .sentinels
-                .iter()
-                .all(|state| state.as_ref().is_some_and(|state| state.quorum_ok))
+            && observation.sentinels.iter().all(|state| {
+                state.as_ref().is_some_and(|state| {
+                    state.quorum_ok && !remembers_gone_pods(state, observation)
+                })
+            })
     }
 }
 
@@ -415,6 +447,23 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
             });
         }
     }
+    // Sentinels forget nothing on their own: after a scale-down they still count the removed
+    // pods' sentinels, which raises the votes a failover needs. Reset one that does, when the
+    // rest is settled, so that the others keep the quorum while it relearns.
+    let settled = actions.is_empty()
+        && observation
+            .sentinels
+            .iter()
+            .all(|state| state.as_ref().is_some_and(|state| state.quorum_ok));
+    if settled
+        && let Some(stale) = observation.sentinels.iter().position(|state| {
+            state
+                .as_ref()
+                .is_some_and(|state| remembers_gone_pods(state, observation))
+        })
+    {
+        actions.push(Action::Reset(stale));
+    }
     Plan {
         master: Some(master),
         choice: Some(choice),
@@ -422,6 +471,12 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
         warnings,
         failover_in_progress: false,
     }
+}
+
+/// Whether a sentinel counts more sentinels or replicas than the set has pods.
+fn remembers_gone_pods(state: &SentinelState, observation: &Observation) -> bool {
+    let others = observation.sentinels.len().saturating_sub(1);
+    state.known_sentinels > others || state.known_replicas > others
 }
 
 /// The reachable node with the highest offset, then the most keys, then already a master,
@@ -479,6 +534,14 @@ pub async fn heal(
                     connect(resolver, &node.host, node.redis_port, password).await?;
                 connection
                     .command(&["REPLICAOF", &master.host, &master.redis_port.to_string()])
+                    .await?;
+            }
+            Action::Reset(index) => {
+                let sentinel = &nodes[index];
+                let mut connection =
+                    connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
+                connection
+                    .command(&["SENTINEL", "RESET", &settings.master_set])
                     .await?;
             }
             Action::Monitor { sentinel, master } => {
@@ -578,6 +641,8 @@ mod tests {
         Some(SentinelState {
             master: index.map(|index| (format!("cache-node-{index}.cache-headless"), 6379)),
             quorum_ok: index.is_some(),
+            known_sentinels: if index.is_some() { 2 } else { 0 },
+            known_replicas: if index.is_some() { 2 } else { 0 },
         })
     }
 
@@ -724,6 +789,34 @@ mod tests {
         assert!(plan.failover_in_progress);
         assert!(plan.actions.is_empty());
         assert_eq!(plan.master, None);
+    }
+
+    #[test]
+    fn sentinels_remembering_removed_pods_are_reset_one_at_a_time() {
+        // After a scale-down from 5: every sentinel still counts 4 others and 4 replicas.
+        let mut remembering = sentinel_on(Some(0));
+        if let Some(state) = remembering.as_mut() {
+            state.known_sentinels = 4;
+            state.known_replicas = 4;
+        }
+        let mut observation = Observation {
+            redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
+            sentinels: vec![remembering.clone(); 3],
+        };
+        let first = plan(&nodes(), &observation);
+        assert_eq!(first.actions, vec![Action::Reset(0)]);
+        assert!(!first.is_healthy(&observation));
+        // While sentinel 0 relearns (no quorum yet), nobody else is reset.
+        observation.sentinels[0] = Some(SentinelState {
+            quorum_ok: false,
+            known_sentinels: 0,
+            known_replicas: 0,
+            ..remembering.clone().unwrap()
+        });
+        assert!(plan(&nodes(), &observation).actions.is_empty());
+        // Once it has, the next one goes.
+        observation.sentinels[0] = sentinel_on(Some(0));
+        assert_eq!(plan(&nodes(), &observation).actions, vec![Action::Reset(1)]);
     }
 
     #[test]

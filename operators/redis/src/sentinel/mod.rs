@@ -251,7 +251,9 @@ pub fn readiness(
             .map(|(node, _)| node.pod.as_str())
             .collect();
         let detail = if plan.actions.is_empty() {
-            format!("waiting for replicas to sync; unreachable: {unreachable:?}")
+            format!(
+                "waiting for replicas to sync and sentinels to know each other; unreachable: {unreachable:?}"
+            )
         } else {
             format!("healing: {:?}", plan.actions)
         };
