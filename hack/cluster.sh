@@ -82,7 +82,10 @@ cmd_down() {
   # The operator `hack/demo.sh` started, if it still runs.
   if [ -f "$state_dir/redis-operator.pid" ]; then
     demo_pid=$(<"$state_dir/redis-operator.pid")
-    if [[ "$(readlink "/proc/$demo_pid/exe" 2>/dev/null)" == */redis-operator ]]; then kill "$demo_pid" 2>/dev/null || true; fi
+    # "(deleted)": the binary was rebuilt (cargo test relinks it) while the demo ran.
+    case "$(readlink "/proc/$demo_pid/exe" 2>/dev/null)" in
+      */redis-operator | */redis-operator" (deleted)") kill "$demo_pid" 2>/dev/null || true ;;
+    esac
   fi
   for ((index = ${#components[@]} - 1; index >= 0; index--)); do stop_component "${components[index]}"; done
   if [ -d "$state_dir" ]; then
