@@ -31,7 +31,10 @@ if holder=$(ss -Hltnp "sport = :${admin_address##*:}" 2>/dev/null) && [ -n "$hol
   exit 1
 fi
 operator_log=$state_dir/logs/redis-operator.log
+# It watches the demo's namespace only: the tests' operators run next to it, in namespaces of
+# their own, and must be the only ones reconciling their objects.
 setsid "$CARGO_TARGET_DIR/debug/redis-operator" --admin-address "$admin_address" \
+  --watch-namespace default \
   >"$operator_log" 2>&1 </dev/null &
 echo $! >"$pid_file"
 # Ready once its watches have listed everything; a failed start is shown, not waited out.
@@ -44,10 +47,11 @@ until curl -fsS "http://$admin_address/readyz" >/dev/null 2>&1; do
   sleep 0.2
 done
 
-kubectl apply -f examples/redis-standalone.yaml
-kubectl wait --for=condition=Ready --timeout=120s redis/redis-standalone
-kubectl get redis redis-standalone -o wide
-kubectl get statefulsets,services,configmaps,persistentvolumeclaims -l app.kubernetes.io/instance=redis-standalone
+kubectl apply -n default -f examples/redis-standalone.yaml
+kubectl wait -n default --for=condition=Ready --timeout=120s redises/redis-standalone
+# `redis` is also the category of both Redis kinds, so name the resource type in full.
+kubectl get -n default redises.redis.operator-kit.io redis-standalone -o wide
+kubectl get -n default statefulsets,services,configmaps,persistentvolumeclaims -l app.kubernetes.io/instance=redis-standalone
 echo
 echo "redis-operator runs in the background (log: $operator_log, metrics: http://$admin_address/metrics)."
 echo "The pods are kwok's: scheduled and Ready, but no redis-server runs in them (see README)."

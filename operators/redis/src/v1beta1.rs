@@ -299,6 +299,9 @@ pub struct RedisStatus {
 
 /// Redis with Sentinel: an odd number of pods, each running Redis and a Sentinel, with one
 /// master, automatic failover, and an operator that checks and heals the replication topology.
+///
+/// It is not in the `redis` category: that name is also `Redis`'s singular, and a category
+/// spanning two kinds would make `kubectl get redis <name>` ambiguous.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[kube(
     group = "redis.operator-kit.io",
@@ -307,7 +310,6 @@ pub struct RedisStatus {
     namespaced,
     status = "RedisSentinelStatus",
     shortname = "rdss",
-    category = "redis",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Master","type":"string","jsonPath":".status.master"}"#,
