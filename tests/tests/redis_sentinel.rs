@@ -291,17 +291,16 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
         let stateful_set = namespace.api::<StatefulSet>().get("cache-node").await?;
         ensure!(stateful_set.spec.replicas == Some(replicas));
     }
-    // Healthy again means the sentinels forgot the removed pods (reset one at a time), so a
-    // failover needs 2 votes again, not 3 of a remembered 5.
+    // The sentinels forget the removed pods (reset one at a time), so a failover needs 2
+    // votes again, not 3 of a remembered 5. Sentinels relearn each other through hello
+    // messages every 2 s, so this is polled rather than read once.
     for node in &set.nodes[..3] {
-        let known =
-            support::sentinel_cli(node.sentinel_port, &["SENTINEL", "SENTINELS", "mymaster"])?;
-        let others = known.lines().filter(|line| *line == "name").count();
-        ensure!(
-            others == 2,
-            "sentinel {} still knows {others} others",
-            node.pod
-        );
+        support::wait_until("the sentinel to know exactly 2 others", TIMEOUT, || {
+            let known =
+                support::sentinel_cli(node.sentinel_port, &["SENTINEL", "SENTINELS", "mymaster"])?;
+            Ok(known.lines().filter(|line| *line == "name").count() == 2)
+        })
+        .with_context(|| format!("sentinel of {}", node.pod))?;
     }
 
     // Deletion removes every object.
