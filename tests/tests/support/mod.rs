@@ -28,8 +28,21 @@ impl Drop for Process {
     }
 }
 
+/// A free loopback port, never the same twice in this process: the tests of a binary run in
+/// parallel, and two sets handed the same just-released port would talk to each other's
+/// processes (a sentinel then counts the other set's sentinels).
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// `capacity` nodes (ports reserved), each a Redis and a Sentinel with its own directories,
@@ -169,7 +182,27 @@ impl LocalSet {
         let port = self.nodes[index].redis_port;
         wait_until("redis to answer", Duration::from_secs(10), || {
             Ok(cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
-        })
+        })?;
+        self.check_running(index, "redis")
+    }
+
+    /// Fails when the process just started has exited (say, its port was taken), so that a
+    /// PONG from someone else's process is never mistaken for it.
+    fn check_running(&mut self, index: usize, what: &str) -> Result<()> {
+        let processes = if what == "redis" {
+            &mut self.redis
+        } else {
+            &mut self.sentinels
+        };
+        if let Some(Process(child)) = processes[index].as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!(
+                "{what} of node {index} exited with {status}; see {:?}",
+                self.directory
+            );
+        }
+        Ok(())
     }
 
     /// Starts one Sentinel with the pod's start script and a fresh configuration.
@@ -183,7 +216,8 @@ impl LocalSet {
         let port = self.nodes[index].sentinel_port;
         wait_until("sentinel to answer", Duration::from_secs(10), || {
             Ok(sentinel_cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
-        })
+        })?;
+        self.check_running(index, "sentinel")
     }
 
     /// kill -9 of one Redis.
