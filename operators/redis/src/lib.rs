@@ -68,22 +68,12 @@ pub fn redis_sentinel_controller_with(
         .owns::<PodDisruptionBudget>()
         .watches_metadata::<Secret, _>(|secret, store| {
             let name = secret.metadata.name.clone().unwrap_or_default();
-            let namespace = secret.metadata.namespace.clone();
-            store
-                .state()
-                .into_iter()
-                .filter(|resource| {
-                    resource.metadata.namespace == namespace
-                        && resource
-                            .spec
-                            .pod
-                            .kubernetes_config
-                            .redis_secret
-                            .as_ref()
-                            .is_some_and(|secret| secret.name == name)
-                })
-                .map(|resource| kube::runtime::reflector::ObjectRef::from_obj(&*resource))
-                .collect()
+            standalone::referring_to_secret(
+                secret.metadata.namespace.as_deref(),
+                &name,
+                store.state(),
+            )
+            .collect()
         })
         .reconcile_on(triggers)
 }

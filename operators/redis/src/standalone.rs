@@ -560,24 +560,32 @@ impl Reconciler for RedisReconciler {
     }
 }
 
-/// The Redis resources that refer to a Secret, to reconcile them when it changes.
-pub fn referring_to_secret<'a>(
+/// A resource whose pods read their password from a Secret key.
+pub trait PasswordSecret: kube::Resource<DynamicType = ()> {
+    /// The Secret key holding the password, if any.
+    fn password_secret(&self) -> Option<&SecretKeyReference>;
+}
+
+impl PasswordSecret for Redis {
+    fn password_secret(&self) -> Option<&SecretKeyReference> {
+        self.spec.pod.kubernetes_config.redis_secret.as_ref()
+    }
+}
+
+/// The resources that refer to a Secret, to reconcile them when it changes.
+pub fn referring_to_secret<'a, K: PasswordSecret + 'a>(
     secret_namespace: Option<&'a str>,
     secret_name: &'a str,
-    all: impl IntoIterator<Item = Arc<Redis>> + 'a,
-) -> impl Iterator<Item = kube::runtime::reflector::ObjectRef<Redis>> + 'a {
+    all: impl IntoIterator<Item = Arc<K>> + 'a,
+) -> impl Iterator<Item = kube::runtime::reflector::ObjectRef<K>> + 'a {
     all.into_iter()
-        .filter(move |redis| {
-            redis.namespace().as_deref() == secret_namespace
-                && redis
-                    .spec
-                    .pod
-                    .kubernetes_config
-                    .redis_secret
-                    .as_ref()
+        .filter(move |resource| {
+            resource.namespace().as_deref() == secret_namespace
+                && resource
+                    .password_secret()
                     .is_some_and(|secret| secret.name == secret_name)
         })
-        .map(|redis| kube::runtime::reflector::ObjectRef::from_obj(&*redis))
+        .map(|resource| kube::runtime::reflector::ObjectRef::from_obj(&*resource))
 }
 
 #[cfg(test)]

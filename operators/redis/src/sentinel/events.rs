@@ -157,6 +157,9 @@ pub type FailoverLogs = Arc<Mutex<HashMap<ObjectRef<RedisSentinel>, FailoverLog>
 /// The channels subscribed to, and the pattern for the abort channels.
 const CHANNELS: [&str; 3] = ["SUBSCRIBE", "+odown", "+switch-master"];
 const ABORT_PATTERN: [&str; 2] = ["PSUBSCRIBE", "-failover-abort-*"];
+/// The subscriber's first and longest wait between rounds of connection attempts.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
 /// at a time, moving to the next when the connection breaks.
@@ -169,6 +172,10 @@ pub async fn subscribe(
     trigger: UnboundedSender<ObjectRef<RedisSentinel>>,
     keep_running: impl Fn() -> futures::future::BoxFuture<'static, bool> + Send,
 ) {
+    // Retries back off from 1 s to 30 s while no sentinel answers (pods starting, or a set
+    // the operator cannot reach), so an unreachable set costs an existence check every 30 s,
+    // not every second.
+    let mut retry = RETRY_MIN;
     loop {
         for node in &nodes {
             let Ok(mut connection) =
@@ -181,6 +188,7 @@ pub async fn subscribe(
             {
                 continue;
             }
+            retry = RETRY_MIN;
             while let Ok(message) = connection.read().await {
                 let Some(event) = parse(&message, &master_set) else {
                     continue;
@@ -201,8 +209,8 @@ pub async fn subscribe(
         if !keep_running().await {
             return;
         }
-        // No sentinel answered (pods starting or gone): try again shortly.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_MAX);
     }
 }
 

@@ -39,8 +39,14 @@ use self::build::{Names, ROLE_LABEL};
 use self::data_plane::{Node, Observation, Plan};
 use self::events::{FailoverLog, FailoverLogs};
 use crate::resp::RespError;
-use crate::standalone::{self, REDIS_PORT, read_password};
+use crate::standalone::{self, PasswordSecret, REDIS_PORT, read_password};
 use crate::v1beta1::{Failover, Phase, RedisSentinel, RedisSentinelStatus};
+
+impl PasswordSecret for RedisSentinel {
+    fn password_secret(&self) -> Option<&crate::v1beta1::SecretKeyReference> {
+        self.spec.pod.kubernetes_config.redis_secret.as_ref()
+    }
+}
 
 /// How often a healthy set is checked when nothing else triggers a reconcile.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -327,12 +333,8 @@ impl Reconciler for RedisSentinelReconciler {
         let namespace = resource.namespace().unwrap_or_default();
         let generation = resource.meta().generation;
         // validate: the password Secret (only the operator can check it).
-        let password = match read_password(
-            resource.spec.pod.kubernetes_config.redis_secret.as_ref(),
-            &namespace,
-            context.client(),
-        )
-        .await
+        let password = match read_password(resource.password_secret(), &namespace, context.client())
+            .await
         {
             Ok(password) => password,
             Err(error) => {
