@@ -9,18 +9,21 @@
 //! 3. otherwise applies it with server-side apply under the operator's field manager, which
 //!    also reverts hand edits of the fields we manage (drift),
 //! 4. and, in [`Children::prune`], deletes children of the kinds the controller owns that carry
-//!    our labels and owner reference but were not applied this time (a feature turned off).
+//!    our labels and owner reference but were not applied this time (a feature turned off);
+//! 5. and, in [`Children::own_labelled`], makes the owner a second owner of the objects another
+//!    controller created from its templates (a StatefulSet's volume claims), so that they go
+//!    when the owner goes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// `app.kubernetes.io/name`: the application, such as `redis`.
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
@@ -58,10 +61,20 @@ pub enum ChildError {
         /// The serde error.
         source: serde_json::Error,
     },
-    /// An API request failed.
+    /// Listing the objects of a kind that carry the owner's labels failed.
+    #[error("failed to list {kind} objects labelled {selector:?}: {source}")]
+    List {
+        /// The kind listed.
+        kind: String,
+        /// The label selector.
+        selector: String,
+        /// The API error (boxed, as in [`ChildError::Api`]).
+        source: Box<kube::Error>,
+    },
+    /// An API request about one object failed.
     #[error("failed to {verb} {kind} {name:?}: {source}")]
     Api {
-        /// What was attempted: get, apply, list or delete.
+        /// What was attempted: get, apply, delete, or patch the owner references of.
         verb: &'static str,
         /// The child's kind.
         kind: String,
@@ -246,10 +259,9 @@ impl Children {
                 &self.namespace,
                 &resource,
             );
-            let list_error = |source| ChildError::Api {
-                verb: "list",
+            let list_error = |source| ChildError::List {
                 kind: resource.kind.clone(),
-                name: String::new(),
+                selector: selector.clone(),
                 source: Box::new(source),
             };
             let list = api
@@ -288,6 +300,111 @@ impl Children {
             }
         }
         Ok(deleted)
+    }
+
+    /// Makes the owner an additional owner of every object of kind `C` in its namespace that
+    /// carries all of [`Children::labels`] when `owned` is true, and takes that reference away
+    /// when it is false. Returns how many objects were changed; converged objects cost one list.
+    ///
+    /// This is for objects another controller creates from a template the operator wrote, such
+    /// as the claims a StatefulSet creates from its `volumeClaimTemplates`: with the custom
+    /// resource among their owners, the garbage collector deletes them when it is deleted. The
+    /// StatefulSet's `persistentVolumeClaimRetentionPolicy` alone is not enough: its controller
+    /// adds its owner reference to a claim after creating it, and when that update fails (a
+    /// conflict with the volume binder) and the StatefulSet is deleted before the retry, the
+    /// claim is never deleted (kubernetes/kubernetes#142130).
+    ///
+    /// The reference is not a controller reference and does not block the owner's deletion. The
+    /// JSON patch appends or removes just that reference, so it never undoes another
+    /// controller's concurrent change to the list.
+    pub async fn own_labelled<C>(&mut self, owned: bool) -> Result<usize, ChildError>
+    where
+        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        let kind = C::kind(&()).into_owned();
+        let selector = self
+            .labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let api = Api::<C>::namespaced(self.client.clone(), &self.namespace);
+        let list = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| ChildError::List {
+                kind: kind.clone(),
+                selector: selector.clone(),
+                source: Box::new(source),
+            })?;
+        let reference = OwnerReference {
+            controller: Some(false),
+            block_owner_deletion: Some(false),
+            ..self.owner_reference.clone()
+        };
+        let mut changed = 0;
+        for object in list.items {
+            let Some(patch) = ownership_patch(&object.metadata, &reference, owned) else {
+                continue;
+            };
+            let name = object.name_any();
+            let patch: json_patch::Patch =
+                serde_json::from_value(patch).map_err(|source| ChildError::Serialize {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
+            match api
+                .patch_metadata(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await
+            {
+                Ok(_) => changed += 1,
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(ChildError::Api {
+                        verb: "patch the owner references of",
+                        kind,
+                        name,
+                        source: Box::new(source),
+                    });
+                }
+            }
+            self.writes += 1;
+        }
+        Ok(changed)
+    }
+}
+
+/// The JSON patch (RFC 6902) that adds `reference` to `meta`'s owner references when `owned`,
+/// or removes it when not; `None` when they already agree, or when the object is going away.
+///
+/// An append (`/-`) and a removal guarded by a `test` of the UID at that index apply to the
+/// latest stored list without a resource version; only a first owner reference, which replaces
+/// the absent list, is guarded by the resource version it was computed from.
+fn ownership_patch(meta: &ObjectMeta, reference: &OwnerReference, owned: bool) -> Option<Value> {
+    if meta.deletion_timestamp.is_some() {
+        return None;
+    }
+    let references = meta.owner_references.as_deref().unwrap_or_default();
+    let position = references
+        .iter()
+        .position(|existing| existing.uid == reference.uid);
+    match (owned, position) {
+        (true, None) if references.is_empty() => Some(json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version },
+            { "op": "add", "path": "/metadata/ownerReferences", "value": [reference] },
+        ])),
+        (true, None) => Some(json!([
+            { "op": "add", "path": "/metadata/ownerReferences/-", "value": reference },
+        ])),
+        (false, Some(index)) => Some(json!([
+            { "op": "test", "path": format!("/metadata/ownerReferences/{index}/uid"), "value": reference.uid },
+            { "op": "remove", "path": format!("/metadata/ownerReferences/{index}") },
+        ])),
+        _ => None,
     }
 }
 
@@ -339,7 +456,68 @@ fn is_empty(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn claim_owner(uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".to_owned(),
+            kind: "StatefulSet".to_owned(),
+            name: "cache".to_owned(),
+            uid: uid.to_owned(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn ours() -> OwnerReference {
+        OwnerReference {
+            api_version: "redis.operator-kit.io/v1beta1".to_owned(),
+            kind: "Redis".to_owned(),
+            name: "cache".to_owned(),
+            uid: "redis-uid".to_owned(),
+            controller: Some(false),
+            block_owner_deletion: Some(false),
+        }
+    }
+
+    #[test]
+    fn ownership_patches_append_or_remove_only_our_reference() {
+        let mut meta = ObjectMeta {
+            resource_version: Some("41".to_owned()),
+            ..ObjectMeta::default()
+        };
+        // A first reference replaces the absent list: guarded by the resource version.
+        let first = ownership_patch(&meta, &ours(), true).expect("a patch");
+        assert_eq!(first[0]["op"], "test");
+        assert_eq!(first[0]["path"], "/metadata/resourceVersion");
+        assert_eq!(first[0]["value"], "41");
+        assert_eq!(first[1]["path"], "/metadata/ownerReferences");
+        assert_eq!(first[1]["value"][0]["uid"], "redis-uid");
+        assert_eq!(first[1]["value"][0]["controller"], false);
+        assert_eq!(ownership_patch(&meta, &ours(), false), None);
+
+        // Next to the StatefulSet's reference: appended, the other one untouched.
+        meta.owner_references = Some(vec![claim_owner("set-uid")]);
+        let append = ownership_patch(&meta, &ours(), true).expect("a patch");
+        assert_eq!(append.as_array().map(Vec::len), Some(1));
+        assert_eq!(append[0]["op"], "add");
+        assert_eq!(append[0]["path"], "/metadata/ownerReferences/-");
+
+        // Already there: nothing to send; not wanted: removed at its index, checked by UID.
+        meta.owner_references = Some(vec![claim_owner("set-uid"), ours()]);
+        assert_eq!(ownership_patch(&meta, &ours(), true), None);
+        let remove = ownership_patch(&meta, &ours(), false).expect("a patch");
+        assert_eq!(remove[0]["op"], "test");
+        assert_eq!(remove[0]["path"], "/metadata/ownerReferences/1/uid");
+        assert_eq!(remove[0]["value"], "redis-uid");
+        assert_eq!(remove[1]["op"], "remove");
+        assert_eq!(remove[1]["path"], "/metadata/ownerReferences/1");
+
+        // An object being deleted is left alone.
+        meta.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert_eq!(ownership_patch(&meta, &ours(), false), None);
+    }
 
     #[test]
     fn fields_added_by_the_server_do_not_count_as_drift() {

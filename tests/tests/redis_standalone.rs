@@ -371,26 +371,92 @@ async fn a_missing_secret_is_reported_once_and_recovered_from() -> Result<()> {
     Ok(())
 }
 
+/// Whether `claim` lists the object with `uid` among its owners.
+fn owned_by(claim: &PersistentVolumeClaim, uid: Option<&String>) -> bool {
+    claim
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| Some(&owner.uid) == uid)
+}
+
+/// Deleting a Redis deletes its claim unless `keepAfterDelete` is set. The claims do not rely on
+/// the StatefulSet's retention policy alone (its owner reference can be lost to a race when
+/// the set is deleted right after it created the claim): the Redis becomes their owner too,
+/// and stops being one when `keepAfterDelete` is turned on.
 #[tokio::test]
 async fn deleting_removes_everything_and_keep_after_delete_keeps_the_data() -> Result<()> {
     let namespace = TestNamespace::create("redis-delete").await?;
     let operator = start(&namespace).await?;
     let redises = namespace.api::<Redis>();
-    for (name, keep) in [("ephemeral", false), ("precious", true)] {
+    for name in ["ephemeral", "precious"] {
         let mut redis = seed()?;
         redis.metadata.name = Some(name.to_owned());
-        redis
-            .spec
-            .pod
-            .storage
-            .as_mut()
-            .context("seed has storage")?
-            .keep_after_delete = keep;
         redises.create(&PostParams::default(), &redis).await?;
     }
     wait_ready(&namespace, "ephemeral").await?;
     wait_ready(&namespace, "precious").await?;
     let claims = namespace.api::<PersistentVolumeClaim>();
+    for name in ["ephemeral", "precious"] {
+        let uid = redises.get(name).await?.metadata.uid;
+        namespace
+            .wait_for(
+                &claims,
+                &format!("data-{name}-0"),
+                &format!("owned by Redis {name:?}"),
+                TIMEOUT,
+                |claim| owned_by(claim, uid.as_ref()),
+            )
+            .await?;
+    }
+    // What a lost race in the StatefulSet controller leaves behind: a claim without the set's
+    // owner reference (kubernetes/kubernetes#142130). The Redis's own reference still
+    // deletes it below.
+    let claim = claims.get("data-ephemeral-0").await?;
+    let set_reference = claim
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .position(|owner| owner.kind == "StatefulSet");
+    if let Some(index) = set_reference {
+        let strip: json_patch::Patch = serde_json::from_value(json!([
+            { "op": "test", "path": format!("/metadata/ownerReferences/{index}/kind"), "value": "StatefulSet" },
+            { "op": "remove", "path": format!("/metadata/ownerReferences/{index}") },
+        ]))?;
+        claims
+            .patch(
+                "data-ephemeral-0",
+                &PatchParams::default(),
+                &Patch::Json::<()>(strip),
+            )
+            .await?;
+    }
+
+    // Turning keepAfterDelete on takes the Redis off the claim's owners, and the StatefulSet
+    // controller takes the set off (its retention policy becomes Retain): nothing owns it.
+    let keep = json!({ "spec": { "storage": { "keepAfterDelete": true } } });
+    redises
+        .patch("precious", &PatchParams::default(), &Patch::Merge(&keep))
+        .await?;
+    namespace
+        .wait_for(
+            &claims,
+            "data-precious-0",
+            "owned by nothing",
+            TIMEOUT,
+            |claim| {
+                claim
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_none_or(Vec::is_empty)
+            },
+        )
+        .await?;
+    wait_ready(&namespace, "precious").await?;
+
     for name in ["ephemeral", "precious"] {
         redises.delete(name, &DeleteParams::default()).await?;
         namespace

@@ -21,6 +21,11 @@
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# Data claims (created by the StatefulSet controller) get the resource as a second owner
+# unless storage.keepAfterDelete is set, so they are deleted with it.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, patch]
 # RedisSentinel pods are labelled with their role, so the master Service selects the master.
 - apiGroups: [""]
   resources: [pods]

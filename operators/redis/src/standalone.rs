@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
-use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
+use operator_kit::{Action, ChildError, Children, Context, ErrorClass, ReconcileError, Reconciler};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -189,6 +189,22 @@ pub(crate) fn data_storage(
         }
     };
     (claim_templates, retention)
+}
+
+/// Makes the resource an owner of its data claims unless `storage.keepAfterDelete` is set (and
+/// no longer one when it is), so the garbage collector deletes them with the resource even
+/// when the StatefulSet's retention policy lost its race (see [`Children::own_labelled`]).
+pub(crate) async fn own_data_claims(
+    children: &mut Children,
+    pod: &RedisPodSpec,
+) -> Result<(), ChildError> {
+    let Some(storage) = &pod.storage else {
+        return Ok(());
+    };
+    children
+        .own_labelled::<PersistentVolumeClaim>(!storage.keep_after_delete)
+        .await
+        .map(drop)
 }
 
 /// The exporter sidecar, when enabled.
@@ -539,6 +555,7 @@ impl Reconciler for RedisReconciler {
             .apply(stateful_set(&redis, &names, &labels, &hash))
             .await?;
         children.prune().await?;
+        own_data_claims(&mut children, &redis.spec.pod).await?;
 
         let status = status_for(&redis, Some(&stateful_set), redis.status.as_ref());
         let became_ready = status.phase == Phase::Ready

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::Api;
@@ -136,10 +136,16 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         "apiVersion": "redis.operator-kit.io/v1beta1",
         "kind": "Redis",
         "metadata": { "name": "cache" },
-        "spec": { "kubernetesConfig": {
-            "image": "redis:7.4",
-            "redisSecret": { "name": "redis-auth", "key": "password" },
-        } },
+        "spec": {
+            "kubernetesConfig": {
+                "image": "redis:7.4",
+                "redisSecret": { "name": "redis-auth", "key": "password" },
+            },
+            "storage": { "volumeClaimTemplate": { "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": { "requests": { "storage": "1Gi" } },
+            } } },
+        },
     }))?;
     let redises = watched.api::<Redis>();
     redises.create(&PostParams::default(), &redis).await?;
@@ -154,6 +160,25 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
     operator.check_running()?;
     ready.with_context(|| format!("operator log:\n{}", operator.log()))?;
     watched.api::<StatefulSet>().get("cache").await?;
+    // The data claim is the Redis's too (list + patch of claims), so it goes with it.
+    let claims = watched.api::<PersistentVolumeClaim>();
+    let uid = redises.get("cache").await?.metadata.uid;
+    watched
+        .wait_for(
+            &claims,
+            "data-cache-0",
+            "owned by the Redis",
+            TIMEOUT,
+            |claim: &PersistentVolumeClaim| {
+                claim
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|owner| Some(&owner.uid) == uid.as_ref())
+            },
+        )
+        .await?;
 
     redises.delete("cache", &DeleteParams::foreground()).await?;
     watched
@@ -161,6 +186,9 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         .await?;
     watched
         .wait_for_deletion(&watched.api::<StatefulSet>(), "cache", TIMEOUT)
+        .await?;
+    watched
+        .wait_for_deletion(&claims, "data-cache-0", TIMEOUT)
         .await?;
 
     // A RedisSentinel through the same token: its objects, pod labels aside (kwok's pods run

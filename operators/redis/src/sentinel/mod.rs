@@ -376,6 +376,7 @@ impl Reconciler for RedisSentinelReconciler {
             .apply(build::stateful_set(&resource, &names, &labels, &hash))
             .await?;
         children.prune().await?;
+        standalone::own_data_claims(&mut children, &resource.spec.pod).await?;
 
         // data plane: observe → plan → heal, then the role labels.
         let nodes = (self.addresses)(&resource);
