@@ -347,43 +347,67 @@ impl Children {
         };
         let mut changed = 0;
         for object in list.items {
-            let Some(patch) = ownership_patch(&object.metadata, &reference, owned) else {
-                continue;
-            };
             let name = object.name_any();
-            let patch: json_patch::Patch =
-                serde_json::from_value(patch).map_err(|source| ChildError::Serialize {
-                    kind: kind.clone(),
-                    name: name.clone(),
-                    source,
-                })?;
-            match api
-                .patch_metadata(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-            {
-                Ok(_) => changed += 1,
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(ChildError::Api {
-                        verb: "patch the owner references of",
-                        kind,
-                        name,
-                        source: Box::new(source),
-                    });
-                }
+            let mut meta = object.metadata;
+            // A `test` fails (422) only when the list changed between our read and the patch,
+            // such as the StatefulSet controller adding its own reference at that moment: read
+            // the object again and recompute, a few times, rather than fail the reconcile.
+            for attempt in 1..=OWNERSHIP_ATTEMPTS {
+                let Some(patch) = ownership_patch(&meta, &reference, owned) else {
+                    break;
+                };
+                let patch: json_patch::Patch =
+                    serde_json::from_value(patch).map_err(|source| ChildError::Serialize {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        source,
+                    })?;
+                self.writes += 1;
+                let error = match api
+                    .patch_metadata(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                    .await
+                {
+                    Ok(_) => {
+                        changed += 1;
+                        break;
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => break,
+                    Err(kube::Error::Api(status))
+                        if status.code == 422 && attempt < OWNERSHIP_ATTEMPTS =>
+                    {
+                        match api.get_metadata_opt(&name).await {
+                            Ok(Some(fresh)) => {
+                                meta = fresh.metadata;
+                                continue;
+                            }
+                            Ok(None) => break,
+                            Err(error) => error,
+                        }
+                    }
+                    Err(error) => error,
+                };
+                return Err(ChildError::Api {
+                    verb: "patch the owner references of",
+                    kind,
+                    name,
+                    source: Box::new(error),
+                });
             }
-            self.writes += 1;
         }
         Ok(changed)
     }
 }
 
+/// How often [`Children::own_labelled`] recomputes a patch whose `test` failed.
+const OWNERSHIP_ATTEMPTS: usize = 3;
+
 /// The JSON patch (RFC 6902) that adds `reference` to `meta`'s owner references when `owned`,
 /// or removes it when not; `None` when they already agree, or when the object is going away.
 ///
-/// An append (`/-`) and a removal guarded by a `test` of the UID at that index apply to the
-/// latest stored list without a resource version; only a first owner reference, which replaces
-/// the absent list, is guarded by the resource version it was computed from.
+/// Each applies to the latest stored object, without a resource version, so unrelated changes
+/// (the volume binder's annotations) never make it fail: an append (`/-`); a removal guarded by
+/// a `test` of the UID at that index; a first owner reference guarded by a `test` that the list
+/// is still absent (a missing member tests equal to `null`).
 fn ownership_patch(meta: &ObjectMeta, reference: &OwnerReference, owned: bool) -> Option<Value> {
     if meta.deletion_timestamp.is_some() {
         return None;
@@ -394,7 +418,7 @@ fn ownership_patch(meta: &ObjectMeta, reference: &OwnerReference, owned: bool) -
         .position(|existing| existing.uid == reference.uid);
     match (owned, position) {
         (true, None) if references.is_empty() => Some(json!([
-            { "op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version },
+            { "op": "test", "path": "/metadata/ownerReferences", "value": null },
             { "op": "add", "path": "/metadata/ownerReferences", "value": [reference] },
         ])),
         (true, None) => Some(json!([
@@ -481,15 +505,12 @@ mod tests {
 
     #[test]
     fn ownership_patches_append_or_remove_only_our_reference() {
-        let mut meta = ObjectMeta {
-            resource_version: Some("41".to_owned()),
-            ..ObjectMeta::default()
-        };
-        // A first reference replaces the absent list: guarded by the resource version.
+        let mut meta = ObjectMeta::default();
+        // A first reference replaces the absent list: guarded by a test that it is still absent.
         let first = ownership_patch(&meta, &ours(), true).expect("a patch");
         assert_eq!(first[0]["op"], "test");
-        assert_eq!(first[0]["path"], "/metadata/resourceVersion");
-        assert_eq!(first[0]["value"], "41");
+        assert_eq!(first[0]["path"], "/metadata/ownerReferences");
+        assert_eq!(first[0]["value"], Value::Null);
         assert_eq!(first[1]["path"], "/metadata/ownerReferences");
         assert_eq!(first[1]["value"][0]["uid"], "redis-uid");
         assert_eq!(first[1]["value"][0]["controller"], false);
