@@ -22,10 +22,11 @@
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
 # Data claims (created by the StatefulSet controller) get the resource as a second owner
-# unless storage.keepAfterDelete is set, so they are deleted with it.
+# unless storage.keepAfterDelete is set, so they are deleted with it (get: re-read a claim
+# whose owner references changed under the patch).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [list, patch]
+  verbs: [get, list, patch]
 # RedisSentinel pods are labelled with their role, so the master Service selects the master.
 - apiGroups: [""]
   resources: [pods]
