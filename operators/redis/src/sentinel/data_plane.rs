@@ -113,6 +113,11 @@ pub struct RedisState {
     pub offset: i64,
     /// Keys in all databases.
     pub keys: u64,
+    /// On a master, the replicas it counts as good for `min-replicas-to-write`
+    /// (`min_slaves_good_slaves`; without that setting, the replicas in state `online`). A
+    /// replica can report its link up a moment before its master counts it, and until then the
+    /// master refuses writes with NOREPLICAS. Always 0 on a replica.
+    pub good_replicas: usize,
 }
 
 /// What one Sentinel answered.
@@ -170,7 +175,28 @@ pub fn redis_state(info: &BTreeMap<String, String>) -> Option<RedisState> {
         .filter_map(|(_, value)| value.split(',').find_map(|pair| pair.strip_prefix("keys=")))
         .filter_map(|count| count.parse::<u64>().ok())
         .sum();
-    Some(RedisState { role, offset, keys })
+    let good_replicas = match role {
+        Role::Replica { .. } => 0,
+        Role::Master => info
+            .get("min_slaves_good_slaves")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| {
+                // `slave0:ip=…,port=6379,state=online,offset=…,lag=0`
+                info.iter()
+                    .filter(|(key, value)| {
+                        key.strip_prefix("slave")
+                            .is_some_and(|index| index.parse::<usize>().is_ok())
+                            && value.split(',').any(|pair| pair == "state=online")
+                    })
+                    .count()
+            }),
+    };
+    Some(RedisState {
+        role,
+        offset,
+        keys,
+        good_replicas,
+    })
 }
 
 async fn observe_redis(
@@ -305,12 +331,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Exactly one master, every replica attached to it, every sentinel monitoring it with
-    /// quorum: nothing to heal.
+    /// Exactly one master that counts every replica as good (so it takes writes), every
+    /// replica attached to it, every sentinel monitoring it with quorum: nothing to heal.
     pub fn is_healthy(&self, observation: &Observation) -> bool {
         let Some(master) = self.master else {
             return false;
         };
+        let replicas = observation.redis.len().saturating_sub(1);
         self.actions.is_empty()
             && observation
                 .redis
@@ -318,8 +345,10 @@ impl Plan {
                 .enumerate()
                 .all(|(index, state)| match state {
                     Some(RedisState {
-                        role: Role::Master, ..
-                    }) => index == master,
+                        role: Role::Master,
+                        good_replicas,
+                        ..
+                    }) => index == master && *good_replicas >= replicas,
                     Some(RedisState {
                         role: Role::Replica { link_up, .. },
                         ..
@@ -622,6 +651,7 @@ mod tests {
             role: Role::Master,
             offset,
             keys,
+            good_replicas: 2,
         })
     }
 
@@ -634,6 +664,7 @@ mod tests {
             },
             offset,
             keys: 1,
+            good_replicas: 0,
         })
     }
 
@@ -664,10 +695,24 @@ mod tests {
                 },
                 offset: 1234,
                 keys: 7,
+                good_replicas: 0,
             })
         );
         let info = parse_info("role:master\nmaster_repl_offset:99\n");
         assert_eq!(redis_state(&info).map(|state| state.offset), Some(99));
+        // The master's own count of good replicas, or else the replicas online.
+        let info = parse_info(
+            "role:master\r\nconnected_slaves:2\r\nmin_slaves_good_slaves:1\r\n\
+             slave0:ip=10.0.0.2,port=6379,state=online,offset=5,lag=0\r\n\
+             slave1:ip=10.0.0.3,port=6379,state=wait_bgsave,offset=0,lag=0\r\n\
+             master_repl_offset:5\r\n",
+        );
+        assert_eq!(redis_state(&info).map(|state| state.good_replicas), Some(1));
+        let info = parse_info(
+            "role:master\nslave0:ip=a,port=6379,state=online,offset=5,lag=0\n\
+             slave1:ip=b,port=6379,state=online,offset=5,lag=1\nslave_read_only:1\n",
+        );
+        assert_eq!(redis_state(&info).map(|state| state.good_replicas), Some(2));
         assert_eq!(redis_state(&parse_info("loading:1\n")), None);
     }
 
@@ -682,6 +727,15 @@ mod tests {
         assert_eq!(plan.choice, Some(Choice::Sentinels));
         assert!(plan.actions.is_empty());
         assert!(plan.is_healthy(&observation));
+
+        // Replicas report their link up a moment before their master counts them: until it
+        // does, it refuses writes, and the set is not healthy yet.
+        let mut syncing = observation.clone();
+        if let Some(Some(state)) = syncing.redis.get_mut(0) {
+            state.good_replicas = 1;
+        }
+        assert!(plan.actions.is_empty());
+        assert!(!plan.is_healthy(&syncing));
     }
 
     #[test]
