@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use operator_kit::testing::TestNamespace;
 use redis_operator::resp::Connection;
@@ -24,7 +23,7 @@ use redis_operator::sentinel::build::ROLE_LABEL;
 use redis_operator::sentinel::data_plane::{DirectResolver, Resolver};
 use redis_operator::v1beta1::{Phase, RedisSentinel};
 use serde_json::json;
-use support::{LocalSet, PASSWORD};
+use support::LocalSet;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -91,14 +90,7 @@ async fn main() -> Result<()> {
             |operator| operator.with_controller(controller),
         )
         .await?;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "auth" },
-        "data": { "password": ByteString(PASSWORD.as_bytes().to_vec()) },
-    }))?;
-    namespace
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await?;
+    support::create_password_secret(&namespace, "auth").await?;
     let resource: RedisSentinel = serde_json::from_value(json!({
         "apiVersion": "redis.operator-kit.io/v1beta1",
         "kind": "RedisSentinel",

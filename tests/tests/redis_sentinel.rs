@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -107,14 +106,7 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
     let namespace = TestNamespace::create("redis-sentinel").await?;
     let mut set = LocalSet::new("cache", 5, 3, 1000)?;
     let operator = start(&namespace, &set).await?;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "redis-auth" },
-        "data": { "password": ByteString(PASSWORD.as_bytes().to_vec()) },
-    }))?;
-    namespace
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await?;
+    support::create_password_secret(&namespace, "redis-auth").await?;
     let api = namespace.api::<RedisSentinel>();
     api.create(&PostParams::default(), &resource("cache", 3)?)
         .await?;

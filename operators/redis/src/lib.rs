@@ -18,6 +18,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use operator_kit::Controller;
 
 /// The operator's name: its field manager, event reporter and Lease name.
@@ -34,15 +36,18 @@ pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
         .owns::<ConfigMap>()
         .owns::<Service>()
         .owns::<StatefulSet>()
-        .watches_metadata::<Secret, _>(|secret, store| {
-            let name = secret.metadata.name.clone().unwrap_or_default();
-            standalone::referring_to_secret(
-                secret.metadata.namespace.as_deref(),
-                &name,
-                store.state(),
-            )
-            .collect()
-        })
+        .watches_metadata::<Secret, _>(resources_using_secret)
+}
+
+/// The resources of kind `K` to reconcile when `secret` changes: those reading their password
+/// from it.
+fn resources_using_secret<K: standalone::PasswordSecret + Clone + 'static>(
+    secret: &PartialObjectMeta<Secret>,
+    store: &Store<K>,
+) -> Vec<ObjectRef<K>> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    standalone::referring_to_secret(secret.metadata.namespace.as_deref(), &name, store.state())
+        .collect()
 }
 
 /// The `RedisSentinel` controller, reaching the pods by DNS in the cluster and through
@@ -66,15 +71,7 @@ pub fn redis_sentinel_controller_with(
         .owns::<Service>()
         .owns::<StatefulSet>()
         .owns::<PodDisruptionBudget>()
-        .watches_metadata::<Secret, _>(|secret, store| {
-            let name = secret.metadata.name.clone().unwrap_or_default();
-            standalone::referring_to_secret(
-                secret.metadata.namespace.as_deref(),
-                &name,
-                store.state(),
-            )
-            .collect()
-        })
+        .watches_metadata::<Secret, _>(resources_using_secret)
         .reconcile_on(triggers)
 }
 

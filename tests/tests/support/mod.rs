@@ -10,14 +10,32 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use operator_kit::testing::TestNamespace;
 use redis_operator::resp::Value;
 use redis_operator::sentinel::build::{self, Names};
 use redis_operator::sentinel::data_plane::{
     self, DirectResolver, Node, Observation, Plan, Settings,
 };
 use redis_operator::v1beta1::RedisSentinel;
+use serde_json::json;
 
 pub const PASSWORD: &str = r#"sentinel "test" pass\word"#;
+
+/// Creates the Secret `name` in `namespace`, holding [`PASSWORD`] under the key `password`.
+pub async fn create_password_secret(namespace: &TestNamespace, name: &str) -> Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "data": { "password": ByteString(PASSWORD.as_bytes().to_vec()) },
+    }))?;
+    namespace
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
+}
 
 pub struct Process(Child);
 
@@ -59,7 +77,7 @@ impl LocalSet {
     /// Starts the first `started` of `capacity` nodes of a RedisSentinel called `name` whose
     /// sentinels declare a master down after `down_after` milliseconds.
     pub fn new(name: &str, capacity: usize, started: usize, down_after: u64) -> Result<Self> {
-        let resource: RedisSentinel = serde_json::from_value(serde_json::json!({
+        let resource: RedisSentinel = serde_json::from_value(json!({
             "apiVersion": "redis.operator-kit.io/v1beta1",
             "kind": "RedisSentinel",
             "metadata": { "name": name, "namespace": "local" },
