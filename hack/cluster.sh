@@ -7,6 +7,9 @@
 #   hack/cluster.sh down     stop exactly the processes `up` started and remove the state
 #   hack/cluster.sh status   show each component and its health (exit 1 if any is unhealthy)
 #   hack/cluster.sh env      print the exports that point kubectl and the tests at the cluster
+#   hack/cluster.sh restart COMPONENT
+#                            stop one component and start it again with the same arguments,
+#                            as a control-plane upgrade would (waits until it is healthy)
 #
 # State (certificates, kubeconfig, logs, pid files, etcd data) lives in
 # $OPERATOR_KIT_CLUSTER_DIR (default: .cluster/ in the repository).
@@ -27,6 +30,8 @@ startup_timeout=${STARTUP_TIMEOUT_SECONDS:-120}
 
 # Start order; `down` stops them in reverse.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok local-provisioner)
+# What a failed start does: `up` stops everything it started; `restart` leaves the rest running.
+on_failure=abort_up
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -62,19 +67,44 @@ show_log_tail() {
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# The pid of a component's supervisor (hack/supervise.sh), if it still runs for this cluster.
+supervisor_pid() {
+  local pid_file=$state_dir/pids/$1.supervisor.pid pid
+  [ -f "$pid_file" ] || return 1
+  pid=$(<"$pid_file")
+  [ -n "$pid" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "supervise.sh $state_dir/pids/$1.pid " || return 1
+  echo "$pid"
+}
+
+# Stops the supervisor first (so that it does not start the component again), which passes
+# SIGTERM on; a component that ignores it for 10 s is killed.
 stop_component() {
-  local name=$1 pid
-  pid=$(running_pid "$name") || { rm -f "$state_dir/pids/$name.pid"; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    [ -d "/proc/$pid" ] || break
-    sleep 0.1
-  done
-  if [ -d "/proc/$pid" ]; then
-    log "$name (pid $pid) ignored SIGTERM for 10 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+  local name=$1 pid supervisor
+  pid=$(running_pid "$name") || pid=
+  if supervisor=$(supervisor_pid "$name"); then
+    kill -TERM "$supervisor" 2>/dev/null || true
+  elif [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
   fi
-  rm -f "$state_dir/pids/$name.pid"
+  if [ -n "$pid" ]; then
+    for _ in $(seq 100); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    if [ -d "/proc/$pid" ]; then
+      log "$name (pid $pid) ignored SIGTERM for 10 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  if [ -n "${supervisor:-}" ]; then
+    for _ in $(seq 20); do
+      [ -d "/proc/$supervisor" ] || break
+      sleep 0.1
+    done
+    kill -KILL "$supervisor" 2>/dev/null || true
+  fi
+  rm -f "$state_dir/pids/$name.pid" "$state_dir/pids/$name.supervisor.pid"
 }
 
 cmd_down() {
@@ -104,14 +134,24 @@ abort_up() {
   exit 1
 }
 
-# Runs a component in its own session so that it outlives the shell, records its pid.
+# Runs a component under hack/supervise.sh in its own session, so that it outlives the shell
+# and is started again if it exits; records the pids and the arguments (for `restart`).
 start_component() {
   local name=$1 binary
   shift
   binary=$(binary_of "$name")
-  [ -x "$binary" ] || abort_up "binary $binary is missing: run hack/build-binaries.sh"
-  setsid "$binary" "$@" >"$state_dir/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$state_dir/pids/$name.pid"
+  [ -x "$binary" ] || $on_failure "binary $binary is missing: run hack/build-binaries.sh"
+  mkdir -p "$state_dir/args"
+  printf '%s\0' "$@" >"$state_dir/args/$name"
+  rm -f "$state_dir/pids/$name.pid"
+  setsid bash "$repo_root/hack/supervise.sh" "$state_dir/pids/$name.pid" "$binary" "$@" \
+    >>"$state_dir/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$state_dir/pids/$name.supervisor.pid"
+  for _ in $(seq 50); do
+    [ ! -s "$state_dir/pids/$name.pid" ] || return 0
+    sleep 0.1
+  done
+  $on_failure "$name did not start under its supervisor" "$name"
 }
 
 # Polls a check until it passes; fails early with the log when the component has died.
@@ -119,8 +159,8 @@ wait_for() {
   local component=$1 description=$2 deadline=$((SECONDS + startup_timeout))
   shift 2
   until "$@" >/dev/null 2>&1; do
-    running_pid "$component" >/dev/null || abort_up "$component exited while waiting for $description" "$component"
-    [ $SECONDS -lt $deadline ] || abort_up "timed out after ${startup_timeout}s waiting for $description" "$component"
+    running_pid "$component" >/dev/null || $on_failure "$component exited while waiting for $description" "$component"
+    [ $SECONDS -lt $deadline ] || $on_failure "timed out after ${startup_timeout}s waiting for $description" "$component"
     sleep 0.2
   done
 }
@@ -323,6 +363,30 @@ cmd_up() {
   print_env
 }
 
+# A failed restart names the component and shows its log, and leaves the rest running.
+abort_restart() {
+  log "error: $1"
+  [ -z "${2:-}" ] || show_log_tail "$2"
+  exit 1
+}
+
+cmd_restart() {
+  local name=${1:-} known=false component
+  for component in "${components[@]}"; do [ "$component" != "$name" ] || known=true; done
+  $known || { log "error: unknown component ${name@Q} (one of: ${components[*]})"; exit 2; }
+  running_pid "$name" >/dev/null || { log "error: $name is not running (hack/cluster.sh status)"; exit 1; }
+  [ -f "$state_dir/args/$name" ] || { log "error: no recorded arguments for $name; restart the cluster"; exit 1; }
+  local args=()
+  mapfile -d '' args <"$state_dir/args/$name"
+  on_failure=abort_restart
+  local start=$SECONDS
+  stop_component "$name"
+  log "$name stopped; starting it again"
+  start_component "$name" "${args[@]}"
+  wait_for "$name" "$name to be healthy again" check_component "$name"
+  log "$name restarted in $((SECONDS - start)) s"
+}
+
 cmd_status() {
   local name pid healthy=0
   if [ ! -d "$state_dir" ]; then
@@ -351,12 +415,13 @@ case ${1:-} in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  restart) cmd_restart "${2:-}" ;;
   env)
     [ -f "$state_dir/admin.kubeconfig" ] || { log "no cluster in $state_dir (run hack/cluster.sh up)"; exit 1; }
     print_env
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

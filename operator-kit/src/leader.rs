@@ -206,25 +206,52 @@ async fn try_acquire_or_renew(
     }
 }
 
-/// Gives the Lease up so that a standby takes over at its next retry.
+/// Gives the Lease up so that a standby takes over at its next retry. A few attempts, each
+/// bounded: the first request after an API server restart can fail on a connection the
+/// server closed, and a release that silently fails leaves the standby waiting for expiry.
 async fn release(api: &Api<Lease>, config: &LeaderElectionConfig) {
-    let Ok(Some(mut lease)) = api.get_opt(&config.lease_name).await else {
-        return;
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        let outcome =
+            tokio::time::timeout(config.retry_period.max(Duration::from_secs(2)), async {
+                release_once(api, config).await
+            })
+            .await;
+        match outcome {
+            Ok(Ok(true)) => {
+                info!(lease = %config.lease_name, "released lease");
+                return;
+            }
+            Ok(Ok(false)) => return,
+            Ok(Err(error)) => {
+                warn!(lease = %config.lease_name, attempt, %error, "failed to release lease")
+            }
+            Err(_) => warn!(lease = %config.lease_name, attempt, "timed out releasing lease"),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One release attempt; `Ok(false)` when the Lease is gone or no longer ours.
+async fn release_once(
+    api: &Api<Lease>,
+    config: &LeaderElectionConfig,
+) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(&config.lease_name).await? else {
+        return Ok(false);
     };
     let Some(spec) = lease.spec.as_mut() else {
-        return;
+        return Ok(false);
     };
     if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
-        return;
+        return Ok(false);
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(now());
-    match api
-        .replace(&config.lease_name, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => info!(lease = %config.lease_name, "released lease"),
-        Err(error) => warn!(lease = %config.lease_name, %error, "failed to release lease"),
-    }
+    api.replace(&config.lease_name, &PostParams::default(), &lease)
+        .await?;
+    Ok(true)
 }

@@ -91,7 +91,12 @@
 //! - With `--leader-election`, only the Lease holder reconciles; standbys keep warm caches and
 //!   are ready; a released Lease is taken over at once ([`leader`]).
 //! - SIGTERM drains running reconciles within `--shutdown-grace-seconds`.
-//! - `/metrics` uses controller-runtime's metric names ([`admin`]).
+//! - Watches recover on their own, after an API server restart too: a failed watch retries
+//!   within 5 s, and one whose resource version expired starts over from a consistent list, so
+//!   nothing created meanwhile is missed ([`watch`]). `/readyz` reports not ready, naming the
+//!   watch, while one keeps failing for more than 15 s.
+//! - `/metrics` uses controller-runtime's metric names ([`admin`]), plus
+//!   `operator_kit_watch_failures_total` and `operator_kit_watch_restarts_total`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -106,6 +111,7 @@ pub mod leader;
 pub mod runtime;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod watch;
 
 pub use children::{ApplyOutcome, ChildError, Children};
 pub use config::OperatorArgs;

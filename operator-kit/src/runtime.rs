@@ -10,6 +10,8 @@
 //! - turns every failure into a Warning event on the object (deduplicated) and a metric,
 //! - reconciles only while it leads, keeping warm caches as a standby, and reconciles every
 //!   object at once when it becomes the leader,
+//! - keeps every watch alive through API server restarts and expired resource versions
+//!   (see [`crate::watch`]); a failing watch holds up no other watch,
 //! - on SIGTERM stops taking work, lets running reconciles finish within the grace period,
 //!   releases the Lease and returns.
 
@@ -23,14 +25,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
+use futures::stream::BoxStream;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,6 +46,7 @@ use crate::backoff::{BackoffPolicy, FailureCounts};
 use crate::children::{ChildError, Children};
 use crate::config::OperatorArgs;
 use crate::leader::{self, LeaderError};
+use crate::watch::WatchName;
 
 /// How the runtime treats a failed reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,10 +247,47 @@ impl Context {
 }
 
 /// Adds one watch (an owned kind or a watched kind) to the kube-runtime controller.
-type OwnRegistration<K> = Box<
-    dyn FnOnce(controller::Controller<K>, &Client, Option<&str>) -> controller::Controller<K>
-        + Send,
->;
+type OwnRegistration<K> =
+    Box<dyn FnOnce(controller::Controller<K>, &WatchSetup) -> controller::Controller<K> + Send>;
+
+/// What a controller's watches are built from.
+struct WatchSetup {
+    client: Client,
+    namespace: Option<String>,
+    controller: String,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl WatchSetup {
+    /// An API handle of `K` in the watched namespace, or in all namespaces.
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        scoped_api(&self.client, self.namespace.as_deref())
+    }
+
+    /// A watch of `K` that recovers on its own (see [`crate::watch`]).
+    fn recovering<K, T, S>(
+        &self,
+        start: impl Fn(watcher::Config) -> S + Send + 'static,
+    ) -> BoxStream<'static, Result<watcher::Event<T>, watcher::Error>>
+    where
+        K: Resource<DynamicType = ()>,
+        T: Send + 'static,
+        S: futures::Stream<Item = Result<watcher::Event<T>, watcher::Error>> + Send + 'static,
+    {
+        crate::watch::recovering(
+            WatchName::of::<K>(&self.controller),
+            self.health.clone(),
+            self.metrics.clone(),
+            start,
+        )
+        .boxed()
+    }
+}
 
 /// One controller: a [`Reconciler`] and the child kinds it owns.
 pub struct Controller<R: Reconciler> {
@@ -286,11 +327,13 @@ impl<R: Reconciler> Controller<R> {
             + 'static,
     {
         self.owned_kinds.push(ApiResource::erase::<C>(&()));
-        self.owns.push(Box::new(|controller, client, namespace| {
-            controller.owns(
-                scoped_api::<C>(client, namespace),
-                watcher::Config::default().any_semantic(),
-            )
+        self.owns.push(Box::new(|controller, setup| {
+            // Children are watched by metadata only: their owner references are all we need.
+            let api = setup.api::<PartialObjectMeta<C>>();
+            let children = setup
+                .recovering::<C, _, _>(move |config| watcher(api.clone(), config))
+                .touched_objects();
+            controller.owns_stream(children)
         }));
         self
     }
@@ -313,16 +356,14 @@ impl<R: Reconciler> Controller<R> {
             + Sync
             + 'static,
     {
-        self.owns
-            .push(Box::new(move |controller, client, namespace| {
-                let api = scoped_api::<PartialObjectMeta<C>>(client, namespace);
-                let store = controller.store();
-                controller.watches(
-                    api,
-                    watcher::Config::default().any_semantic(),
-                    move |object| mapper(&object, &store),
-                )
-            }));
+        self.owns.push(Box::new(move |controller, setup| {
+            let api = setup.api::<PartialObjectMeta<C>>();
+            let store = controller.store();
+            let objects = setup
+                .recovering::<C, _, _>(move |config| watcher(api.clone(), config))
+                .touched_objects();
+            controller.watches_stream(objects, move |object| mapper(&object, &store))
+        }));
         self
     }
 
@@ -332,7 +373,7 @@ impl<R: Reconciler> Controller<R> {
     where
         S: futures::Stream<Item = ObjectRef<R::Resource>> + Send + 'static,
     {
-        self.owns.push(Box::new(move |controller, _, _| {
+        self.owns.push(Box::new(move |controller, _| {
             controller.reconcile_on(trigger)
         }));
         self
@@ -357,19 +398,29 @@ impl<R: Reconciler> Controller<R> {
             args,
             operator_name,
             metrics,
+            health,
             health_ready,
             leading,
             shutdown,
         } = environment;
-        let namespace = args.watch_namespace.clone();
-        let api = scoped_api::<R::Resource>(&client, namespace.as_deref());
-        let mut runtime_controller =
-            controller::Controller::new(api, watcher::Config::default().any_semantic())
-                .with_config(controller::Config::default().concurrency(args.concurrency));
+        let setup = WatchSetup {
+            client: client.clone(),
+            namespace: args.watch_namespace.clone(),
+            controller: self.name.clone(),
+            health,
+            metrics: metrics.clone(),
+        };
+        let (store, writer) = reflector::store::<R::Resource>();
+        let api = setup.api::<R::Resource>();
+        let objects = setup
+            .recovering::<R::Resource, _, _>(move |config| watcher(api.clone(), config))
+            .reflect(writer)
+            .applied_objects();
+        let mut runtime_controller = controller::Controller::for_stream(objects, store.clone())
+            .with_config(controller::Config::default().concurrency(args.concurrency));
         for registration in self.owns {
-            runtime_controller = registration(runtime_controller, &client, namespace.as_deref());
+            runtime_controller = registration(runtime_controller, &setup);
         }
-        let store = runtime_controller.store();
         let reporter = Reporter {
             controller: operator_name.clone(),
             instance: args.identity.clone(),
@@ -449,6 +500,7 @@ struct Environment {
     args: OperatorArgs,
     operator_name: String,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     health_ready: Arc<watch::Sender<usize>>,
     leading: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
@@ -641,6 +693,11 @@ impl Operator {
         self.metrics.clone()
     }
 
+    /// The operator's health, as `/readyz` reports it.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
     /// A handle that shuts the operator down gracefully, for embedding and tests.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.clone())
@@ -708,6 +765,7 @@ impl Operator {
                 args: args.clone(),
                 operator_name: name.clone(),
                 metrics: metrics.clone(),
+                health: health.clone(),
                 health_ready: health_ready.clone(),
                 leading: leading_receiver.clone(),
                 shutdown: shutdown.subscribe(),

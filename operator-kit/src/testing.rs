@@ -45,7 +45,7 @@ use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource, ResourceExt};
 
 use crate::OperatorArgs;
-use crate::admin::Metrics;
+use crate::admin::{Health, Metrics};
 pub use crate::client::RequestCounter;
 use crate::runtime::{Operator, OperatorError, ShutdownHandle};
 use serde::Serialize;
@@ -293,6 +293,7 @@ pub async fn recent_events(client: &Client, namespace: &str, limit: usize) -> St
 /// [`TestNamespace::start_operator`]).
 pub struct RunningOperator {
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: ShutdownHandle,
     task: tokio::task::JoinHandle<Result<(), OperatorError>>,
 }
@@ -304,6 +305,7 @@ impl RunningOperator {
         let (metrics, shutdown) = (operator.metrics(), operator.shutdown_handle());
         Self {
             metrics,
+            health: operator.health(),
             shutdown,
             task: tokio::spawn(operator.run()),
         }
@@ -312,6 +314,11 @@ impl RunningOperator {
     /// The operator's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The operator's health, as its `/readyz` reports it.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Shuts the operator down as SIGTERM would and waits until it has stopped.
