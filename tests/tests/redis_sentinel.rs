@@ -413,3 +413,67 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
     namespace.delete().await?;
     Ok(())
 }
+
+/// A child the API server refuses (here the StatefulSet: claim templates are immutable, so a
+/// new storage size cannot be applied) must not stop the data plane: after a failover the
+/// pods still get their role labels, or `<name>-master` keeps sending clients to the old
+/// master. The refusal is reported in the Ready condition.
+#[tokio::test]
+async fn a_refused_apply_does_not_keep_the_master_label_on_the_old_master() -> Result<()> {
+    let namespace = TestNamespace::create("sentinel-apply-fails").await?;
+    let mut set = LocalSet::new("refused", 3, 3, 1000)?;
+    let operator = start(&namespace, &set).await?;
+    support::create_password_secret(&namespace, "redis-auth").await?;
+    let api = namespace.api::<RedisSentinel>();
+    api.create(&PostParams::default(), &resource("refused", 3)?)
+        .await?;
+    let ready = wait_healthy(&namespace, "refused", 3, None).await?;
+    let master = ready
+        .status
+        .and_then(|status| status.master)
+        .context("no master")?;
+    wait_for_master_label(&namespace, &master).await?;
+
+    let patch = json!({ "spec": { "storage": { "volumeClaimTemplate": { "spec": {
+        "resources": { "requests": { "storage": "2Gi" } } } } } } });
+    api.patch("refused", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    namespace
+        .wait_for(
+            &api,
+            "refused",
+            "ApplyFailed",
+            TIMEOUT,
+            |resource: &RedisSentinel| {
+                resource.status.as_ref().is_some_and(|status| {
+                    status.conditions.iter().any(|condition| {
+                        condition.type_ == "Ready" && condition.reason == "ApplyFailed"
+                    })
+                })
+            },
+        )
+        .await?;
+
+    let old_index: usize = master.rsplit('-').next().context("ordinal")?.parse()?;
+    set.kill_redis(old_index);
+    let failed_over = namespace
+        .wait_for(&api, "refused", "a new master", TIMEOUT, {
+            let master = master.clone();
+            move |resource: &RedisSentinel| {
+                resource
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.master.as_ref())
+                    .is_some_and(|new| *new != master)
+            }
+        })
+        .await?;
+    let new_master = failed_over
+        .status
+        .and_then(|status| status.master)
+        .context("no master")?;
+    wait_for_master_label(&namespace, &new_master).await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use redis_operator::sentinel::data_plane::{Choice, Observation, Role};
-use support::{LocalSet, cli, wait_until};
+use support::{LocalSet, cli, sentinel_cli, wait_until};
 
 /// Short, so the tests run quickly; the benchmark uses the default 5000.
 const DOWN_AFTER_MILLISECONDS: u64 = 1000;
@@ -204,5 +204,118 @@ async fn the_masters_pre_stop_hook_hands_over_without_losing_writes() -> Result<
         .await?;
     ensure!(new_master != master);
     ensure!(set.missing_keys(new_master, &keys).await?.is_empty());
+    Ok(())
+}
+
+/// Sentinel's own failover (the master's preStop asks for one with `SENTINEL FAILOVER`) must
+/// not be undone by the operator. For a second or so the old master still reports `master` and
+/// most sentinels still name it, while the promoted replica is a master already: reconciling
+/// as fast as it can all through the handover, the operator must change nothing until the
+/// sentinels agree on the new master.
+#[tokio::test]
+async fn reconciling_through_a_sentinel_failover_never_undoes_it() -> Result<()> {
+    let set = LocalSet::new("mid-failover", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let (old, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys = set.acknowledged_writes(old, "before-handover", 100).await?;
+    let master_set = set.settings().master_set;
+    let answer = sentinel_cli(
+        set.nodes[old].sentinel_port,
+        &["SENTINEL", "FAILOVER", &master_set],
+    )?;
+    ensure!(answer == "OK", "SENTINEL FAILOVER answered {answer:?}");
+    let started = Instant::now();
+    let mut against_the_failover = Vec::new();
+    let mut reconciles = 0;
+    let new = loop {
+        let (observation, plan) = set.reconcile(3).await?;
+        reconciles += 1;
+        if plan.master == Some(old) && !plan.actions.is_empty() {
+            against_the_failover.push(plan.actions.clone());
+        }
+        if let Some(master) = plan.master
+            && master != old
+            && plan.is_healthy(&observation)
+        {
+            break master;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the failover never completed ({reconciles} reconciles); actions against it: \
+             {against_the_failover:?}; last observation: {observation:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "measured: handover to node {new} in {:?}, {reconciles} reconciles meanwhile",
+        started.elapsed()
+    );
+    ensure!(
+        against_the_failover.is_empty(),
+        "the operator acted against Sentinel's failover: {against_the_failover:?}"
+    );
+    let missing = set.missing_keys(new, &keys).await?;
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes lost",
+        missing.len()
+    );
+    Ok(())
+}
+
+/// Scale-down 5 → 3 while the master is ordinal 4: the remaining three nodes are its replicas
+/// and no sentinel names one of them. Promoting one would make a second master while the old
+/// one still takes writes; the operator must leave the failover to Sentinel, which happens when
+/// the pod goes, and no acknowledged write may be lost.
+#[tokio::test]
+async fn a_scale_down_that_removes_the_master_leaves_the_failover_to_sentinel() -> Result<()> {
+    let mut set = LocalSet::new("scale-down-master", 5, 5, DOWN_AFTER_MILLISECONDS)?;
+    // Make node 4 the master: on a cold start the node with data wins.
+    cli(
+        set.port(4),
+        &["CONFIG", "SET", "min-replicas-to-write", "0"],
+    )?;
+    cli(set.port(4), &["SET", "seed", "1"])?;
+    cli(
+        set.port(4),
+        &["CONFIG", "SET", "min-replicas-to-write", "1"],
+    )?;
+    let (master, _) = set
+        .reconcile_until_healthy(5, Duration::from_secs(30))
+        .await?;
+    ensure!(master == 4, "bootstrap chose node {master}");
+    let mut keys = set.acknowledged_writes(4, "before-scale-down", 100).await?;
+
+    // The StatefulSet is scaled to 3: the operator now looks at nodes 0..2 only, while pods 3
+    // and 4 are still terminating and node 4 still takes writes.
+    for round in 0..10 {
+        let (_, plan) = set.reconcile(3).await?;
+        ensure!(
+            plan.actions.is_empty(),
+            "round {round}: the operator acted while the master is outside the set: {plan:?}"
+        );
+        keys.extend(
+            set.acknowledged_writes(4, &format!("while-scaling-{round}"), 10)
+                .await?,
+        );
+    }
+    // The pods go: Sentinel fails over to one of the three, and the operator follows.
+    for index in [3, 4] {
+        set.kill_redis(index);
+        set.kill_sentinel(index);
+    }
+    let (new_master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(60))
+        .await?;
+    ensure!(new_master < 3);
+    let missing = set.missing_keys(new_master, &keys).await?;
+    ensure!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(5)]
+    );
     Ok(())
 }

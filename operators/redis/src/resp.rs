@@ -13,6 +13,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 /// How long one command may take before the node is treated as unreachable.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest reply line accepted (status, error, integer and length lines are short).
+pub const MAX_LINE: usize = 64 * 1024;
+/// The largest bulk string accepted: `INFO` and Sentinel replies are kilobytes.
+pub const MAX_BULK: usize = 16 * 1024 * 1024;
+/// The most elements accepted in one array.
+pub const MAX_ARRAY: usize = 1024 * 1024;
+/// The deepest nesting of arrays accepted (Sentinel replies nest two levels).
+pub const MAX_DEPTH: usize = 8;
+
 /// A bidirectional byte stream to a Redis or Sentinel process.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -125,18 +134,37 @@ impl Connection {
     }
 
     /// Reads the next reply or pushed message, waiting as long as it takes.
-    pub fn read(&mut self) -> Pin<Box<dyn Future<Output = Result<Value, RespError>> + Send + '_>> {
+    pub async fn read(&mut self) -> Result<Value, RespError> {
+        self.read_nested(0).await
+    }
+
+    /// Reads one value at nesting `depth`. Nothing from the wire is trusted: a line, a bulk
+    /// string, an array and the nesting are bounded ([`MAX_LINE`], [`MAX_BULK`],
+    /// [`MAX_ARRAY`], [`MAX_DEPTH`]), so a pod that answers garbage costs an error, not the
+    /// operator's memory.
+    fn read_nested(
+        &mut self,
+        depth: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, RespError>> + Send + '_>> {
         Box::pin(async move {
-            let mut line = String::new();
-            if self.stream.read_line(&mut line).await? == 0 {
+            let mut bytes = Vec::new();
+            let read = (&mut self.stream)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut bytes)
+                .await?;
+            if read == 0 {
                 return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
+            if bytes.last() != Some(&b'\n') {
+                return Err(RespError::Protocol(format!(
+                    "a reply line longer than {MAX_LINE} bytes"
+                )));
+            }
+            let line = String::from_utf8_lossy(&bytes);
             let line = line.trim_end_matches(['\r', '\n']);
             let (kind, rest) = line.split_at_checked(1).unwrap_or(("", ""));
-            let number = || {
-                rest.parse::<i64>()
-                    .map_err(|_| RespError::Protocol(line.to_owned()))
-            };
+            let protocol = || RespError::Protocol(line.chars().take(64).collect());
+            let number = || rest.parse::<i64>().map_err(|_| protocol());
             match kind {
                 "+" => Ok(Value::Status(rest.to_owned())),
                 "-" => Ok(Value::Error(rest.to_owned())),
@@ -145,6 +173,11 @@ impl Connection {
                     let Ok(length) = usize::try_from(number()?) else {
                         return Ok(Value::Nil);
                     };
+                    if length > MAX_BULK {
+                        return Err(RespError::Protocol(format!(
+                            "a bulk string of {length} bytes, more than {MAX_BULK}"
+                        )));
+                    }
                     let mut bytes = vec![0; length + 2];
                     self.stream.read_exact(&mut bytes).await?;
                     bytes.truncate(length);
@@ -154,13 +187,19 @@ impl Connection {
                     let Ok(length) = usize::try_from(number()?) else {
                         return Ok(Value::Nil);
                     };
+                    if length > MAX_ARRAY || depth >= MAX_DEPTH {
+                        return Err(RespError::Protocol(format!(
+                            "an array of {length} elements at depth {depth} (limits \
+                             {MAX_ARRAY} and {MAX_DEPTH})"
+                        )));
+                    }
                     let mut items = Vec::with_capacity(length.min(1024));
                     for _ in 0..length {
-                        items.push(self.read().await?);
+                        items.push(self.read_nested(depth + 1).await?);
                     }
                     Ok(Value::Array(items))
                 }
-                _ => Err(RespError::Protocol(line.to_owned())),
+                _ => Err(protocol()),
             }
         })
     }
@@ -223,5 +262,47 @@ mod tests {
             parse(b"?x\r\n").await,
             Err(RespError::Protocol(_))
         ));
+    }
+
+    /// A reply from a peer that is not Redis, or a hostile one, is refused without allocating
+    /// what it claims.
+    #[tokio::test]
+    async fn lengths_and_nesting_from_the_wire_are_bounded() {
+        for wire in [
+            &b"$9223372036854775000\r\n"[..],
+            b"$16777217\r\n",
+            b"*9223372036854775000\r\n",
+            b"*1048577\r\n",
+        ] {
+            let (client, mut server) = tokio::io::duplex(1024);
+            server.write_all(wire).await.unwrap();
+            let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+            assert!(
+                matches!(connection.read().await, Err(RespError::Protocol(_))),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        // Nine nested arrays.
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(&b"*1\r\n".repeat(9)).await.unwrap();
+        server.write_all(b":1\r\n").await.unwrap();
+        let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+        assert!(matches!(
+            connection.read().await,
+            Err(RespError::Protocol(_))
+        ));
+        // A line without an end.
+        let (client, mut server) = tokio::io::duplex(MAX_LINE * 2);
+        let writer = tokio::spawn(async move {
+            server.write_all(&vec![b'+'; MAX_LINE + 10]).await.unwrap();
+            server
+        });
+        let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+        assert!(matches!(
+            connection.read().await,
+            Err(RespError::Protocol(_))
+        ));
+        drop(writer.await.unwrap());
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::resp::{Connection, RespError, Stream};
+use crate::resp::{Connection, RespError, Stream, Value};
 
 /// One pod: its name and where its Redis and Sentinel are announced (stable DNS name in a
 /// cluster, never a pod IP).
@@ -131,6 +131,12 @@ pub struct SentinelState {
     pub known_sentinels: usize,
     /// Replicas it knows (`SENTINEL REPLICAS`), gone ones included.
     pub known_replicas: usize,
+    /// It is running a failover right now (`failover_in_progress` among the master's flags in
+    /// `SENTINEL MASTER`).
+    pub failover_in_progress: bool,
+    /// Its configuration epoch (`config-epoch`): each failover raises it, and sentinels adopt
+    /// the configuration of a higher epoch, so the highest one is the newest view.
+    pub config_epoch: u64,
 }
 
 /// Everything observed, by node index (`None`: unreachable).
@@ -235,9 +241,19 @@ async fn observe_sentinel(
             quorum_ok: false,
             known_sentinels: 0,
             known_replicas: 0,
+            failover_in_progress: false,
+            config_epoch: 0,
         });
     }
     let set = settings.master_set.as_str();
+    let fields = sentinel_master_fields(&connection.command(&["SENTINEL", "MASTER", set]).await?);
+    let failover_in_progress = fields
+        .get("flags")
+        .is_some_and(|flags| flags.split(',').any(|flag| flag == "failover_in_progress"));
+    let config_epoch = fields
+        .get("config-epoch")
+        .and_then(|epoch| epoch.parse().ok())
+        .unwrap_or(0);
     let quorum_ok = connection
         .command(&["SENTINEL", "CKQUORUM", set])
         .await
@@ -257,7 +273,18 @@ async fn observe_sentinel(
         quorum_ok,
         known_sentinels,
         known_replicas,
+        failover_in_progress,
+        config_epoch,
     })
+}
+
+/// The field/value pairs of a `SENTINEL MASTER` reply.
+pub fn sentinel_master_fields(reply: &Value) -> BTreeMap<String, String> {
+    reply
+        .items()
+        .chunks_exact(2)
+        .filter_map(|pair| Some((pair[0].text()?, pair[1].text()?)))
+        .collect()
 }
 
 /// Asks every Redis and every Sentinel, concurrently; an unreachable one is `None`.
@@ -311,6 +338,9 @@ pub enum Action {
 pub enum Choice {
     /// A majority of the sentinels names it.
     Sentinels,
+    /// The only reachable master, holding data (or nobody holds any): kept, because replacing
+    /// a master that takes writes with a replica read at another instant can lose writes.
+    OnlyMaster,
     /// Chosen by data: the highest offset, then most keys.
     MostUpToDate,
 }
@@ -328,9 +358,24 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// The sentinels hold quorum and are failing over: do nothing.
     pub failover_in_progress: bool,
+    /// Why the operator leaves everything as it is for now, if it does (a failover under way,
+    /// a new master being announced, a master in a pod being removed).
+    pub waiting: Option<String>,
 }
 
 impl Plan {
+    /// A plan that changes nothing and says why.
+    fn wait(failover_in_progress: bool, reason: String) -> Self {
+        Self {
+            master: None,
+            choice: None,
+            actions: Vec::new(),
+            warnings: Vec::new(),
+            failover_in_progress,
+            waiting: Some(reason),
+        }
+    }
+
     /// Exactly one master that counts every replica as good (so it takes writes), every
     /// replica attached to it, every sentinel monitoring it with quorum: nothing to heal.
     pub fn is_healthy(&self, observation: &Observation) -> bool {
@@ -370,22 +415,21 @@ fn address_of(nodes: &[Node], host: &str, port: u16) -> Option<usize> {
 }
 
 /// Decides the master and the actions that make every node and sentinel follow it.
+///
+/// Sentinel is the authority on failovers; the operator only fills in what Sentinel cannot
+/// do (a cold start, sentinels that lost their quorum or their memory). So it changes nothing
+/// while a sentinel fails over, while a newer configuration is still spreading between the
+/// sentinels, or while the sentinels name a master in a pod outside the set; and it never
+/// replaces a reachable master that holds data by its own choice.
 pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
     let majority = nodes.len() / 2 + 1;
-    let mut votes: BTreeMap<usize, usize> = BTreeMap::new();
-    for state in observation.sentinels.iter().flatten() {
-        if let Some(index) = state
+    let sentinels: Vec<&SentinelState> = observation.sentinels.iter().flatten().collect();
+    let named_by = |state: &SentinelState| {
+        state
             .master
             .as_ref()
             .and_then(|(host, port)| address_of(nodes, host, *port))
-        {
-            *votes.entry(index).or_default() += 1;
-        }
-    }
-    let named = votes
-        .iter()
-        .find(|(_, count)| **count >= majority)
-        .map(|(index, _)| *index);
+    };
     let is_master = |index: usize| {
         matches!(
             observation.redis.get(index),
@@ -395,32 +439,109 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
             }))
         )
     };
+    if let Some(index) = observation.sentinels.iter().position(|state| {
+        state
+            .as_ref()
+            .is_some_and(|state| state.failover_in_progress)
+    }) {
+        return Plan::wait(
+            true,
+            format!(
+                "the sentinel of {:?} is running a failover",
+                nodes[index].pod
+            ),
+        );
+    }
+    let mut votes: BTreeMap<usize, usize> = BTreeMap::new();
+    for state in &sentinels {
+        if let Some(index) = named_by(state) {
+            *votes.entry(index).or_default() += 1;
+        }
+    }
+    let named = votes
+        .iter()
+        .find(|(_, count)| **count >= majority)
+        .map(|(index, _)| *index);
+    // A failover has just ended: the sentinel that ran it (the highest configuration epoch)
+    // names the new master, which is already a master, while the others still name the old
+    // one, a master too, for a moment. Following the majority now would undo Sentinel's own
+    // failover.
+    if let Some(newest) = sentinels
+        .iter()
+        .filter(|state| state.master.is_some())
+        .map(|state| state.config_epoch)
+        .max()
+    {
+        let newest_views: std::collections::BTreeSet<Option<usize>> = sentinels
+            .iter()
+            .filter(|state| state.master.is_some() && state.config_epoch == newest)
+            .map(|state| named_by(state))
+            .collect();
+        let older_name_another_master = |view: usize| {
+            sentinels
+                .iter()
+                .filter(|state| state.config_epoch < newest)
+                .filter_map(|state| named_by(state))
+                .any(|index| index != view && is_master(index))
+        };
+        if let [Some(view)] = newest_views.into_iter().collect::<Vec<_>>()[..]
+            && is_master(view)
+            && older_name_another_master(view)
+        {
+            return Plan::wait(
+                true,
+                format!(
+                    "the sentinels are announcing {:?} as the new master",
+                    nodes[view].pod
+                ),
+            );
+        }
+    }
     let mut warnings = Vec::new();
     let (master, choice) = match named {
         Some(index) if is_master(index) => (index, Choice::Sentinels),
-        Some(_) => {
+        Some(index) => {
             // A majority of the sentinels agrees on a master that is down or not a master:
             // their failover is under way (or about to be). Acting now would race them.
-            return Plan {
-                master: None,
-                choice: None,
-                actions: Vec::new(),
-                warnings,
-                failover_in_progress: true,
-            };
+            return Plan::wait(
+                true,
+                format!(
+                    "the sentinels name {:?}, which is not a reachable master: they are failing over",
+                    nodes[index].pod
+                ),
+            );
         }
-        _ => match most_up_to_date(observation) {
-            Some(index) => (index, Choice::MostUpToDate),
-            None => {
-                return Plan {
-                    master: None,
-                    choice: None,
-                    actions: Vec::new(),
-                    warnings,
-                    failover_in_progress: false,
-                };
+        None => {
+            // The sentinels name a master that is not one of the pods (a scale-down removes
+            // it): Sentinel fails over when the pod goes; promoting another node now would
+            // make a second master while that one still takes writes.
+            if let Some((host, _)) = sentinels
+                .iter()
+                .filter_map(|state| state.master.as_ref())
+                .find(|(host, port)| address_of(nodes, host, *port).is_none())
+            {
+                return Plan::wait(
+                    false,
+                    format!(
+                        "the sentinels name {host:?}, a pod outside the set, as master; \
+                         waiting for them to fail over"
+                    ),
+                );
             }
-        },
+            match chosen_without_sentinels(observation) {
+                Some(chosen) => chosen,
+                None => {
+                    return Plan {
+                        master: None,
+                        choice: None,
+                        actions: Vec::new(),
+                        warnings,
+                        failover_in_progress: false,
+                        waiting: None,
+                    };
+                }
+            }
+        }
     };
     let mut actions = Vec::new();
     if !is_master(master) {
@@ -444,6 +565,7 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
                         target.pod,
                         match choice {
                             Choice::Sentinels => "named by the sentinels",
+                            Choice::OnlyMaster => "the only master",
                             Choice::MostUpToDate => "the most up-to-date node",
                         }
                     ));
@@ -499,7 +621,31 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
         actions,
         warnings,
         failover_in_progress: false,
+        waiting: None,
     }
+}
+
+/// The master when no sentinel majority names a live one: the only reachable master if it
+/// holds data (or nobody does); otherwise the most up-to-date node, never an empty one while
+/// one with data answers.
+fn chosen_without_sentinels(observation: &Observation) -> Option<(usize, Choice)> {
+    let reachable = || {
+        observation
+            .redis
+            .iter()
+            .enumerate()
+            .filter_map(|(index, state)| state.as_ref().map(|state| (index, state)))
+    };
+    let has_data = |state: &RedisState| state.offset > 0 || state.keys > 0;
+    let masters: Vec<(usize, &RedisState)> = reachable()
+        .filter(|(_, state)| state.role == Role::Master)
+        .collect();
+    if let [(index, state)] = masters[..]
+        && (has_data(state) || !reachable().any(|(_, state)| has_data(state)))
+    {
+        return Some((index, Choice::OnlyMaster));
+    }
+    most_up_to_date(observation).map(|index| (index, Choice::MostUpToDate))
 }
 
 /// Whether a sentinel counts more sentinels or replicas than the set has pods.
@@ -539,8 +685,11 @@ pub fn roles(nodes: &[Node], master: usize) -> Vec<(&str, &'static str)> {
         .collect()
 }
 
-/// Runs the plan's actions in order; returns how many were applied. Stops at the first
-/// failure, which the next reconcile retries from a fresh observation.
+/// Runs the plan's actions in order; returns how many were applied. Each action is checked
+/// against a fresh observation just before it is sent: the set is observed again, planned
+/// again, and the action goes out only if the new plan keeps the same master and still asks
+/// for it. Anything else (a sentinel started a failover meanwhile, a node changed role) stops
+/// healing; the next reconcile starts over. Stops at the first failure too.
 pub async fn heal(
     nodes: &[Node],
     plan: &Plan,
@@ -550,6 +699,16 @@ pub async fn heal(
 ) -> Result<usize, RespError> {
     let mut applied = 0;
     for action in &plan.actions {
+        let fresh = observe(nodes, resolver, settings, password).await;
+        let replanned = self::plan(nodes, &fresh);
+        if replanned.master != plan.master || !replanned.actions.contains(action) {
+            tracing::info!(
+                ?action,
+                waiting = ?replanned.waiting,
+                "not healing: the set changed since it was observed"
+            );
+            return Ok(applied);
+        }
         match *action {
             Action::Promote(index) => {
                 let node = &nodes[index];
@@ -674,6 +833,8 @@ mod tests {
             quorum_ok: index.is_some(),
             known_sentinels: if index.is_some() { 2 } else { 0 },
             known_replicas: if index.is_some() { 2 } else { 0 },
+            failover_in_progress: false,
+            config_epoch: 1,
         })
     }
 
@@ -871,6 +1032,118 @@ mod tests {
         // Once it has, the next one goes.
         observation.sentinels[0] = sentinel_on(Some(0));
         assert_eq!(plan(&nodes(), &observation).actions, vec![Action::Reset(1)]);
+    }
+
+    #[test]
+    fn nothing_is_done_while_a_sentinel_runs_a_failover() {
+        // Mid-handover: node 1 was just promoted, node 0 still reports master, two sentinels
+        // still name node 0, and the one running the failover says so.
+        let mut leader = sentinel_on(Some(0));
+        if let Some(state) = leader.as_mut() {
+            state.failover_in_progress = true;
+        }
+        let observation = Observation {
+            redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
+            sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert!(plan.failover_in_progress);
+        assert_eq!(plan.master, None);
+        assert!(plan.waiting.unwrap().contains("cache-node-0"));
+    }
+
+    #[test]
+    fn a_new_master_announced_with_a_newer_epoch_is_not_undone() {
+        // The failover is over on the sentinel that ran it (epoch 2, names node 1, which is
+        // a master now); the other two have not heard yet and still name node 0.
+        let mut leader = sentinel_on(Some(1));
+        if let Some(state) = leader.as_mut() {
+            state.config_epoch = 2;
+        }
+        let observation = Observation {
+            redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
+            sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
+        };
+        let announcing = plan(&nodes(), &observation);
+        assert!(announcing.actions.is_empty(), "{announcing:?}");
+        assert!(announcing.waiting.unwrap().contains("cache-node-1"));
+
+        // A stale sentinel with an older epoch naming a node that is no master is re-pointed.
+        let mut stale = sentinel_on(Some(2));
+        if let Some(state) = stale.as_mut() {
+            state.config_epoch = 0;
+        }
+        let observation = Observation {
+            redis: vec![master(500, 9), replica_of(0, 500), replica_of(0, 500)],
+            sentinels: vec![sentinel_on(Some(0)), sentinel_on(Some(0)), stale],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Monitor {
+                sentinel: 2,
+                master: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn without_a_sentinel_majority_a_live_master_with_data_is_kept() {
+        // Two sentinel reads timed out; the replicas' offsets were read a moment after the
+        // master's and look ahead of it. Promoting one would throw away the master's writes.
+        let observation = Observation {
+            redis: vec![master(100, 5), replica_of(0, 120), replica_of(0, 110)],
+            sentinels: vec![None, None, sentinel_on(Some(0))],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert_eq!(plan.master, Some(0));
+        assert_eq!(plan.choice, Some(Choice::OnlyMaster));
+        assert!(!plan.actions.contains(&Action::Promote(1)), "{plan:?}");
+        assert!(
+            plan.actions
+                .iter()
+                .all(|action| matches!(action, Action::Monitor { master: 0, .. })),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_master_in_a_pod_outside_the_set_is_left_to_the_sentinels() {
+        // Scale-down 5 → 3 while the master is ordinal 4: the three remaining nodes are
+        // replicas of it, and the sentinels still name it.
+        let outside = Some(SentinelState {
+            master: Some(("cache-node-4.cache-headless".to_owned(), 6379)),
+            ..sentinel_on(Some(0)).unwrap()
+        });
+        let observation = Observation {
+            redis: vec![replica_of(4, 900), replica_of(4, 900), replica_of(4, 880)],
+            sentinels: vec![outside.clone(), outside.clone(), outside],
+        };
+        let plan = plan(&nodes(), &observation);
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert!(!plan.failover_in_progress);
+        assert!(plan.waiting.unwrap().contains("cache-node-4"));
+    }
+
+    #[test]
+    fn sentinel_master_replies_give_flags_and_epoch() {
+        let reply = Value::Array(
+            [
+                "name",
+                "mymaster",
+                "flags",
+                "master,failover_in_progress",
+                "config-epoch",
+                "7",
+            ]
+            .iter()
+            .map(|text| Value::Bulk(text.as_bytes().to_vec()))
+            .collect(),
+        );
+        let fields = sentinel_master_fields(&reply);
+        assert_eq!(fields["flags"], "master,failover_in_progress");
+        assert_eq!(fields["config-epoch"], "7");
     }
 
     #[test]

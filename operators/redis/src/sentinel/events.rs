@@ -12,7 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::data_plane::{Node, Resolver, connect};
-use crate::resp::Value;
+use crate::resp::{COMMAND_TIMEOUT, Connection, RespError, Value};
 use crate::v1beta1::RedisSentinel;
 
 /// A message of one of the subscribed channels.
@@ -161,6 +161,25 @@ const ABORT_PATTERN: [&str; 2] = ["PSUBSCRIBE", "-failover-abort-*"];
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long a subscription may stay silent before the sentinel must answer a PING.
+const IDLE_PING: Duration = Duration::from_secs(15);
+
+/// The next pushed message, or an error when the connection broke or went silent: after
+/// `idle` without a message the sentinel must answer a PING within the command timeout. A
+/// half-open connection (a node gone without a FIN) would otherwise be waited on for ever,
+/// and every failover after it would go unreported.
+pub async fn next_message(connection: &mut Connection, idle: Duration) -> Result<Value, RespError> {
+    match tokio::time::timeout(idle, connection.read()).await {
+        Ok(result) => result,
+        Err(_) => {
+            connection.send(&["PING"]).await?;
+            tokio::time::timeout(COMMAND_TIMEOUT, connection.read())
+                .await
+                .map_err(|_| RespError::Timeout)?
+        }
+    }
+}
+
 /// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
 /// at a time, moving to the next when the connection breaks.
 pub async fn subscribe(
@@ -189,7 +208,7 @@ pub async fn subscribe(
                 continue;
             }
             retry = RETRY_MIN;
-            while let Ok(message) = connection.read().await {
+            while let Ok(message) = next_message(&mut connection, IDLE_PING).await {
                 let Some(event) = parse(&message, &master_set) else {
                     continue;
                 };
@@ -207,6 +226,10 @@ pub async fn subscribe(
             }
         }
         if !keep_running().await {
+            // The resource is gone: so is its log.
+            if let Ok(mut logs) = logs.lock() {
+                logs.remove(&object);
+            }
             return;
         }
         tokio::time::sleep(retry).await;
@@ -224,6 +247,38 @@ mod tests {
             Value::Bulk(channel.as_bytes().to_vec()),
             Value::Bulk(payload.as_bytes().to_vec()),
         ])
+    }
+
+    #[tokio::test]
+    async fn a_silent_subscription_is_given_up_after_an_unanswered_ping() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A peer that answers the PING keeps the subscription.
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+        let answering = tokio::spawn(async move {
+            let mut request = [0_u8; 64];
+            let read = server.read(&mut request).await.unwrap();
+            assert!(String::from_utf8_lossy(&request[..read]).contains("PING"));
+            server
+                .write_all(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+                .await
+                .unwrap();
+            server
+        });
+        let pong = next_message(&mut connection, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(parse(&pong, "mymaster"), None);
+        let _server = answering.await.unwrap();
+        // A peer that has gone silent (a half-open connection) is given up.
+        let (client, _silent) = tokio::io::duplex(1024);
+        let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            next_message(&mut connection, Duration::from_millis(50)).await,
+            Err(RespError::Timeout)
+        ));
+        assert!(started.elapsed() < COMMAND_TIMEOUT + Duration::from_secs(1));
     }
 
     #[test]

@@ -33,6 +33,7 @@ use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use self::access::Access;
 use self::build::{Names, ROLE_LABEL};
@@ -142,6 +143,8 @@ impl RedisSentinelReconciler {
         let Ok(mut subscribers) = self.subscribers.lock() else {
             return;
         };
+        // Subscribers of deleted resources end on their own; forget their handles.
+        subscribers.retain(|_, handle| !handle.is_finished());
         if subscribers
             .get(&object)
             .is_some_and(|handle| !handle.is_finished())
@@ -239,12 +242,13 @@ pub fn readiness(
             "the pods are ready but no Redis answers the operator",
         );
     }
-    if plan.failover_in_progress {
-        return ConditionUpdate::fails(
-            READY,
-            "FailoverInProgress",
-            "the sentinels are promoting a new master",
-        );
+    if let Some(reason) = &plan.waiting {
+        let condition_reason = if plan.failover_in_progress {
+            "FailoverInProgress"
+        } else {
+            "WaitingForSentinels"
+        };
+        return ConditionUpdate::fails(READY, condition_reason, reason.clone());
     }
     let Some(master) = plan.master else {
         return ConditionUpdate::fails(READY, "NoMaster", "no node can be made master yet");
@@ -353,30 +357,17 @@ impl Reconciler for RedisSentinelReconciler {
             }
         };
 
-        // build + apply.
+        // build + apply. A failed apply (an immutable field changed, say) must not stop the
+        // data plane below: after a failover the pods still need their role labels, or
+        // `<name>-master` keeps sending clients to the old master. Its error is reported at
+        // the end.
         let names = Names::of(&resource.name_any());
         let mut children = context.children(&*resource)?;
         let labels = children.labels().clone();
-        let config = build::config_map(&names, &build::redis_conf(&resource.spec));
-        let hash = build::config_hash(&config);
-        children.apply(config).await?;
-        children
-            .apply(build::headless_service(&names, &labels))
-            .await?;
-        children
-            .apply(build::client_service(&resource.spec, &names, &labels))
-            .await?;
-        children
-            .apply(build::master_service(&names, &labels))
-            .await?;
-        children
-            .apply(build::pod_disruption_budget(&names, &labels))
-            .await?;
-        let (stateful_set, _) = children
-            .apply(build::stateful_set(&resource, &names, &labels, &hash))
-            .await?;
-        children.prune().await?;
-        standalone::own_data_claims(&mut children, &resource.spec.pod).await?;
+        let applied = apply_children(&resource, &names, &mut children).await;
+        if let Err(error) = &applied {
+            warn!(%error, "failed to apply the children; checking the data plane all the same");
+        }
 
         // data plane: observe → plan → heal, then the role labels.
         let nodes = (self.addresses)(&resource);
@@ -386,17 +377,6 @@ impl Reconciler for RedisSentinelReconciler {
         let observation =
             data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
         let plan = data_plane::plan(&nodes, &observation);
-        for warning in &plan.warnings {
-            context
-                .publish(
-                    &*resource,
-                    EventType::Warning,
-                    "SplitBrain",
-                    "Heal",
-                    warning.clone(),
-                )
-                .await;
-        }
         data_plane::heal(
             &nodes,
             &plan,
@@ -413,6 +393,19 @@ impl Reconciler for RedisSentinelReconciler {
                 .collect::<Vec<_>>()
                 .join(",");
             label_pods(context, &namespace, &nodes, master, &selector).await?;
+        }
+        // Events only after healing, so that publishing them cannot delay an action past the
+        // observation it was planned on.
+        for warning in &plan.warnings {
+            context
+                .publish(
+                    &*resource,
+                    EventType::Warning,
+                    "SplitBrain",
+                    "Heal",
+                    warning.clone(),
+                )
+                .await;
         }
 
         // status, and the sentinels' events.
@@ -479,8 +472,15 @@ impl Reconciler for RedisSentinelReconciler {
         if current_master.is_some() {
             status.master = current_master;
         }
-        let progress = stateful_set_progress(&stateful_set);
-        let update = readiness(&nodes, progress, &observation, &plan);
+        let update = match &applied {
+            Ok(stateful_set) => readiness(
+                &nodes,
+                stateful_set_progress(stateful_set),
+                &observation,
+                &plan,
+            ),
+            Err(error) => ConditionUpdate::fails(READY, error.reason(), error.to_string()),
+        };
         let healthy = update.status;
         set_condition(&mut status.conditions, update.observed(generation));
         status.phase = if healthy {
@@ -502,10 +502,42 @@ impl Reconciler for RedisSentinelReconciler {
                 .publish(&*resource, EventType::Normal, "Ready", "Reconcile", note)
                 .await;
         }
+        applied?;
         Ok(Action::requeue(if healthy {
             CHECK_INTERVAL
         } else {
             RECHECK_INTERVAL
         }))
     }
+}
+
+/// Applies every child of `resource`, prunes what is no longer wanted and takes ownership of
+/// the data claims; returns the StatefulSet as the API server has it.
+async fn apply_children(
+    resource: &RedisSentinel,
+    names: &Names,
+    children: &mut operator_kit::Children,
+) -> Result<StatefulSet, Error> {
+    let labels = children.labels().clone();
+    let config = build::config_map(names, &build::redis_conf(&resource.spec));
+    let hash = build::config_hash(&config);
+    children.apply(config).await?;
+    children
+        .apply(build::headless_service(names, &labels))
+        .await?;
+    children
+        .apply(build::client_service(&resource.spec, names, &labels))
+        .await?;
+    children
+        .apply(build::master_service(names, &labels))
+        .await?;
+    children
+        .apply(build::pod_disruption_budget(names, &labels))
+        .await?;
+    let (stateful_set, _) = children
+        .apply(build::stateful_set(resource, names, &labels, &hash))
+        .await?;
+    children.prune().await?;
+    standalone::own_data_claims(children, &resource.spec.pod).await?;
+    Ok(stateful_set)
 }
