@@ -319,3 +319,33 @@ async fn a_scale_down_that_removes_the_master_leaves_the_failover_to_sentinel() 
     );
     Ok(())
 }
+
+/// A master without storage whose pod is recreated before the sentinels notice it was gone
+/// starts empty while the sentinels still name it. Serving as master, it would have every
+/// replica copy its empty dataset. Its start script waits for the sentinels' failover instead,
+/// and no node loses an acknowledged write.
+#[tokio::test]
+async fn an_empty_master_restarted_at_once_does_not_wipe_its_replicas() -> Result<()> {
+    let mut set = LocalSet::new("empty-master", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let (old, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys = set.acknowledged_writes(old, "before-restart", 100).await?;
+    set.kill_redis(old);
+    set.wipe_data(old)?;
+    set.spawn_redis(old)?;
+    let (new, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(60))
+        .await?;
+    ensure!(new != old, "the empty node stayed master");
+    for index in 0..3 {
+        let missing = set.missing_keys(index, &keys).await?;
+        ensure!(
+            missing.is_empty(),
+            "node {index} lost {} of {} acknowledged writes",
+            missing.len(),
+            keys.len()
+        );
+    }
+    Ok(())
+}

@@ -204,6 +204,25 @@ impl LocalSet {
         self.check_running(index, "redis")
     }
 
+    /// Starts one Redis with the pod's start script without waiting for it to answer (the
+    /// script may wait for the sentinels first).
+    pub fn spawn_redis(&mut self, index: usize) -> Result<()> {
+        let child = self
+            .command(index, "start-redis.sh")
+            .spawn()
+            .context("failed to start redis (run hack/install-deps.sh)")?;
+        self.redis[index] = Some(Process(child));
+        Ok(())
+    }
+
+    /// Removes the data of a node, as a pod without storage starts with none.
+    pub fn wipe_data(&self, index: usize) -> Result<()> {
+        let data = self.node_dir(index).join("data");
+        std::fs::remove_dir_all(&data)?;
+        std::fs::create_dir_all(&data)?;
+        Ok(())
+    }
+
     /// Fails when the process just started has exited (say, its port was taken), so that a
     /// PONG from someone else's process is never mistaken for it.
     fn check_running(&mut self, index: usize, what: &str) -> Result<()> {
