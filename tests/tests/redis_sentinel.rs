@@ -204,11 +204,13 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
             let master = master.clone();
             move |resource: &RedisSentinel| {
                 resource.status.as_ref().is_some_and(|status| {
+                    // A reconcile can see the new master a moment before the subscribed
+                    // sentinel announces it; the announced failover (with its duration)
+                    // replaces the one the reconcile recorded.
                     status.master.as_ref().is_some_and(|new| *new != master)
-                        && status
-                            .last_failover
-                            .as_ref()
-                            .is_some_and(|failover| failover.from == master)
+                        && status.last_failover.as_ref().is_some_and(|failover| {
+                            failover.from == master && failover.duration_ms.is_some()
+                        })
                 })
             }
         })
@@ -263,7 +265,14 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
     set.start_redis(old_index)?;
     wait_healthy(&namespace, "cache", 3, Some(&master)).await?;
 
-    // Scale 3 → 5 → 3.
+    // Scale 3 → 5 → 3: the quorum follows, set live on every sentinel, and the pod template
+    // stays the same (a changed template would restart every pod, the master included).
+    let template = namespace
+        .api::<StatefulSet>()
+        .get("cache-node")
+        .await?
+        .spec
+        .template;
     set.start_redis(3)?;
     set.start_sentinel(3)?;
     set.start_redis(4)?;
@@ -282,6 +291,25 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
         wait_healthy(&namespace, "cache", replicas, None).await?;
         let stateful_set = namespace.api::<StatefulSet>().get("cache-node").await?;
         ensure!(stateful_set.spec.replicas == Some(replicas));
+        ensure!(
+            stateful_set.spec.template == template,
+            "scaling to {replicas} changed the pod template"
+        );
+        let quorum = (replicas / 2 + 1).to_string();
+        for node in &set.nodes[..usize::try_from(replicas)?] {
+            let master =
+                support::sentinel_cli(node.sentinel_port, &["SENTINEL", "MASTER", "mymaster"])?;
+            let fields: Vec<&str> = master.lines().collect();
+            let value = fields
+                .iter()
+                .position(|field| *field == "quorum")
+                .and_then(|at| fields.get(at + 1));
+            ensure!(
+                value == Some(&quorum.as_str()),
+                "sentinel of {} has quorum {value:?} at {replicas} replicas",
+                node.pod
+            );
+        }
     }
     // The sentinels forget the removed pods (reset one at a time), so a failover needs 2
     // votes again, not 3 of a remembered 5. Sentinels relearn each other through hello

@@ -312,7 +312,7 @@ impl LocalSet {
     pub async fn reconcile(&self, count: usize) -> Result<(Observation, Plan)> {
         let nodes = self.first(count);
         let observation = self.observe(count).await;
-        let plan = data_plane::plan(&nodes, &observation);
+        let plan = data_plane::plan(&nodes, &observation, &self.settings());
         data_plane::heal(
             &nodes,
             &plan,
@@ -336,7 +336,7 @@ impl LocalSet {
             let (_, plan) = self.reconcile(count).await?;
             plans.push(plan);
             let after = self.observe(count).await;
-            let check = data_plane::plan(&self.first(count), &after);
+            let check = data_plane::plan(&self.first(count), &after, &self.settings());
             if check.is_healthy(&after) {
                 return Ok((check.master.context("healthy without a master")?, plans));
             }

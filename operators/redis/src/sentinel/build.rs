@@ -159,7 +159,6 @@ fn environment(resource: &RedisSentinel, names: &Names) -> Vec<Value> {
             format!("{}:{SENTINEL_PORT}", names.client),
         ),
         value("MASTER_SET", settings.master_set),
-        value("QUORUM", settings.quorum.to_string()),
         value(
             "DOWN_AFTER_MILLISECONDS",
             settings.down_after_milliseconds.to_string(),

@@ -137,6 +137,8 @@ pub struct SentinelState {
     /// Its configuration epoch (`config-epoch`): each failover raises it, and sentinels adopt
     /// the configuration of a higher epoch, so the highest one is the newest view.
     pub config_epoch: u64,
+    /// The votes it needs to declare the master down (`quorum`).
+    pub quorum: u32,
 }
 
 /// Everything observed, by node index (`None`: unreachable).
@@ -243,6 +245,7 @@ async fn observe_sentinel(
             known_replicas: 0,
             failover_in_progress: false,
             config_epoch: 0,
+            quorum: 0,
         });
     }
     let set = settings.master_set.as_str();
@@ -253,6 +256,10 @@ async fn observe_sentinel(
     let config_epoch = fields
         .get("config-epoch")
         .and_then(|epoch| epoch.parse().ok())
+        .unwrap_or(0);
+    let quorum = fields
+        .get("quorum")
+        .and_then(|quorum| quorum.parse().ok())
         .unwrap_or(0);
     let quorum_ok = connection
         .command(&["SENTINEL", "CKQUORUM", set])
@@ -275,6 +282,7 @@ async fn observe_sentinel(
         known_replicas,
         failover_in_progress,
         config_epoch,
+        quorum,
     })
 }
 
@@ -324,6 +332,9 @@ pub enum Action {
     /// pods that are gone (after a scale-down) and so needs more votes than exist to fail
     /// over. One sentinel at a time, only while every other one holds quorum.
     Reset(usize),
+    /// `SENTINEL SET <set> quorum` on this node's sentinel, which monitors the right master
+    /// with another quorum (the set was scaled). Set live, so scaling restarts no pod.
+    Quorum(usize),
     /// `SENTINEL REMOVE` + `MONITOR` + `SET` on this node's sentinel, for `master`.
     Monitor {
         /// The sentinel's node.
@@ -421,7 +432,7 @@ fn address_of(nodes: &[Node], host: &str, port: u16) -> Option<usize> {
 /// while a sentinel fails over, while a newer configuration is still spreading between the
 /// sentinels, or while the sentinels name a master in a pod outside the set; and it never
 /// replaces a reachable master that holds data by its own choice.
-pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
+pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> Plan {
     let majority = nodes.len() / 2 + 1;
     let sentinels: Vec<&SentinelState> = observation.sentinels.iter().flatten().collect();
     let named_by = |state: &SentinelState| {
@@ -439,11 +450,23 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
             }))
         )
     };
+    // A sentinel running a failover keeps its flag for a second or so after the switch. Its
+    // failover is visibly over when every reachable sentinel names the same master and that
+    // master is the only one; until then (the promoted node and the old master are both
+    // masters, the sentinels disagree) the operator touches nothing.
+    let masters = (0..nodes.len()).filter(|index| is_master(*index)).count();
+    let agreed = sentinels
+        .iter()
+        .map(|state| named_by(state))
+        .reduce(|left, right| if left == right { left } else { None })
+        .flatten()
+        .filter(|index| is_master(*index) && masters == 1);
     if let Some(index) = observation.sentinels.iter().position(|state| {
         state
             .as_ref()
             .is_some_and(|state| state.failover_in_progress)
-    }) {
+    }) && agreed.is_none()
+    {
         return Plan::wait(
             true,
             format!(
@@ -596,6 +619,8 @@ pub fn plan(nodes: &[Node], observation: &Observation) -> Plan {
                 sentinel: index,
                 master,
             });
+        } else if state.quorum != settings.quorum {
+            actions.push(Action::Quorum(index));
         }
     }
     // Sentinels forget nothing on their own: after a scale-down they still count the removed
@@ -700,7 +725,7 @@ pub async fn heal(
     let mut applied = 0;
     for action in &plan.actions {
         let fresh = observe(nodes, resolver, settings, password).await;
-        let replanned = self::plan(nodes, &fresh);
+        let replanned = self::plan(nodes, &fresh, settings);
         if replanned.master != plan.master || !replanned.actions.contains(action) {
             tracing::info!(
                 ?action,
@@ -730,6 +755,20 @@ pub async fn heal(
                     connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
                 connection
                     .command(&["SENTINEL", "RESET", &settings.master_set])
+                    .await?;
+            }
+            Action::Quorum(index) => {
+                let sentinel = &nodes[index];
+                let mut connection =
+                    connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
+                connection
+                    .command(&[
+                        "SENTINEL",
+                        "SET",
+                        &settings.master_set,
+                        "quorum",
+                        &settings.quorum.to_string(),
+                    ])
                     .await?;
             }
             Action::Monitor { sentinel, master } => {
@@ -835,7 +874,18 @@ mod tests {
             known_replicas: if index.is_some() { 2 } else { 0 },
             failover_in_progress: false,
             config_epoch: 1,
+            quorum: 2,
         })
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            master_set: "mymaster".to_owned(),
+            quorum: 2,
+            down_after_milliseconds: 5000,
+            failover_timeout: 10000,
+            parallel_syncs: 1,
+        }
     }
 
     #[test]
@@ -883,7 +933,7 @@ mod tests {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![sentinel_on(Some(0)); 3],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, Some(0));
         assert_eq!(plan.choice, Some(Choice::Sentinels));
         assert!(plan.actions.is_empty());
@@ -905,7 +955,7 @@ mod tests {
             redis: vec![master(0, 0), master(0, 0), master(0, 0)],
             sentinels: vec![sentinel_on(None); 3],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, Some(0));
         assert_eq!(
             plan.actions,
@@ -935,7 +985,7 @@ mod tests {
             redis: vec![master(0, 0), replica_of(9, 500), replica_of(9, 800)],
             sentinels: vec![None, None, sentinel_on(None)],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, Some(2));
         assert_eq!(plan.choice, Some(Choice::MostUpToDate));
         assert_eq!(plan.actions[0], Action::Promote(2));
@@ -959,7 +1009,7 @@ mod tests {
                 sentinel_on(Some(1)),
             ],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, Some(0));
         assert_eq!(
             plan.actions,
@@ -985,7 +1035,7 @@ mod tests {
             redis: vec![master(100, 5), master(300, 9), replica_of(0, 100)],
             sentinels: vec![None, None, None],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, Some(1));
         assert!(
             plan.actions
@@ -1000,7 +1050,7 @@ mod tests {
             redis: vec![None, replica_of(0, 100), replica_of(0, 90)],
             sentinels: vec![None, sentinel_on(Some(0)), sentinel_on(Some(0))],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert!(plan.failover_in_progress);
         assert!(plan.actions.is_empty());
         assert_eq!(plan.master, None);
@@ -1018,7 +1068,7 @@ mod tests {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![remembering.clone(); 3],
         };
-        let first = plan(&nodes(), &observation);
+        let first = plan(&nodes(), &observation, &settings());
         assert_eq!(first.actions, vec![Action::Reset(0)]);
         assert!(!first.is_healthy(&observation));
         // While sentinel 0 relearns (no quorum yet), nobody else is reset.
@@ -1028,10 +1078,13 @@ mod tests {
             known_replicas: 0,
             ..remembering.clone().unwrap()
         });
-        assert!(plan(&nodes(), &observation).actions.is_empty());
+        assert!(plan(&nodes(), &observation, &settings()).actions.is_empty());
         // Once it has, the next one goes.
         observation.sentinels[0] = sentinel_on(Some(0));
-        assert_eq!(plan(&nodes(), &observation).actions, vec![Action::Reset(1)]);
+        assert_eq!(
+            plan(&nodes(), &observation, &settings()).actions,
+            vec![Action::Reset(1)]
+        );
     }
 
     #[test]
@@ -1046,11 +1099,28 @@ mod tests {
             redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
             sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert!(plan.actions.is_empty(), "{plan:?}");
         assert!(plan.failover_in_progress);
         assert_eq!(plan.master, None);
         assert!(plan.waiting.unwrap().contains("cache-node-0"));
+    }
+
+    #[test]
+    fn a_failover_flag_left_after_the_switch_does_not_hold_the_operator_back() {
+        // Every sentinel names node 1, the only master; the one that ran the failover still
+        // shows its flag for a moment.
+        let mut leader = sentinel_on(Some(1));
+        if let Some(state) = leader.as_mut() {
+            state.failover_in_progress = true;
+        }
+        let observation = Observation {
+            redis: vec![None, master(500, 9), replica_of(1, 500)],
+            sentinels: vec![sentinel_on(Some(1)), sentinel_on(Some(1)), leader],
+        };
+        let plan = plan(&nodes(), &observation, &settings());
+        assert_eq!(plan.master, Some(1));
+        assert_eq!(plan.waiting, None);
     }
 
     #[test]
@@ -1065,7 +1135,7 @@ mod tests {
             redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
             sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
         };
-        let announcing = plan(&nodes(), &observation);
+        let announcing = plan(&nodes(), &observation, &settings());
         assert!(announcing.actions.is_empty(), "{announcing:?}");
         assert!(announcing.waiting.unwrap().contains("cache-node-1"));
 
@@ -1078,7 +1148,7 @@ mod tests {
             redis: vec![master(500, 9), replica_of(0, 500), replica_of(0, 500)],
             sentinels: vec![sentinel_on(Some(0)), sentinel_on(Some(0)), stale],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(
             plan.actions,
             vec![Action::Monitor {
@@ -1096,7 +1166,7 @@ mod tests {
             redis: vec![master(100, 5), replica_of(0, 120), replica_of(0, 110)],
             sentinels: vec![None, None, sentinel_on(Some(0))],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, Some(0));
         assert_eq!(plan.choice, Some(Choice::OnlyMaster));
         assert!(!plan.actions.contains(&Action::Promote(1)), "{plan:?}");
@@ -1120,7 +1190,7 @@ mod tests {
             redis: vec![replica_of(4, 900), replica_of(4, 900), replica_of(4, 880)],
             sentinels: vec![outside.clone(), outside.clone(), outside],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert!(plan.actions.is_empty(), "{plan:?}");
         assert!(!plan.failover_in_progress);
         assert!(plan.waiting.unwrap().contains("cache-node-4"));
@@ -1147,12 +1217,31 @@ mod tests {
     }
 
     #[test]
+    fn a_scaled_set_gets_its_new_quorum_live() {
+        // 3 → 5: the desired quorum is 3; the sentinels still need 2 votes.
+        let observation = Observation {
+            redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
+            sentinels: vec![sentinel_on(Some(0)); 3],
+        };
+        let five = Settings {
+            quorum: 3,
+            ..settings()
+        };
+        let plan = plan(&nodes(), &observation, &five);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Quorum(0), Action::Quorum(1), Action::Quorum(2)]
+        );
+        assert!(!plan.is_healthy(&observation));
+    }
+
+    #[test]
     fn nothing_reachable_means_no_master_and_no_action() {
         let observation = Observation {
             redis: vec![None; 3],
             sentinels: vec![None; 3],
         };
-        let plan = plan(&nodes(), &observation);
+        let plan = plan(&nodes(), &observation, &settings());
         assert_eq!(plan.master, None);
         assert!(plan.actions.is_empty());
         assert!(!plan.is_healthy(&observation));

@@ -53,6 +53,9 @@ impl PasswordSecret for RedisSentinel {
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// How soon a set that is not healthy yet is checked again.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
+/// How soon a set whose sentinels are failing over is checked again: the operator follows a
+/// failover within a second of its end, not a recheck interval later.
+pub const FAILOVER_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of the RedisSentinel controller.
 #[derive(Debug, thiserror::Error)]
@@ -376,7 +379,7 @@ impl Reconciler for RedisSentinelReconciler {
         self.ensure_subscriber(&resource, &nodes, resolver.clone(), context);
         let observation =
             data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
-        let plan = data_plane::plan(&nodes, &observation);
+        let plan = data_plane::plan(&nodes, &observation, &settings);
         data_plane::heal(
             &nodes,
             &plan,
@@ -505,6 +508,8 @@ impl Reconciler for RedisSentinelReconciler {
         applied?;
         Ok(Action::requeue(if healthy {
             CHECK_INTERVAL
+        } else if plan.failover_in_progress {
+            FAILOVER_RECHECK_INTERVAL
         } else {
             RECHECK_INTERVAL
         }))

@@ -89,14 +89,22 @@ run_dir=${SENTINEL_RUN_DIR:-/run/sentinel}
 port=${SENTINEL_PORT:-26379}
 self=${ANNOUNCE_HOST:-$POD_NAME.$HEADLESS_SERVICE.$POD_NAMESPACE.svc}
 master=$(sh "$config_dir/find-master.sh" || true)
+# The quorum comes from a sentinel that monitors the master, not from the pod's environment:
+# the operator changes it live when the set is scaled, and scaling must restart no pod.
+quorum=
+for host in $SENTINEL_HOSTS; do
+  quorum=$(env -u REDISCLI_AUTH timeout 2 redis-cli -h "${host%:*}" -p "${host##*:}" --raw \
+    sentinel master "$MASTER_SET" 2>/dev/null | sed -n '/^quorum$/{n;p;q;}') || true
+  [ -z "$quorum" ] || break
+done
 umask 077
 {
   printf 'port %s\ndir "%s"\nbind %s\n' "$port" "$run_dir" "${REDIS_BIND:-0.0.0.0}"
   printf 'sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n'
   printf 'sentinel announce-ip %s\nsentinel announce-port %s\n' "$self" "$port"
   printf 'sentinel myid %s\n' "$(printf '%s' "$POD_NAME" | sha1sum | cut -c1-40)"
-  if [ -n "$master" ]; then
-    printf 'sentinel monitor %s %s %s\n' "$MASTER_SET" "$master" "$QUORUM"
+  if [ -n "$master" ] && [ -n "$quorum" ]; then
+    printf 'sentinel monitor %s %s %s\n' "$MASTER_SET" "$master" "$quorum"
     printf 'sentinel down-after-milliseconds %s %s\n' "$MASTER_SET" "$DOWN_AFTER_MILLISECONDS"
     printf 'sentinel failover-timeout %s %s\n' "$MASTER_SET" "$FAILOVER_TIMEOUT"
     printf 'sentinel parallel-syncs %s %s\n' "$MASTER_SET" "$PARALLEL_SYNCS"
