@@ -118,6 +118,8 @@ pub struct RedisState {
     /// replica can report its link up a moment before its master counts it, and until then the
     /// master refuses writes with NOREPLICAS. Always 0 on a replica.
     pub good_replicas: usize,
+    /// Still loading its data from disk (`loading:1`): its offset and keys say nothing yet.
+    pub loading: bool,
 }
 
 /// What one Sentinel answered.
@@ -204,6 +206,7 @@ pub fn redis_state(info: &BTreeMap<String, String>) -> Option<RedisState> {
         offset,
         keys,
         good_replicas,
+        loading: info.get("loading").map(String::as_str) == Some("1"),
     })
 }
 
@@ -214,7 +217,7 @@ async fn observe_redis(
 ) -> Result<RedisState, RespError> {
     let mut connection = connect(resolver, &node.host, node.redis_port, password).await?;
     let mut text = String::new();
-    for section in ["replication", "keyspace"] {
+    for section in ["replication", "keyspace", "persistence"] {
         let reply = connection.command(&["INFO", section]).await?;
         text.push_str(&reply.text().unwrap_or_default());
     }
@@ -552,8 +555,17 @@ pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> P
                 );
             }
             match chosen_without_sentinels(observation) {
-                Some(chosen) => chosen,
-                None => {
+                Ok(Some(chosen)) => chosen,
+                Err(loading) => {
+                    return Plan::wait(
+                        false,
+                        format!(
+                            "waiting for {:?} to finish loading its data before choosing a master",
+                            nodes[loading].pod
+                        ),
+                    );
+                }
+                Ok(None) => {
                     return Plan {
                         master: None,
                         choice: None,
@@ -653,7 +665,7 @@ pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> P
 /// The master when no sentinel majority names a live one: the only reachable master if it
 /// holds data (or nobody does); otherwise the most up-to-date node, never an empty one while
 /// one with data answers.
-fn chosen_without_sentinels(observation: &Observation) -> Option<(usize, Choice)> {
+fn chosen_without_sentinels(observation: &Observation) -> Result<Option<(usize, Choice)>, usize> {
     let reachable = || {
         observation
             .redis
@@ -668,9 +680,13 @@ fn chosen_without_sentinels(observation: &Observation) -> Option<(usize, Choice)
     if let [(index, state)] = masters[..]
         && (has_data(state) || !reachable().any(|(_, state)| has_data(state)))
     {
-        return Some((index, Choice::OnlyMaster));
+        return Ok(Some((index, Choice::OnlyMaster)));
     }
-    most_up_to_date(observation).map(|index| (index, Choice::MostUpToDate))
+    // Comparing data needs every node's data: one still loading it looks empty or behind.
+    if let Some((loading, _)) = reachable().find(|(_, state)| state.loading) {
+        return Err(loading);
+    }
+    Ok(most_up_to_date(observation).map(|index| (index, Choice::MostUpToDate)))
 }
 
 /// Whether a sentinel counts more sentinels or replicas than the set has pods.
@@ -850,6 +866,7 @@ mod tests {
             offset,
             keys,
             good_replicas: 2,
+            loading: false,
         })
     }
 
@@ -863,6 +880,7 @@ mod tests {
             offset,
             keys: 1,
             good_replicas: 0,
+            loading: false,
         })
     }
 
@@ -907,6 +925,7 @@ mod tests {
                 offset: 1234,
                 keys: 7,
                 good_replicas: 0,
+                loading: false,
             })
         );
         let info = parse_info("role:master\nmaster_repl_offset:99\n");
@@ -1233,6 +1252,26 @@ mod tests {
             vec![Action::Quorum(0), Action::Quorum(1), Action::Quorum(2)]
         );
         assert!(!plan.is_healthy(&observation));
+    }
+
+    #[test]
+    fn no_master_is_chosen_by_data_while_a_node_still_loads_its_data() {
+        // A cold start: node 1 holds the most data but is still loading it from disk.
+        let mut loading = master(0, 0);
+        if let Some(state) = loading.as_mut() {
+            state.loading = true;
+        }
+        let observation = Observation {
+            redis: vec![master(40, 3), loading, master(30, 2)],
+            sentinels: vec![sentinel_on(None); 3],
+        };
+        let plan = plan(&nodes(), &observation, &settings());
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert!(plan.waiting.unwrap().contains("cache-node-1"));
+        assert_eq!(
+            redis_state(&parse_info("role:master\nloading:1\n")).map(|state| state.loading),
+            Some(true)
+        );
     }
 
     #[test]
