@@ -6,17 +6,26 @@
 # And the failover benchmark of Redis with Sentinel (real redis-server/redis-sentinel processes
 # behind the pods; see tests/benches/failover.rs):
 #   hack/bench.sh failover [runs] [down-after-milliseconds]    (defaults: 10 and 5000)
+# And the Sentinel fault suite at length (tests/tests/redis_sentinel_faults.rs): random faults
+# on real processes under a writer; reports rounds, faults by kind and lost writes:
+#   hack/bench.sh faults [rounds] [seed]                       (defaults: 30 and a new seed)
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 # shellcheck source=versions.sh
 source hack/versions.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
-operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms]}
+operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms] | faults [rounds] [seed]}
 if [ "$operator" = failover ]; then
   hack/install-deps.sh
   hack/cluster.sh up >/dev/null
   exec cargo bench --locked -p integration-tests --bench failover -- "${2:-10}" "${3:-5000}"
+fi
+if [ "$operator" = faults ]; then
+  hack/install-deps.sh
+  export FAULT_ROUNDS=${2:-30}
+  [ -z "${3:-}" ] || export FAULT_SEED=$3
+  exec cargo test --locked --release -p integration-tests --test redis_sentinel_faults -- --nocapture
 fi
 count=${2:-1000}
 idle_seconds=${3:-120}

@@ -262,6 +262,18 @@ impl LocalSet {
         self.redis[index] = None;
     }
 
+    /// Sends a signal (`STOP`, `CONT`, …) to one Redis process.
+    pub fn signal_redis(&self, index: usize, signal: &str) -> Result<()> {
+        let Some(Process(child)) = self.redis[index].as_ref() else {
+            bail!("redis of node {index} is not running");
+        };
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed: {status}");
+        Ok(())
+    }
+
     pub fn kill_sentinel(&mut self, index: usize) {
         self.sentinels[index] = None;
     }

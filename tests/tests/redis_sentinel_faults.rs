@@ -1,0 +1,253 @@
+//! A fault suite for Redis with Sentinel, on real `redis-server` / `redis-sentinel` processes
+//! started by the pods' own scripts: rounds of faults chosen by a seeded generator (kill -9 of
+//! the master or of a replica, SIGSTOP/SIGCONT of the master as the others see a partition, the
+//! master's graceful preStop handover), while two operator instances race each other
+//! (observe → plan → heal every 100 ms each) and a writer does `SET` + `WAIT 1` against
+//! whichever node the sentinels name, recording every acknowledged write. After each round:
+//! exactly one master, and every acknowledged key on it with its value.
+//!
+//! `FAULT_SEED` replays a run (the seed is printed); `FAULT_ROUNDS` sets its length (CI runs a
+//! short one).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, ensure};
+use redis_operator::resp::Value;
+use redis_operator::sentinel::data_plane::{self, DirectResolver, Node, Role, Settings};
+use support::{LocalSet, PASSWORD};
+use tokio::sync::Mutex;
+
+const DOWN_AFTER_MILLISECONDS: u64 = 1000;
+
+/// xorshift64*: enough to replay a sequence from its seed.
+struct Generator(u64);
+
+impl Generator {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        usize::try_from(self.next() % bound as u64).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillMaster,
+    KillReplica,
+    PauseMaster,
+    Handover,
+}
+
+const FAULTS: [Fault; 4] = [
+    Fault::KillMaster,
+    Fault::KillReplica,
+    Fault::PauseMaster,
+    Fault::Handover,
+];
+
+/// One operator instance: the controller's data-plane pass, every 100 ms until `stop`.
+async fn operator(nodes: Vec<Node>, settings: Settings, stop: Arc<AtomicBool>) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        let observation =
+            data_plane::observe(&nodes, &DirectResolver, &settings, Some(PASSWORD)).await;
+        let plan = data_plane::plan(&nodes, &observation, &settings);
+        // A failed command is retried from a fresh observation, as the controller does.
+        let _ = data_plane::heal(&nodes, &plan, &DirectResolver, &settings, Some(PASSWORD)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The node the sentinels name as master, asked of the first that answers.
+async fn named_master(nodes: &[Node], settings: &Settings) -> Option<usize> {
+    for node in nodes {
+        let Ok(mut sentinel) =
+            data_plane::connect(&DirectResolver, &node.host, node.sentinel_port, None).await
+        else {
+            continue;
+        };
+        let Ok(reply) = sentinel
+            .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &settings.master_set])
+            .await
+        else {
+            continue;
+        };
+        let port = reply.items().get(1).and_then(Value::text)?;
+        return nodes
+            .iter()
+            .position(|node| node.redis_port.to_string() == port);
+    }
+    None
+}
+
+/// Writes `SET key value` + `WAIT 1` to whichever node the sentinels name, until `stop`;
+/// returns the acknowledged writes.
+async fn writer(
+    nodes: Vec<Node>,
+    settings: Settings,
+    stop: Arc<AtomicBool>,
+) -> Result<BTreeMap<String, String>> {
+    let mut acknowledged = BTreeMap::new();
+    let mut sequence = 0_u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(master) = named_master(&nodes, &settings).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let node = &nodes[master];
+        let Ok(mut connection) =
+            data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        for _ in 0..20 {
+            sequence += 1;
+            // Each key is written once, so a stored value is exactly the acknowledged one.
+            let (key, value) = (format!("key:{sequence}"), sequence.to_string());
+            if connection.command(&["SET", &key, &value]).await.is_err() {
+                break;
+            }
+            match connection.command(&["WAIT", "1", "500"]).await {
+                Ok(Value::Integer(replicas)) if replicas >= 1 => {
+                    acknowledged.insert(key, value);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(acknowledged)
+}
+
+#[tokio::test]
+async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
+    let seed = match std::env::var("FAULT_SEED") {
+        Ok(seed) => seed.parse().context("FAULT_SEED")?,
+        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64 | 1,
+    };
+    let rounds: usize = std::env::var("FAULT_ROUNDS").map_or(Ok(4), |rounds| rounds.parse())?;
+    eprintln!("fault suite: seed {seed}, {rounds} rounds (replay with FAULT_SEED={seed})");
+    let mut generator = Generator(seed);
+    let set = Arc::new(Mutex::new(LocalSet::new(
+        "faults",
+        3,
+        3,
+        DOWN_AFTER_MILLISECONDS,
+    )?));
+    let (nodes, settings) = {
+        let set = set.lock().await;
+        set.reconcile_until_healthy(3, Duration::from_secs(30))
+            .await?;
+        (set.first(3), set.settings())
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let operators: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(operator(nodes.clone(), settings.clone(), stop.clone())))
+        .collect();
+    let writing = tokio::spawn(writer(nodes.clone(), settings.clone(), stop.clone()));
+    let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
+    let started = Instant::now();
+    let result = async {
+        for round in 0..rounds {
+            let fault = FAULTS[generator.below(FAULTS.len())];
+            *injected.entry(fault).or_default() += 1;
+            let mut set = set.lock().await;
+            let observation = set.observe(3).await;
+            let master = (0..3)
+                .find(|index| {
+                    observation.redis[*index]
+                        .as_ref()
+                        .is_some_and(|state| state.role == Role::Master)
+                })
+                .context("no master before the round")?;
+            let replica = (master + 1 + generator.below(2)) % 3;
+            eprintln!("round {round}: {fault:?} (master node {master})");
+            match fault {
+                Fault::KillMaster => {
+                    set.kill_redis(master);
+                    tokio::time::sleep(Duration::from_millis(DOWN_AFTER_MILLISECONDS * 3)).await;
+                    set.start_redis(master)?;
+                }
+                Fault::KillReplica => {
+                    set.kill_redis(replica);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    set.start_redis(replica)?;
+                }
+                Fault::PauseMaster => {
+                    set.signal_redis(master, "STOP")?;
+                    tokio::time::sleep(Duration::from_millis(DOWN_AFTER_MILLISECONDS * 4)).await;
+                    set.signal_redis(master, "CONT")?;
+                }
+                Fault::Handover => {
+                    let status = set.command(master, "prestop-redis.sh").status()?;
+                    ensure!(status.success(), "the preStop hook failed: {status}");
+                    set.stop_redis(master)?;
+                    set.start_redis(master)?;
+                }
+            }
+            // The round ends when the set is healthy again (the two operators keep running).
+            set.reconcile_until_healthy(3, Duration::from_secs(60))
+                .await
+                .with_context(|| format!("round {round} ({fault:?}) did not heal"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writing.await??;
+    for operator in operators {
+        operator.await??;
+    }
+    result?;
+
+    let set = set.lock().await;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(60))
+        .await?;
+    let observation = set.observe(3).await;
+    let masters = observation
+        .redis
+        .iter()
+        .flatten()
+        .filter(|state| state.role == Role::Master)
+        .count();
+    ensure!(
+        masters == 1,
+        "{masters} masters at the end: {observation:#?}"
+    );
+    let node = &set.nodes[master];
+    let mut connection =
+        data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD)).await?;
+    let mut lost = Vec::new();
+    for (key, value) in &acknowledged {
+        let stored = connection.command(&["GET", key]).await?;
+        if stored.text().as_deref() != Some(value.as_str()) {
+            lost.push((key.clone(), value.clone(), stored));
+        }
+    }
+    eprintln!(
+        "measured: seed {seed}, {rounds} rounds in {:?}, faults {injected:?}, {} writes \
+         acknowledged, {} lost",
+        started.elapsed(),
+        acknowledged.len(),
+        lost.len()
+    );
+    ensure!(
+        lost.is_empty(),
+        "{} acknowledged writes lost (seed {seed}): {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    Ok(())
+}
