@@ -82,6 +82,13 @@ async fn wait_ready(namespace: &TestNamespace, name: &str) -> Result<()> {
     Ok(())
 }
 
+async fn install_crds(namespace: &TestNamespace) -> Result<()> {
+    for crd in redis_operator::crds() {
+        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
+    }
+    Ok(())
+}
+
 fn operator(namespace: &TestNamespace, args: OperatorArgs) -> Operator {
     Operator::new(
         redis_operator::OPERATOR_NAME,
@@ -175,9 +182,7 @@ async fn the_operator_sees_new_changed_and_deleted_objects_after_an_api_server_r
 -> Result<()> {
     let _turn = RESTARTS.lock().await;
     let namespace = TestNamespace::create("restart-leader").await?;
-    for crd in redis_operator::crds() {
-        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
-    }
+    install_crds(&namespace).await?;
     let running = RunningOperator::spawn(operator(&namespace, OperatorArgs::for_tests()));
     create_redis(&namespace, "before").await?;
     wait_ready(&namespace, "before").await?;
@@ -208,9 +213,7 @@ async fn the_operator_sees_new_changed_and_deleted_objects_after_an_api_server_r
 async fn a_standby_takes_over_after_an_api_server_restart() -> Result<()> {
     let _turn = RESTARTS.lock().await;
     let namespace = TestNamespace::create("restart-standby").await?;
-    for crd in redis_operator::crds() {
-        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
-    }
+    install_crds(&namespace).await?;
     let replica = |identity: &str| {
         let args = OperatorArgs {
             leader_election: true,
@@ -271,9 +274,7 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<Durat
 async fn a_watch_that_keeps_failing_makes_the_operator_unready_until_it_recovers() -> Result<()> {
     let _turn = RESTARTS.lock().await;
     let namespace = TestNamespace::create("watch-readiness").await?;
-    for crd in redis_operator::crds() {
-        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
-    }
+    install_crds(&namespace).await?;
     // The operator runs as a ServiceAccount that may do everything it needs but list Secrets,
     // so its Secret watch is refused (403) until the rule is added.
     let account = "limited-operator";
