@@ -1,7 +1,8 @@
 //! A fault suite for Redis with Sentinel, on real `redis-server` / `redis-sentinel` processes
 //! started by the pods' own scripts: rounds of faults chosen by a seeded generator (kill -9 of
 //! the master or of a replica, SIGSTOP/SIGCONT of the master as the others see a partition, the
-//! master's graceful preStop handover), while two operator instances race each other
+//! master's graceful preStop handover, a restart of every Redis and Sentinel, after which the
+//! operator chooses the master by data), while two operator instances race each other
 //! (observe → plan → heal every 100 ms each) and a writer does `SET` + `WAIT 1` against
 //! whichever node the sentinels name, recording every acknowledged write. After each round:
 //! exactly one master, and every acknowledged key on it with its value.
@@ -46,13 +47,15 @@ enum Fault {
     KillReplica,
     PauseMaster,
     Handover,
+    RestartAll,
 }
 
-const FAULTS: [Fault; 4] = [
+const FAULTS: [Fault; 5] = [
     Fault::KillMaster,
     Fault::KillReplica,
     Fault::PauseMaster,
     Fault::Handover,
+    Fault::RestartAll,
 ];
 
 /// One operator instance: the controller's data-plane pass, every 100 ms until `stop`.
@@ -188,6 +191,18 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                     set.signal_redis(master, "STOP")?;
                     tokio::time::sleep(Duration::from_millis(DOWN_AFTER_MILLISECONDS * 4)).await;
                     set.signal_redis(master, "CONT")?;
+                }
+                Fault::RestartAll => {
+                    for index in 0..3 {
+                        set.kill_sentinel(index);
+                        set.stop_redis(index)?;
+                    }
+                    for index in 0..3 {
+                        set.spawn_redis(index)?;
+                    }
+                    for index in 0..3 {
+                        set.start_sentinel(index)?;
+                    }
                 }
                 Fault::Handover => {
                     let status = set.command(master, "prestop-redis.sh").status()?;

@@ -345,8 +345,15 @@ impl LocalSet {
         let started = Instant::now();
         let mut plans = Vec::new();
         loop {
-            let (_, plan) = self.reconcile(count).await?;
-            plans.push(plan);
+            // A failed command is retried from a fresh observation, as the controller does
+            // (another operator instance may have changed a sentinel between two commands).
+            match self.reconcile(count).await {
+                Ok((_, plan)) => plans.push(plan),
+                Err(error) if started.elapsed() < timeout => {
+                    eprintln!("healing failed, retrying: {error}");
+                }
+                Err(error) => return Err(error),
+            }
             let after = self.observe(count).await;
             let check = data_plane::plan(&self.first(count), &after, &self.settings());
             if check.is_healthy(&after) {
