@@ -192,11 +192,7 @@ impl LocalSet {
 
     /// Starts (or restarts, on its old data) one Redis with the pod's start script.
     pub fn start_redis(&mut self, index: usize) -> Result<()> {
-        let child = self
-            .command(index, "start-redis.sh")
-            .spawn()
-            .context("failed to start redis (run hack/install-deps.sh)")?;
-        self.redis[index] = Some(Process(child));
+        self.spawn_redis(index)?;
         let port = self.nodes[index].redis_port;
         wait_until("redis to answer", Duration::from_secs(10), || {
             Ok(cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
