@@ -282,6 +282,20 @@ impl Metrics {
         });
     }
 
+    /// Removes the samples with exactly this label set from every metric the operator defined
+    /// itself (for example the series of a deleted object, from
+    /// [`Reconciler::deleted`](crate::Reconciler::deleted)).
+    pub fn forget(&self, labels: &[(&str, &str)]) {
+        let rendered = render_labels(labels);
+        let mut custom = self
+            .custom
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for family in custom.values_mut() {
+            family.samples.remove(&rendered);
+        }
+    }
+
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let controllers = self

@@ -104,6 +104,14 @@ pub trait Reconciler: Send + Sync + 'static {
         let _ = (object, context);
         async { Ok(Action::await_change()) }
     }
+
+    /// Drops what the reconciler keeps in memory about an object that is gone (tasks,
+    /// connections, metric series), so that a long-running operator does not grow with every
+    /// object ever created. Called when the watch reports the deletion; a deletion that happens
+    /// while the watch is down and recovering is not reported, so keep such state small.
+    fn deleted(&self, object: &ObjectRef<Self::Resource>, context: &Context) {
+        let _ = (object, context);
+    }
 }
 
 /// Errors of the runtime around a reconcile.
@@ -411,16 +419,6 @@ impl<R: Reconciler> Controller<R> {
             metrics: metrics.clone(),
         };
         let (store, writer) = reflector::store::<R::Resource>();
-        let api = setup.api::<R::Resource>();
-        let objects = setup
-            .recovering::<R::Resource, _, _>(move |config| watcher(api.clone(), config))
-            .reflect(writer)
-            .applied_objects();
-        let mut runtime_controller = controller::Controller::for_stream(objects, store.clone())
-            .with_config(controller::Config::default().concurrency(args.concurrency));
-        for registration in self.owns {
-            runtime_controller = registration(runtime_controller, &setup);
-        }
         let reporter = Reporter {
             controller: operator_name.clone(),
             instance: args.identity.clone(),
@@ -445,6 +443,25 @@ impl<R: Reconciler> Controller<R> {
             published: Mutex::new(HashMap::new()),
             event_dedup_window: self.event_dedup_window,
         });
+        let api = setup.api::<R::Resource>();
+        let forgetting = shared.clone();
+        let mut deletions = Deletions::default();
+        let objects = setup
+            .recovering::<R::Resource, _, _>(move |config| watcher(api.clone(), config))
+            .reflect(writer)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    for gone in deletions.observe(event) {
+                        forgetting.deleted(&gone);
+                    }
+                }
+            })
+            .applied_objects();
+        let mut runtime_controller = controller::Controller::for_stream(objects, store.clone())
+            .with_config(controller::Config::default().concurrency(args.concurrency));
+        for registration in self.owns {
+            runtime_controller = registration(runtime_controller, &setup);
+        }
         let became_leader = futures::stream::unfold(leading, |mut leading| async move {
             loop {
                 leading.changed().await.ok()?;
@@ -506,6 +523,56 @@ struct Environment {
     shutdown: watch::Receiver<bool>,
 }
 
+/// Tells, from a watch's events, which objects were deleted: each `Delete`, and after a
+/// re-list (the watch expired or failed, and deletions meanwhile were never sent) every object
+/// known before that the new list lacks — as client-go's informers do.
+struct Deletions<K: Resource<DynamicType = ()>> {
+    known: std::collections::HashSet<ObjectRef<K>>,
+    relisted: Option<std::collections::HashSet<ObjectRef<K>>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for Deletions<K> {
+    fn default() -> Self {
+        Self {
+            known: std::collections::HashSet::new(),
+            relisted: None,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Deletions<K> {
+    /// Takes one event; returns the objects it shows deleted.
+    fn observe(&mut self, event: &watcher::Event<K>) -> Vec<ObjectRef<K>> {
+        match event {
+            watcher::Event::Apply(object) => {
+                self.known.insert(ObjectRef::from_obj(object));
+                Vec::new()
+            }
+            watcher::Event::Delete(object) => {
+                let key = ObjectRef::from_obj(object);
+                self.known.remove(&key);
+                vec![key]
+            }
+            watcher::Event::Init => {
+                self.relisted = Some(std::collections::HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(object) => {
+                if let Some(relisted) = &mut self.relisted {
+                    relisted.insert(ObjectRef::from_obj(object));
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let relisted = self.relisted.take().unwrap_or_default();
+                let gone = self.known.difference(&relisted).cloned().collect();
+                self.known = relisted;
+                gone
+            }
+        }
+    }
+}
+
 /// An object and the message of a Warning event published about it.
 type PublishedKey<R> = (ObjectRef<<R as Reconciler>::Resource>, String);
 
@@ -528,6 +595,13 @@ struct Shared<R: Reconciler> {
 }
 
 impl<R: Reconciler> Shared<R> {
+    /// Forgets a deleted object: its failure count, and whatever its reconciler keeps.
+    fn deleted(&self, key: &ObjectRef<R::Resource>) {
+        info!(object = %key, "the object was deleted; forgetting it");
+        self.failures.record_success(key);
+        self.reconciler.deleted(key, &self.context);
+    }
+
     /// Whether this failure was already published as an event within the dedup window.
     fn already_published(&self, key: ObjectRef<R::Resource>, message: &str) -> bool
     where
@@ -864,4 +938,61 @@ pub async fn run_main(
         .run()
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn object(name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("shop".to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn deletions_are_told_from_delete_events_and_from_what_a_relist_lacks() {
+        let mut deletions = Deletions::default();
+        let names = |gone: Vec<ObjectRef<ConfigMap>>| -> Vec<String> {
+            gone.into_iter().map(|key| key.name).collect()
+        };
+        // The first list.
+        assert!(deletions.observe(&watcher::Event::Init).is_empty());
+        for name in ["a", "b", "c"] {
+            assert!(
+                deletions
+                    .observe(&watcher::Event::InitApply(object(name)))
+                    .is_empty()
+            );
+        }
+        assert!(deletions.observe(&watcher::Event::InitDone).is_empty());
+        // Watched changes.
+        assert!(
+            deletions
+                .observe(&watcher::Event::Apply(object("d")))
+                .is_empty()
+        );
+        assert_eq!(
+            names(deletions.observe(&watcher::Event::Delete(object("a")))),
+            ["a"]
+        );
+        // The watch expired; b was deleted meanwhile, e created: the new list tells.
+        deletions.observe(&watcher::Event::Init);
+        for name in ["c", "d", "e"] {
+            deletions.observe(&watcher::Event::InitApply(object(name)));
+        }
+        assert_eq!(names(deletions.observe(&watcher::Event::InitDone)), ["b"]);
+        assert_eq!(
+            names(deletions.observe(&watcher::Event::Delete(object("e")))),
+            ["e"]
+        );
+    }
 }

@@ -323,9 +323,21 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
         .with_context(|| format!("sentinel of {}", node.pod))?;
     }
 
-    // Deletion removes every object.
+    // Deletion removes every object, and the operator forgets the resource: its failover
+    // series leave /metrics.
+    let series = format!(
+        "redis_sentinel_failovers_total{{namespace=\"{}\",name=\"cache\"}}",
+        namespace.name()
+    );
+    ensure!(
+        operator.metrics().render().contains(&series),
+        "no {series} before the deletion"
+    );
     api.delete("cache", &DeleteParams::foreground()).await?;
     namespace.wait_for_deletion(&api, "cache", TIMEOUT).await?;
+    support::wait_until("the failover series to go", TIMEOUT, || {
+        Ok(!operator.metrics().render().contains(&series))
+    })?;
     namespace
         .wait_for_deletion(&namespace.api::<StatefulSet>(), "cache-node", TIMEOUT)
         .await?;
@@ -501,6 +513,111 @@ async fn a_refused_apply_does_not_keep_the_master_label_on_the_old_master() -> R
         .and_then(|status| status.master)
         .context("no master")?;
     wait_for_master_label(&namespace, &new_master).await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// Nodes holding data the operator cannot order (here two nodes restarted from their files,
+/// a fresh history each, and no record of which was master) are left as they are: the Ready
+/// condition names them and says how to choose, one Warning event says the same, and the
+/// person's choice (an annotation naming the pod and its history) is then carried out.
+#[tokio::test]
+async fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() -> Result<()> {
+    let namespace = TestNamespace::create("sentinel-undecided").await?;
+    let set = LocalSet::new("undecided", 3, 3, 1000)?;
+    for (index, key) in [(1, "only-on-1"), (2, "only-on-2")] {
+        let port = set.port(index);
+        support::cli(port, &["CONFIG", "SET", "min-replicas-to-write", "0"])?;
+        support::cli(port, &["SET", key, "kept?"])?;
+        support::cli(port, &["CONFIG", "SET", "min-replicas-to-write", "1"])?;
+    }
+    let operator = start(&namespace, &set).await?;
+    support::create_password_secret(&namespace, "redis-auth").await?;
+    let api = namespace.api::<RedisSentinel>();
+    api.create(&PostParams::default(), &resource("undecided", 3)?)
+        .await?;
+    let waiting = namespace
+        .wait_for(
+            &api,
+            "undecided",
+            "a condition asking a person to choose",
+            TIMEOUT,
+            |resource: &RedisSentinel| {
+                resource.status.as_ref().is_some_and(|status| {
+                    status.conditions.iter().any(|condition| {
+                        condition.type_ == "Ready" && condition.reason == "NewestDataUnknown"
+                    })
+                })
+            },
+        )
+        .await?;
+    let message = waiting
+        .status
+        .iter()
+        .flat_map(|status| &status.conditions)
+        .find(|condition| condition.type_ == "Ready")
+        .map(|condition| condition.message.clone())
+        .unwrap_or_default();
+    for needed in [
+        "\"undecided-node-1/",
+        "\"undecided-node-2/",
+        "kubectl annotate -n ",
+        "redissentinel undecided redis.operator-kit.io/keep-data-of=<pod/history>",
+    ] {
+        ensure!(
+            message.contains(needed),
+            "{needed:?} missing from {message:?}"
+        );
+    }
+    ensure!(!message.contains("undecided-node-0"), "{message}");
+    // Nothing was touched: both nodes are still masters with their own data.
+    for (index, key) in [(1, "only-on-1"), (2, "only-on-2")] {
+        ensure!(support::cli(set.port(index), &["GET", key])? == "kept?");
+        ensure!(support::cli(set.port(index), &["ROLE"])?.starts_with("master"));
+    }
+
+    // The person keeps node 2's data, naming its history as the condition shows it.
+    let info = support::cli(set.port(2), &["INFO", "replication"])?;
+    let replid = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("master_replid:"))
+        .context("no master_replid")?;
+    let choice = format!("undecided-node-2/{}", &replid[..8]);
+    ensure!(
+        message.contains(&format!("{choice:?}")),
+        "{choice:?} missing from {message:?}"
+    );
+    let patch = json!({ "metadata": { "annotations": {
+        "redis.operator-kit.io/keep-data-of": choice } } });
+    api.patch("undecided", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let ready = wait_healthy(&namespace, "undecided", 3, None).await?;
+    ensure!(
+        ready.status.and_then(|status| status.master).as_deref() == Some("undecided-node-2"),
+        "another master was chosen"
+    );
+    for index in 0..3 {
+        support::wait_until("node 2's data everywhere", Duration::from_secs(20), || {
+            Ok(support::cli(set.port(index), &["GET", "only-on-2"])? == "kept?")
+        })?;
+    }
+    // One Warning, published once (a repeat would make it a series).
+    let warnings: Vec<String> = namespace
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some("NewestDataUnknown"))
+        .map(|event| format!("{:?} {:?} {:?}", event.type_, event.note, event.series))
+        .collect();
+    ensure!(
+        warnings.len() == 1
+            && warnings[0].starts_with("Some(\"Warning\")")
+            && warnings[0].ends_with("None"),
+        "one Warning expected: {warnings:#?}"
+    );
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())

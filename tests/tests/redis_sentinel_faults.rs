@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, ensure};
 use redis_operator::resp::Value;
-use redis_operator::sentinel::data_plane::{self, DirectResolver, Node, Role, Settings};
+use redis_operator::sentinel::data_plane::{self, DirectResolver, Memory, Node, Role, Settings};
 use support::{LocalSet, PASSWORD};
 use tokio::sync::Mutex;
 
@@ -48,24 +48,67 @@ enum Fault {
     PauseMaster,
     Handover,
     RestartAll,
+    /// 3 → 5 → 3 replicas, as the StatefulSet adds pods and removes the highest ordinals
+    /// (each running its preStop hook).
+    Scale,
+    /// kill -9 of the master, and both operator instances killed at a random moment of the
+    /// failover that follows and started again (their only memory is the status).
+    RestartOperators,
 }
 
-const FAULTS: [Fault; 5] = [
+const FAULTS: [Fault; 7] = [
     Fault::KillMaster,
     Fault::KillReplica,
     Fault::PauseMaster,
     Fault::Handover,
     Fault::RestartAll,
+    Fault::Scale,
+    Fault::RestartOperators,
 ];
 
-/// One operator instance: the controller's data-plane pass, every 100 ms until `stop`.
-async fn operator(nodes: Vec<Node>, settings: Settings, stop: Arc<AtomicBool>) -> Result<()> {
+/// The nodes of the resource as its spec has them now, and its settings.
+type Shape = Arc<std::sync::Mutex<(Vec<Node>, Settings)>>;
+
+fn set_shape(shape: &Shape, set: &mut LocalSet, replicas: usize) {
+    set.resource.spec.replicas = i32::try_from(replicas).unwrap_or(3);
+    if let Ok(mut shape) = shape.lock() {
+        *shape = (set.first(replicas), set.settings());
+    }
+}
+
+/// One operator instance: the controller's data-plane pass, every 100 ms until `stop`. Its
+/// memory (`status.master`) is shared with the other instance, as both read one status.
+async fn operator(
+    shape: Shape,
+    memory: Arc<std::sync::Mutex<Memory>>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     while !stop.load(Ordering::Relaxed) {
+        let Ok((nodes, settings)) = shape.lock().map(|shape| shape.clone()) else {
+            anyhow::bail!("the shape's lock is poisoned");
+        };
         let observation =
             data_plane::observe(&nodes, &DirectResolver, &settings, Some(PASSWORD)).await;
-        let plan = data_plane::plan(&nodes, &observation, &settings);
+        let known = memory
+            .lock()
+            .map(|memory| memory.clone())
+            .unwrap_or_default();
+        let plan = data_plane::plan(&nodes, &observation, &settings, &known);
         // A failed command is retried from a fresh observation, as the controller does.
-        let _ = data_plane::heal(&nodes, &plan, &DirectResolver, &settings, Some(PASSWORD)).await;
+        let _ = data_plane::heal(
+            &nodes,
+            &plan,
+            &DirectResolver,
+            &settings,
+            &known,
+            Some(PASSWORD),
+        )
+        .await;
+        if let Some(master) = plan.master
+            && let Ok(mut memory) = memory.lock()
+        {
+            memory.last_master = Some(master);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -133,6 +176,55 @@ async fn writer(
     Ok(acknowledged)
 }
 
+/// Two-master windows: spans during which two nodes at once were masters able to take
+/// writes (a master counting at least one good replica, as `min-replicas-to-write 1` needs).
+#[derive(Debug, Default)]
+struct TwoMasterWindows {
+    count: usize,
+    longest: Duration,
+}
+
+/// Samples every node's role every 50 ms until `stop`, counting two-master windows.
+async fn watch_masters(nodes: Vec<Node>, stop: Arc<AtomicBool>) -> Result<TwoMasterWindows> {
+    let mut windows = TwoMasterWindows::default();
+    let mut opened: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut writable = 0;
+        for node in &nodes {
+            let Ok(mut connection) =
+                data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD))
+                    .await
+            else {
+                continue;
+            };
+            let Ok(reply) = connection.command(&["INFO", "replication"]).await else {
+                continue;
+            };
+            let state =
+                data_plane::redis_state(&data_plane::parse_info(&reply.text().unwrap_or_default()));
+            if state.is_some_and(|state| state.role == Role::Master && state.good_replicas >= 1) {
+                writable += 1;
+            }
+        }
+        match (writable >= 2, opened) {
+            (true, None) => {
+                windows.count += 1;
+                opened = Some(Instant::now());
+            }
+            (false, Some(since)) => {
+                windows.longest = windows.longest.max(since.elapsed());
+                opened = None;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(since) = opened {
+        windows.longest = windows.longest.max(since.elapsed());
+    }
+    Ok(windows)
+}
+
 #[tokio::test]
 async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     let seed = match std::env::var("FAULT_SEED") {
@@ -144,21 +236,30 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     let mut generator = Generator(seed);
     let set = Arc::new(Mutex::new(LocalSet::new(
         "faults",
-        3,
+        5,
         3,
         DOWN_AFTER_MILLISECONDS,
     )?));
-    let (nodes, settings) = {
+    let (nodes, settings, memory) = {
         let set = set.lock().await;
         set.reconcile_until_healthy(3, Duration::from_secs(30))
             .await?;
-        (set.first(3), set.settings())
+        // The writer and the watcher know every node that may exist.
+        (set.first(5), set.settings(), set.memory.clone())
     };
+    let shape: Shape = Arc::new(std::sync::Mutex::new((
+        nodes[..3].to_vec(),
+        settings.clone(),
+    )));
     let stop = Arc::new(AtomicBool::new(false));
-    let operators: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(operator(nodes.clone(), settings.clone(), stop.clone())))
-        .collect();
+    let start_operators = || -> Vec<_> {
+        (0..2)
+            .map(|_| tokio::spawn(operator(shape.clone(), memory.clone(), stop.clone())))
+            .collect()
+    };
+    let mut operators = start_operators();
     let writing = tokio::spawn(writer(nodes.clone(), settings.clone(), stop.clone()));
+    let watching = tokio::spawn(watch_masters(nodes.clone(), stop.clone()));
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let started = Instant::now();
     let result = async {
@@ -197,12 +298,47 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                         set.kill_sentinel(index);
                         set.stop_redis(index)?;
                     }
-                    for index in 0..3 {
+                    // They come back in a random order, up to a second apart: a stale node
+                    // may answer first, alone.
+                    let first = generator.below(3);
+                    for index in [first, (first + 1) % 3, (first + 2) % 3] {
                         set.spawn_redis(index)?;
+                        let pause = generator.below(1000) as u64;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
                     }
                     for index in 0..3 {
                         set.start_sentinel(index)?;
                     }
+                }
+                Fault::Scale => {
+                    for index in [3, 4] {
+                        set.start_redis(index)?;
+                        set.start_sentinel(index)?;
+                    }
+                    set_shape(&shape, &mut set, 5);
+                    set.reconcile_until_healthy(5, Duration::from_secs(60))
+                        .await
+                        .with_context(|| format!("round {round}: the scale-up did not heal"))?;
+                    // The StatefulSet shrinks: the operator looks at three pods at once, and
+                    // the two last pods go one after the other, each through its preStop.
+                    set_shape(&shape, &mut set, 3);
+                    for index in [4, 3] {
+                        let status = set.command(index, "prestop-redis.sh").status()?;
+                        ensure!(status.success(), "the preStop hook failed: {status}");
+                        set.stop_redis(index)?;
+                        set.kill_sentinel(index);
+                    }
+                }
+                Fault::RestartOperators => {
+                    set.kill_redis(master);
+                    let lifetime = generator.below(3000) as u64;
+                    tokio::time::sleep(Duration::from_millis(lifetime)).await;
+                    for operator in operators.drain(..) {
+                        operator.abort();
+                    }
+                    operators = start_operators();
+                    tokio::time::sleep(Duration::from_millis(DOWN_AFTER_MILLISECONDS * 3)).await;
+                    set.start_redis(master)?;
                 }
                 Fault::Handover => {
                     let status = set.command(master, "prestop-redis.sh").status()?;
@@ -221,6 +357,7 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     .await;
     stop.store(true, Ordering::Relaxed);
     let acknowledged = writing.await??;
+    let windows = watching.await??;
     for operator in operators {
         operator.await??;
     }
@@ -253,10 +390,12 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     }
     eprintln!(
         "measured: seed {seed}, {rounds} rounds in {:?}, faults {injected:?}, {} writes \
-         acknowledged, {} lost",
+         acknowledged, {} lost, {} two-master windows (longest {:?})",
         started.elapsed(),
         acknowledged.len(),
-        lost.len()
+        lost.len(),
+        windows.count,
+        windows.longest
     );
     ensure!(
         lost.is_empty(),

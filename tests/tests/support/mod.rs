@@ -17,7 +17,7 @@ use operator_kit::testing::TestNamespace;
 use redis_operator::resp::Value;
 use redis_operator::sentinel::build::{self, Names};
 use redis_operator::sentinel::data_plane::{
-    self, DirectResolver, Node, Observation, Plan, Settings,
+    self, DirectResolver, Memory, Node, Observation, Plan, Settings,
 };
 use redis_operator::v1beta1::RedisSentinel;
 use serde_json::json;
@@ -71,6 +71,9 @@ pub struct LocalSet {
     pub resource: RedisSentinel,
     redis: Vec<Option<Process>>,
     sentinels: Vec<Option<Process>>,
+    /// What the operator remembers between checks (its `status.master`), as the controller
+    /// keeps it.
+    pub memory: std::sync::Arc<std::sync::Mutex<Memory>>,
 }
 
 impl LocalSet {
@@ -107,6 +110,7 @@ impl LocalSet {
             resource,
             redis: (0..capacity).map(|_| None).collect(),
             sentinels: (0..capacity).map(|_| None).collect(),
+            memory: std::sync::Arc::default(),
         };
         for index in 0..capacity {
             set.write_config(index)?;
@@ -316,19 +320,41 @@ impl LocalSet {
         .await
     }
 
-    /// One pass of the operator's check over the first `count` nodes: observe, plan, heal.
+    /// What the operator remembers, for a plan over the first `count` nodes.
+    pub fn memory(&self, count: usize) -> Memory {
+        let memory = self
+            .memory
+            .lock()
+            .map(|memory| memory.clone())
+            .unwrap_or_default();
+        Memory {
+            last_master: memory.last_master.filter(|index| *index < count),
+            chosen: memory.chosen.filter(|index| *index < count),
+        }
+    }
+
+    /// One pass of the operator's check over the first `count` nodes: observe, plan, heal;
+    /// then, as the controller writes `status.master`, it remembers the planned master.
     pub async fn reconcile(&self, count: usize) -> Result<(Observation, Plan)> {
         let nodes = self.first(count);
         let observation = self.observe(count).await;
-        let plan = data_plane::plan(&nodes, &observation, &self.settings());
-        data_plane::heal(
+        let memory = self.memory(count);
+        let plan = data_plane::plan(&nodes, &observation, &self.settings(), &memory);
+        let healed = data_plane::heal(
             &nodes,
             &plan,
             &DirectResolver,
             &self.settings(),
+            &memory,
             Some(PASSWORD),
         )
-        .await?;
+        .await;
+        if let Some(master) = plan.master
+            && let Ok(mut memory) = self.memory.lock()
+        {
+            memory.last_master = Some(master);
+        }
+        healed?;
         Ok((observation, plan))
     }
 
@@ -351,7 +377,12 @@ impl LocalSet {
                 Err(error) => return Err(error),
             }
             let after = self.observe(count).await;
-            let check = data_plane::plan(&self.first(count), &after, &self.settings());
+            let check = data_plane::plan(
+                &self.first(count),
+                &after,
+                &self.settings(),
+                &self.memory(count),
+            );
             if check.is_healthy(&after) {
                 return Ok((check.master.context("healthy without a master")?, plans));
             }

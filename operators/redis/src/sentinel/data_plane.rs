@@ -7,9 +7,12 @@
 //! - When a majority of sentinels is reachable and names a master that is down, the sentinels
 //!   are failing over: the operator waits and changes nothing.
 //! - Otherwise (a cold start, a lost sentinel quorum, sentinels that disagree) the operator
-//!   picks the node with the highest replication offset, then the most keys, then an existing
-//!   master, then the lowest ordinal — never an empty node while one with data is reachable —
-//!   promotes it if needed, points every replica and every sentinel at it.
+//!   keeps the only live master; else it compares replication histories (`master_replid`,
+//!   `master_replid2` and offsets), never key counts: the node whose history contains every
+//!   other one wins. Nodes restarted from their files have a fresh history, so after a restart
+//!   of every pod the last master the operator saw (`status.master`) wins; without it, the
+//!   operator waits for every pod, and if two nodes hold data it cannot order, it changes
+//!   nothing until a person chooses one ([`Memory::chosen`]).
 //! - Nothing is ever flushed, and sentinels are re-pointed one by one (`SENTINEL REMOVE` +
 //!   `MONITOR`) only when they name another master: there is no blanket `SENTINEL RESET`.
 
@@ -120,6 +123,85 @@ pub struct RedisState {
     pub good_replicas: usize,
     /// Still loading its data from disk (`loading:1`): its offset and keys say nothing yet.
     pub loading: bool,
+    /// The ID of the replication history it holds (`master_replid`; a replica reports its
+    /// master's). A node restarted from its files starts a new one at offset 0.
+    pub replid: String,
+    /// The history it continued when it was promoted (`master_replid2`), up to which offset
+    /// (`second_repl_offset`): it holds that history's data below that offset.
+    pub previous_history: Option<(String, i64)>,
+}
+
+impl RedisState {
+    /// Holds any data at all.
+    pub fn has_data(&self) -> bool {
+        self.offset > 0 || self.keys > 0
+    }
+
+    /// Whether this node holds everything `other` holds, as far as replication histories
+    /// tell: `other` is empty, or its history is this one's (or the one this one continued)
+    /// up to an offset this one has reached. The data of a node restarted from its files
+    /// (offset 0: a fresh history) is contained by nothing.
+    pub fn contains(&self, other: &RedisState) -> bool {
+        if !other.has_data() {
+            return true;
+        }
+        if other.offset == 0 || other.replid.is_empty() {
+            return false;
+        }
+        // A node promoted with nothing written since (a replica forced to master) holds only
+        // the history it continued: it is that history, at its offset.
+        let continued = other
+            .previous_history
+            .as_ref()
+            .filter(|(_, until)| other.offset < *until)
+            .map(|(replid, _)| replid.as_str());
+        [Some(other.replid.as_str()), continued]
+            .into_iter()
+            .flatten()
+            .any(|replid| {
+                (self.replid == replid && self.offset >= other.offset)
+                    || self
+                        .previous_history
+                        .as_ref()
+                        .is_some_and(|(previous, until)| {
+                            previous == replid && other.offset < *until
+                        })
+            })
+    }
+}
+
+/// What the operator remembers between observations, beyond what the processes say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// The node that was master when the operator last looked (`status.master`): after a
+    /// restart of every pod it holds every acknowledged write.
+    pub last_master: Option<usize>,
+    /// The node a person chose to keep (the [`KEEP_DATA_OF`] annotation), used only when the
+    /// histories cannot tell which node holds the newest data.
+    pub chosen: Option<usize>,
+}
+
+/// The annotation on a `RedisSentinel` by which a person chooses the node whose data to keep
+/// when the operator cannot tell: `<pod>/<history>`, as the condition prints it. The history
+/// tag makes an annotation left in place harmless later: a node's history changes when it
+/// restarts or follows another master, and then the annotation no longer matches.
+pub const KEEP_DATA_OF: &str = "redis.operator-kit.io/keep-data-of";
+
+/// A short tag of a node's replication history (the start of `master_replid`).
+pub fn history_tag(state: &RedisState) -> &str {
+    state.replid.get(..8).unwrap_or(&state.replid)
+}
+
+/// The node a [`KEEP_DATA_OF`] annotation names, if it still holds the history it names.
+pub fn chosen_by_annotation(
+    value: &str,
+    nodes: &[Node],
+    observation: &Observation,
+) -> Option<usize> {
+    let (pod, tag) = value.trim().split_once('/')?;
+    let index = nodes.iter().position(|node| node.pod == pod)?;
+    let state = observation.redis.get(index)?.as_ref()?;
+    (!tag.is_empty() && history_tag(state) == tag).then_some(index)
 }
 
 /// What one Sentinel answered.
@@ -201,12 +283,20 @@ pub fn redis_state(info: &BTreeMap<String, String>) -> Option<RedisState> {
                     .count()
             }),
     };
+    let replid = info.get("master_replid").cloned().unwrap_or_default();
+    let previous_history = info
+        .get("master_replid2")
+        .filter(|replid| !replid.is_empty() && replid.bytes().any(|byte| byte != b'0'))
+        .zip(number("second_repl_offset").filter(|until| *until > 0))
+        .map(|(replid, until)| (replid.clone(), until));
     Some(RedisState {
         role,
         offset,
         keys,
         good_replicas,
         loading: info.get("loading").map(String::as_str) == Some("1"),
+        replid,
+        previous_history,
     })
 }
 
@@ -355,8 +445,22 @@ pub enum Choice {
     /// The only reachable master, holding data (or nobody holds any): kept, because replacing
     /// a master that takes writes with a replica read at another instant can lose writes.
     OnlyMaster,
-    /// Chosen by data: the highest offset, then most keys.
+    /// Chosen by replication history: it holds everything every other node holds.
     MostUpToDate,
+    /// The last master the operator saw, after every node restarted from its files.
+    LastMaster,
+    /// Chosen by a person ([`KEEP_DATA_OF`]) when the histories could not tell.
+    ChosenByPerson,
+}
+
+/// Nodes holding data that the operator cannot order: it leaves them as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecided {
+    /// The nodes, each holding data some other lacks (as far as anyone can tell).
+    pub nodes: Vec<usize>,
+    /// Their histories split and each went on taking writes (two live masters of different
+    /// histories), rather than only being impossible to compare (restarted from files).
+    pub diverged: bool,
 }
 
 /// What the operator concluded from an [`Observation`].
@@ -375,6 +479,8 @@ pub struct Plan {
     /// Why the operator leaves everything as it is for now, if it does (a failover under way,
     /// a new master being announced, a master in a pod being removed).
     pub waiting: Option<String>,
+    /// Nodes whose data cannot be ordered: a person must choose (see [`Memory::chosen`]).
+    pub undecided: Option<Undecided>,
 }
 
 impl Plan {
@@ -387,6 +493,7 @@ impl Plan {
             warnings: Vec::new(),
             failover_in_progress,
             waiting: Some(reason),
+            undecided: None,
         }
     }
 
@@ -434,8 +541,14 @@ fn address_of(nodes: &[Node], host: &str, port: u16) -> Option<usize> {
 /// do (a cold start, sentinels that lost their quorum or their memory). So it changes nothing
 /// while a sentinel fails over, while a newer configuration is still spreading between the
 /// sentinels, or while the sentinels name a master in a pod outside the set; and it never
-/// replaces a reachable master that holds data by its own choice.
-pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> Plan {
+/// replaces a reachable master that holds data by its own choice. `memory` holds what the
+/// operator knew before this observation.
+pub fn plan(
+    nodes: &[Node],
+    observation: &Observation,
+    settings: &Settings,
+    memory: &Memory,
+) -> Plan {
     let majority = nodes.len() / 2 + 1;
     let sentinels: Vec<&SentinelState> = observation.sentinels.iter().flatten().collect();
     let named_by = |state: &SentinelState| {
@@ -554,18 +667,23 @@ pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> P
                     ),
                 );
             }
-            match chosen_without_sentinels(observation) {
-                Ok(Some(chosen)) => chosen,
-                Err(loading) => {
-                    return Plan::wait(
+            match chosen_without_sentinels(nodes, observation, memory) {
+                Decision::Chosen(index, choice) => (index, choice),
+                Decision::Wait(reason) => return Plan::wait(false, reason),
+                Decision::Undecided(undecided) => {
+                    let pods: Vec<&str> = undecided
+                        .nodes
+                        .iter()
+                        .map(|index| nodes[*index].pod.as_str())
+                        .collect();
+                    let mut plan = Plan::wait(
                         false,
-                        format!(
-                            "waiting for {:?} to finish loading its data before choosing a master",
-                            nodes[loading].pod
-                        ),
+                        format!("cannot tell which of {pods:?} holds the newest data"),
                     );
+                    plan.undecided = Some(undecided);
+                    return plan;
                 }
-                Ok(None) => {
+                Decision::Nothing => {
                     return Plan {
                         master: None,
                         choice: None,
@@ -573,6 +691,7 @@ pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> P
                         warnings,
                         failover_in_progress: false,
                         waiting: None,
+                        undecided: None,
                     };
                 }
             }
@@ -602,6 +721,8 @@ pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> P
                             Choice::Sentinels => "named by the sentinels",
                             Choice::OnlyMaster => "the only master",
                             Choice::MostUpToDate => "the most up-to-date node",
+                            Choice::LastMaster => "the last master",
+                            Choice::ChosenByPerson => "chosen by annotation",
                         }
                     ));
                 }
@@ -659,34 +780,147 @@ pub fn plan(nodes: &[Node], observation: &Observation, settings: &Settings) -> P
         warnings,
         failover_in_progress: false,
         waiting: None,
+        undecided: None,
     }
 }
 
-/// The master when no sentinel majority names a live one: the only reachable master if it
-/// holds data (or nobody does); otherwise the most up-to-date node, never an empty one while
-/// one with data answers.
-fn chosen_without_sentinels(observation: &Observation) -> Result<Option<(usize, Choice)>, usize> {
-    let reachable = || {
-        observation
-            .redis
-            .iter()
-            .enumerate()
-            .filter_map(|(index, state)| state.as_ref().map(|state| (index, state)))
-    };
-    let has_data = |state: &RedisState| state.offset > 0 || state.keys > 0;
-    let masters: Vec<(usize, &RedisState)> = reachable()
-        .filter(|(_, state)| state.role == Role::Master)
+/// What to do when no sentinel majority names a live master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    Chosen(usize, Choice),
+    Wait(String),
+    Undecided(Undecided),
+    Nothing,
+}
+
+/// The master when no sentinel majority names a live one, by these rules in order:
+/// 1. The only master that is serving (offset above 0: it has had replicas since it started)
+///    is kept: replacing a master that takes writes by a node read at another instant could
+///    lose writes. Of several serving masters, the one whose history contains the others';
+///    if none does, their histories diverged and a person must choose.
+/// 2. Nothing is compared while a node loads its data (it looks empty or behind meanwhile).
+/// 3. The last master the operator saw, if it answers with data: after a restart of every
+///    pod each node has a fresh history at offset 0, and only this record says who is newest.
+/// 4. Replicas whose master is gone, all of one history: the furthest, as Sentinel would.
+/// 5. Otherwise every pod must answer, then the node whose history contains every other's
+///    (or, when nobody holds data, the lowest ordinal); if none does, a person chooses.
+fn chosen_without_sentinels(
+    nodes: &[Node],
+    observation: &Observation,
+    memory: &Memory,
+) -> Decision {
+    let reachable: Vec<(usize, &RedisState)> = observation
+        .redis
+        .iter()
+        .enumerate()
+        .filter_map(|(index, state)| state.as_ref().map(|state| (index, state)))
         .collect();
-    if let [(index, state)] = masters[..]
-        && (has_data(state) || !reachable().any(|(_, state)| has_data(state)))
+    if reachable.is_empty() {
+        return Decision::Nothing;
+    }
+    let state_of = |index: usize| observation.redis.get(index).and_then(Option::as_ref);
+    let contains_all = |candidate: usize, others: &[usize]| {
+        state_of(candidate).is_some_and(|state| {
+            others.iter().all(|other| {
+                *other == candidate || state_of(*other).is_some_and(|other| state.contains(other))
+            })
+        })
+    };
+    let chosen_by_person = memory
+        .chosen
+        .filter(|index| state_of(*index).is_some_and(|state| !state.loading));
+    let serving: Vec<usize> = reachable
+        .iter()
+        .filter(|(_, state)| state.role == Role::Master && state.offset > 0)
+        .map(|(index, _)| *index)
+        .collect();
+    match serving[..] {
+        [only] => return Decision::Chosen(only, Choice::OnlyMaster),
+        [] => {}
+        _ => {
+            let live: Vec<usize> = reachable
+                .iter()
+                .filter(|(_, state)| state.offset > 0)
+                .map(|(index, _)| *index)
+                .collect();
+            if let Some(index) = serving.iter().find(|index| contains_all(**index, &live)) {
+                return Decision::Chosen(*index, Choice::MostUpToDate);
+            }
+            if let Some(index) = chosen_by_person {
+                return Decision::Chosen(index, Choice::ChosenByPerson);
+            }
+            return Decision::Undecided(Undecided {
+                nodes: serving,
+                diverged: true,
+            });
+        }
+    }
+    if let Some((loading, _)) = reachable.iter().find(|(_, state)| state.loading) {
+        return Decision::Wait(format!(
+            "waiting for {:?} to finish loading its data before choosing a master",
+            nodes[*loading].pod
+        ));
+    }
+    if let Some(last) = memory.last_master
+        && state_of(last).is_some_and(RedisState::has_data)
     {
-        return Ok(Some((index, Choice::OnlyMaster)));
+        return Decision::Chosen(last, Choice::LastMaster);
     }
-    // Comparing data needs every node's data: one still loading it looks empty or behind.
-    if let Some((loading, _)) = reachable().find(|(_, state)| state.loading) {
-        return Err(loading);
+    let with_data: Vec<usize> = reachable
+        .iter()
+        .filter(|(_, state)| state.has_data())
+        .map(|(index, _)| *index)
+        .collect();
+    let replicas_only = !with_data.is_empty()
+        && with_data.iter().all(|index| {
+            state_of(*index).is_some_and(|state| state.role != Role::Master && state.offset > 0)
+        });
+    if replicas_only
+        && let Some(index) = with_data
+            .iter()
+            .copied()
+            .filter(|index| contains_all(*index, &with_data))
+            .min()
+    {
+        return Decision::Chosen(index, Choice::MostUpToDate);
     }
-    Ok(most_up_to_date(observation).map(|index| (index, Choice::MostUpToDate)))
+    let unreachable: Vec<&str> = nodes
+        .iter()
+        .zip(&observation.redis)
+        .filter(|(_, state)| state.is_none())
+        .map(|(node, _)| node.pod.as_str())
+        .collect();
+    if !unreachable.is_empty() {
+        if let Some(index) = chosen_by_person {
+            return Decision::Chosen(index, Choice::ChosenByPerson);
+        }
+        return Decision::Wait(format!(
+            "waiting for {unreachable:?} to answer: with no master named by the sentinels or \
+             last seen by the operator, only every node together tells which holds the newest data"
+        ));
+    }
+    if with_data.is_empty() {
+        return most_up_to_date(observation).map_or(Decision::Nothing, |index| {
+            Decision::Chosen(index, Choice::MostUpToDate)
+        });
+    }
+    // Two nodes contain each other only when they hold the same history to the same offset:
+    // then the lowest ordinal.
+    if let Some(index) = with_data
+        .iter()
+        .copied()
+        .filter(|index| contains_all(*index, &with_data))
+        .min()
+    {
+        return Decision::Chosen(index, Choice::MostUpToDate);
+    }
+    if let Some(index) = chosen_by_person {
+        return Decision::Chosen(index, Choice::ChosenByPerson);
+    }
+    Decision::Undecided(Undecided {
+        nodes: with_data,
+        diverged: false,
+    })
 }
 
 /// Whether a sentinel counts more sentinels or replicas than the set has pods.
@@ -736,12 +970,13 @@ pub async fn heal(
     plan: &Plan,
     resolver: &dyn Resolver,
     settings: &Settings,
+    memory: &Memory,
     password: Option<&str>,
 ) -> Result<usize, RespError> {
     let mut applied = 0;
     for action in &plan.actions {
         let fresh = observe(nodes, resolver, settings, password).await;
-        let replanned = self::plan(nodes, &fresh, settings);
+        let replanned = self::plan(nodes, &fresh, settings, memory);
         if replanned.master != plan.master || !replanned.actions.contains(action) {
             tracing::info!(
                 ?action,
@@ -867,6 +1102,8 @@ mod tests {
             keys,
             good_replicas: 2,
             loading: false,
+            replid: "history-a".to_owned(),
+            previous_history: None,
         })
     }
 
@@ -881,6 +1118,8 @@ mod tests {
             keys: 1,
             good_replicas: 0,
             loading: false,
+            replid: "history-a".to_owned(),
+            previous_history: None,
         })
     }
 
@@ -926,6 +1165,8 @@ mod tests {
                 keys: 7,
                 good_replicas: 0,
                 loading: false,
+                replid: String::new(),
+                previous_history: None,
             })
         );
         let info = parse_info("role:master\nmaster_repl_offset:99\n");
@@ -952,7 +1193,7 @@ mod tests {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![sentinel_on(Some(0)); 3],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
         assert_eq!(plan.choice, Some(Choice::Sentinels));
         assert!(plan.actions.is_empty());
@@ -974,7 +1215,7 @@ mod tests {
             redis: vec![master(0, 0), master(0, 0), master(0, 0)],
             sentinels: vec![sentinel_on(None); 3],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
         assert_eq!(
             plan.actions,
@@ -1004,7 +1245,7 @@ mod tests {
             redis: vec![master(0, 0), replica_of(9, 500), replica_of(9, 800)],
             sentinels: vec![None, None, sentinel_on(None)],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(2));
         assert_eq!(plan.choice, Some(Choice::MostUpToDate));
         assert_eq!(plan.actions[0], Action::Promote(2));
@@ -1028,7 +1269,7 @@ mod tests {
                 sentinel_on(Some(1)),
             ],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
         assert_eq!(
             plan.actions,
@@ -1049,12 +1290,12 @@ mod tests {
     }
 
     #[test]
-    fn two_masters_without_sentinels_keep_the_higher_offset() {
+    fn two_masters_without_sentinels_keep_the_one_whose_history_contains_the_other() {
         let observation = Observation {
             redis: vec![master(100, 5), master(300, 9), replica_of(0, 100)],
             sentinels: vec![None, None, None],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(1));
         assert!(
             plan.actions
@@ -1069,7 +1310,7 @@ mod tests {
             redis: vec![None, replica_of(0, 100), replica_of(0, 90)],
             sentinels: vec![None, sentinel_on(Some(0)), sentinel_on(Some(0))],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.failover_in_progress);
         assert!(plan.actions.is_empty());
         assert_eq!(plan.master, None);
@@ -1087,7 +1328,7 @@ mod tests {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![remembering.clone(); 3],
         };
-        let first = plan(&nodes(), &observation, &settings());
+        let first = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(first.actions, vec![Action::Reset(0)]);
         assert!(!first.is_healthy(&observation));
         // While sentinel 0 relearns (no quorum yet), nobody else is reset.
@@ -1097,11 +1338,15 @@ mod tests {
             known_replicas: 0,
             ..remembering.clone().unwrap()
         });
-        assert!(plan(&nodes(), &observation, &settings()).actions.is_empty());
+        assert!(
+            plan(&nodes(), &observation, &settings(), &Memory::default())
+                .actions
+                .is_empty()
+        );
         // Once it has, the next one goes.
         observation.sentinels[0] = sentinel_on(Some(0));
         assert_eq!(
-            plan(&nodes(), &observation, &settings()).actions,
+            plan(&nodes(), &observation, &settings(), &Memory::default()).actions,
             vec![Action::Reset(1)]
         );
     }
@@ -1118,7 +1363,7 @@ mod tests {
             redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
             sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.actions.is_empty(), "{plan:?}");
         assert!(plan.failover_in_progress);
         assert_eq!(plan.master, None);
@@ -1137,7 +1382,7 @@ mod tests {
             redis: vec![None, master(500, 9), replica_of(1, 500)],
             sentinels: vec![sentinel_on(Some(1)), sentinel_on(Some(1)), leader],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(1));
         assert_eq!(plan.waiting, None);
     }
@@ -1154,7 +1399,7 @@ mod tests {
             redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
             sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
         };
-        let announcing = plan(&nodes(), &observation, &settings());
+        let announcing = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(announcing.actions.is_empty(), "{announcing:?}");
         assert!(announcing.waiting.unwrap().contains("cache-node-1"));
 
@@ -1167,7 +1412,7 @@ mod tests {
             redis: vec![master(500, 9), replica_of(0, 500), replica_of(0, 500)],
             sentinels: vec![sentinel_on(Some(0)), sentinel_on(Some(0)), stale],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(
             plan.actions,
             vec![Action::Monitor {
@@ -1185,7 +1430,7 @@ mod tests {
             redis: vec![master(100, 5), replica_of(0, 120), replica_of(0, 110)],
             sentinels: vec![None, None, sentinel_on(Some(0))],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
         assert_eq!(plan.choice, Some(Choice::OnlyMaster));
         assert!(!plan.actions.contains(&Action::Promote(1)), "{plan:?}");
@@ -1209,7 +1454,7 @@ mod tests {
             redis: vec![replica_of(4, 900), replica_of(4, 900), replica_of(4, 880)],
             sentinels: vec![outside.clone(), outside.clone(), outside],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.actions.is_empty(), "{plan:?}");
         assert!(!plan.failover_in_progress);
         assert!(plan.waiting.unwrap().contains("cache-node-4"));
@@ -1246,7 +1491,7 @@ mod tests {
             quorum: 3,
             ..settings()
         };
-        let plan = plan(&nodes(), &observation, &five);
+        let plan = plan(&nodes(), &observation, &five, &Memory::default());
         assert_eq!(
             plan.actions,
             vec![Action::Quorum(0), Action::Quorum(1), Action::Quorum(2)]
@@ -1262,10 +1507,10 @@ mod tests {
             state.loading = true;
         }
         let observation = Observation {
-            redis: vec![master(40, 3), loading, master(30, 2)],
+            redis: vec![master(0, 3), loading, master(0, 2)],
             sentinels: vec![sentinel_on(None); 3],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.actions.is_empty(), "{plan:?}");
         assert!(plan.waiting.unwrap().contains("cache-node-1"));
         assert_eq!(
@@ -1280,9 +1525,216 @@ mod tests {
             redis: vec![None; 3],
             sentinels: vec![None; 3],
         };
-        let plan = plan(&nodes(), &observation, &settings());
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, None);
         assert!(plan.actions.is_empty());
         assert!(!plan.is_healthy(&observation));
+    }
+
+    fn restarted(keys: u64, replid: &str) -> Option<RedisState> {
+        master(0, keys).map(|state| RedisState {
+            replid: replid.to_owned(),
+            good_replicas: 0,
+            ..state
+        })
+    }
+
+    #[test]
+    fn histories_contain_what_they_replicated_and_nothing_restarted() {
+        let a = |offset: i64| RedisState {
+            offset,
+            ..master(0, 1).expect("state")
+        };
+        assert!(a(500).contains(&a(400)));
+        assert!(!a(400).contains(&a(500)));
+        // Promoted at offset 450 from history-a, then went on as history-b.
+        let promoted = RedisState {
+            replid: "history-b".to_owned(),
+            previous_history: Some(("history-a".to_owned(), 451)),
+            offset: 900,
+            ..a(0)
+        };
+        assert!(promoted.contains(&a(450)));
+        assert!(
+            !promoted.contains(&a(451)),
+            "the old master went on after the split"
+        );
+        // Forced to master at offset 450 and nothing written since: still history-a.
+        let forced = RedisState {
+            replid: "history-c".to_owned(),
+            previous_history: Some(("history-a".to_owned(), 451)),
+            offset: 450,
+            ..a(0)
+        };
+        assert!(a(500).contains(&forced));
+        assert!(!a(449).contains(&forced));
+        // Empty nodes are contained by anyone; a node restarted with data by no one.
+        assert!(a(1).contains(&master(0, 0).expect("state")));
+        assert!(!a(10_000).contains(&restarted(5, "fresh").expect("state")));
+        assert_eq!(
+            redis_state(&parse_info(
+                "role:master\nmaster_replid:0123456789abcdef\n\
+                 master_replid2:0000000000000000000000000000000000000000\n\
+                 master_repl_offset:7\nsecond_repl_offset:-1\n"
+            ))
+            .map(|state| (state.replid, state.previous_history)),
+            Some(("0123456789abcdef".to_owned(), None))
+        );
+        assert_eq!(
+            redis_state(&parse_info(
+                "role:master\nmaster_replid:bbbb\nmaster_replid2:aaaa\n\
+                 master_repl_offset:70\nsecond_repl_offset:43\n"
+            ))
+            .and_then(|state| state.previous_history),
+            Some(("aaaa".to_owned(), 43))
+        );
+    }
+
+    #[test]
+    fn after_every_pod_restarted_the_last_master_keeps_its_data() {
+        // Every node restarted from its files: fresh histories at offset 0, and the stale
+        // node 0 has as many keys as the others (writes overwrote keys).
+        let mut observation = Observation {
+            redis: vec![
+                restarted(100, "fresh-0"),
+                restarted(100, "fresh-1"),
+                restarted(100, "fresh-2"),
+            ],
+            sentinels: vec![sentinel_on(None); 3],
+        };
+        let last_master = Memory {
+            last_master: Some(2),
+            chosen: None,
+        };
+        let planned = super::plan(&nodes(), &observation, &settings(), &last_master);
+        assert_eq!(planned.master, Some(2));
+        assert_eq!(planned.choice, Some(Choice::LastMaster));
+
+        // The stale node answers first, alone: nothing is done until the last master answers.
+        observation.redis[1] = None;
+        observation.redis[2] = None;
+        let planned = super::plan(&nodes(), &observation, &settings(), &last_master);
+        assert!(planned.actions.is_empty(), "{planned:?}");
+        assert!(
+            planned
+                .waiting
+                .is_some_and(|reason| reason.contains("cache-node-2"))
+        );
+        // The same without a record of the last master.
+        let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert!(planned.actions.is_empty(), "{planned:?}");
+    }
+
+    #[test]
+    fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() {
+        // No record of the last master (its pod lost its data), two restarted nodes with data.
+        let observation = Observation {
+            redis: vec![
+                master(0, 0),
+                restarted(120, "fresh-1"),
+                restarted(100, "fresh-2"),
+            ],
+            sentinels: vec![sentinel_on(None); 3],
+        };
+        let memory = Memory {
+            last_master: Some(0),
+            chosen: None,
+        };
+        let planned = super::plan(&nodes(), &observation, &settings(), &memory);
+        assert!(planned.actions.is_empty(), "{planned:?}");
+        assert_eq!(
+            planned.undecided,
+            Some(Undecided {
+                nodes: vec![1, 2],
+                diverged: false
+            })
+        );
+        assert!(!planned.is_healthy(&observation));
+        // Only one of them with data: that one, and nobody is asked.
+        let mut one = observation.clone();
+        one.redis[1] = master(0, 0);
+        let planned = super::plan(&nodes(), &one, &settings(), &memory);
+        assert_eq!(planned.master, Some(2));
+        // A person chooses node 2 by pod and history.
+        let chosen = chosen_by_annotation("cache-node-2/fresh-2", &nodes(), &observation);
+        assert_eq!(chosen, Some(2));
+        let planned = super::plan(
+            &nodes(),
+            &observation,
+            &settings(),
+            &Memory { chosen, ..memory },
+        );
+        assert_eq!(planned.master, Some(2));
+        assert_eq!(planned.choice, Some(Choice::ChosenByPerson));
+        assert!(
+            planned
+                .actions
+                .contains(&Action::Replicate { node: 1, master: 2 })
+        );
+        // An annotation left from another time names another history: ignored.
+        assert_eq!(
+            chosen_by_annotation("cache-node-2/fresh-9", &nodes(), &observation),
+            None
+        );
+        assert_eq!(
+            chosen_by_annotation("cache-node-2", &nodes(), &observation),
+            None
+        );
+        assert_eq!(
+            chosen_by_annotation("cache-node-7/fresh-2", &nodes(), &observation),
+            None
+        );
+    }
+
+    #[test]
+    fn two_masters_of_diverged_histories_are_not_healed_by_picking_one() {
+        // Node 1 was promoted at offset 451 of history-a; node 0, the old master, went on in
+        // history-a past that offset with node 2 still replicating from it: both took writes.
+        let old = RedisState {
+            offset: 800,
+            ..master(0, 9).expect("state")
+        };
+        let promoted = RedisState {
+            replid: "history-b".to_owned(),
+            previous_history: Some(("history-a".to_owned(), 451)),
+            offset: 700,
+            ..master(0, 9).expect("state")
+        };
+        let observation = Observation {
+            redis: vec![
+                Some(old.clone()),
+                Some(promoted.clone()),
+                replica_of(0, 800),
+            ],
+            sentinels: vec![None, None, sentinel_on(None)],
+        };
+        let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert!(planned.actions.is_empty(), "{planned:?}");
+        assert_eq!(
+            planned.undecided,
+            Some(Undecided {
+                nodes: vec![0, 1],
+                diverged: true
+            })
+        );
+        // Had the old master stopped before the split, the promoted one holds it all.
+        let observation = Observation {
+            redis: vec![
+                Some(RedisState { offset: 450, ..old }),
+                Some(promoted),
+                replica_of(1, 700).map(|state| RedisState {
+                    replid: "history-b".to_owned(),
+                    ..state
+                }),
+            ],
+            sentinels: vec![None, None, sentinel_on(None)],
+        };
+        let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert_eq!(planned.master, Some(1));
+        assert!(
+            planned
+                .actions
+                .contains(&Action::Replicate { node: 0, master: 1 })
+        );
     }
 }

@@ -37,7 +37,7 @@ use tracing::warn;
 
 use self::access::Access;
 use self::build::{Names, ROLE_LABEL};
-use self::data_plane::{Node, Observation, Plan};
+use self::data_plane::{KEEP_DATA_OF, Memory, Node, Observation, Plan, Undecided};
 use self::events::{FailoverLog, FailoverLogs};
 use crate::resp::RespError;
 use crate::standalone::{self, PasswordSecret, REDIS_PORT, read_password};
@@ -187,13 +187,16 @@ impl RedisSentinelReconciler {
         let object = ObjectRef::from_obj(resource);
         self.logs
             .lock()
-            .map(|mut logs| {
-                let log = logs.entry(object).or_default();
-                FailoverLog {
+            .ok()
+            .and_then(|mut logs| {
+                // Read without inserting: a reconcile finishing after the resource's deletion
+                // must not bring its log back.
+                let log = logs.get_mut(&object)?;
+                Some(FailoverLog {
                     down_since: log.down_since,
                     switch: log.switch.take(),
                     notes: std::mem::take(&mut log.notes),
-                }
+                })
             })
             .unwrap_or_default()
     }
@@ -222,8 +225,78 @@ fn stateful_set_progress(stateful_set: &StatefulSet) -> (i32, i32, bool) {
     (ready, wanted, rolled_out)
 }
 
+/// Reasons of the Ready condition when the operator cannot tell which node holds the newest
+/// data and waits for a person to choose.
+pub const HISTORY_DIVERGED: &str = "HistoryDiverged";
+/// See [`HISTORY_DIVERGED`].
+pub const NEWEST_DATA_UNKNOWN: &str = "NewestDataUnknown";
+
+/// What the operator knew before this observation: the last master it recorded and the node
+/// a person chose with the [`KEEP_DATA_OF`] annotation.
+pub fn memory(resource: &RedisSentinel, nodes: &[Node], observation: &Observation) -> Memory {
+    let last_master = resource
+        .status
+        .as_ref()
+        .and_then(|status| status.master.as_ref())
+        .and_then(|pod| nodes.iter().position(|node| node.pod == *pod));
+    let chosen = resource
+        .annotations()
+        .get(KEEP_DATA_OF)
+        .and_then(|value| data_plane::chosen_by_annotation(value, nodes, observation));
+    Memory {
+        last_master,
+        chosen,
+    }
+}
+
+/// The condition when the nodes' data cannot be ordered: which nodes, why, and the command
+/// that chooses one.
+pub fn undecided_condition(
+    resource: (&str, &str),
+    nodes: &[Node],
+    observation: &Observation,
+    undecided: &Undecided,
+) -> ConditionUpdate<'static> {
+    let (namespace, name) = resource;
+    let choices: Vec<String> = undecided
+        .nodes
+        .iter()
+        .filter_map(|index| {
+            let state = observation.redis.get(*index)?.as_ref()?;
+            let choice = format!("{}/{}", nodes[*index].pod, data_plane::history_tag(state));
+            Some(format!(
+                "{choice:?} (offset {}, {} keys)",
+                state.offset, state.keys
+            ))
+        })
+        .collect();
+    let (reason, why) = if undecided.diverged {
+        (
+            HISTORY_DIVERGED,
+            "they are masters whose replication histories split, and each has taken writes since",
+        )
+    } else {
+        (
+            NEWEST_DATA_UNKNOWN,
+            "they restarted from their files (a fresh history each) and no record says which was master",
+        )
+    };
+    ConditionUpdate::fails(
+        READY,
+        reason,
+        format!(
+            "cannot tell which node holds the newest data: {why}. Nothing is changed until you \
+             choose the node whose data to keep with `kubectl annotate -n {namespace} \
+             redissentinel {name} {KEEP_DATA_OF}=<pod/history>`, one of {}; the other nodes then \
+             replicate from it and lose what only they hold",
+            choices.join(", ")
+        ),
+    )
+}
+
 /// The Ready condition from the StatefulSet's progress and the data plane's state.
 pub fn readiness(
+    resource: (&str, &str),
     nodes: &[Node],
     progress: (i32, i32, bool),
     observation: &Observation,
@@ -244,6 +317,9 @@ pub fn readiness(
             "NodesUnreachable",
             "the pods are ready but no Redis answers the operator",
         );
+    }
+    if let Some(undecided) = &plan.undecided {
+        return undecided_condition(resource, nodes, observation, undecided);
     }
     if let Some(reason) = &plan.waiting {
         let condition_reason = if plan.failover_in_progress {
@@ -332,6 +408,22 @@ impl Reconciler for RedisSentinelReconciler {
     type Resource = RedisSentinel;
     type Error = Error;
 
+    /// A deleted resource's subscriber stops, and its failover log and metric series go.
+    fn deleted(&self, object: &ObjectRef<RedisSentinel>, context: &Context) {
+        if let Ok(mut subscribers) = self.subscribers.lock()
+            && let Some(handle) = subscribers.remove(object)
+        {
+            handle.abort();
+        }
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.remove(object);
+        }
+        let namespace = object.namespace.clone().unwrap_or_default();
+        context
+            .metrics()
+            .forget(&[("namespace", &namespace), ("name", &object.name)]);
+    }
+
     async fn reconcile(
         &self,
         resource: Arc<RedisSentinel>,
@@ -379,12 +471,14 @@ impl Reconciler for RedisSentinelReconciler {
         self.ensure_subscriber(&resource, &nodes, resolver.clone(), context);
         let observation =
             data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
-        let plan = data_plane::plan(&nodes, &observation, &settings);
+        let memory = memory(&resource, &nodes, &observation);
+        let plan = data_plane::plan(&nodes, &observation, &settings, &memory);
         data_plane::heal(
             &nodes,
             &plan,
             resolver.as_ref(),
             &settings,
+            &memory,
             password.as_deref(),
         )
         .await
@@ -477,6 +571,7 @@ impl Reconciler for RedisSentinelReconciler {
         }
         let update = match &applied {
             Ok(stateful_set) => readiness(
+                (&namespace, &resource.name_any()),
                 &nodes,
                 stateful_set_progress(stateful_set),
                 &observation,
@@ -485,6 +580,16 @@ impl Reconciler for RedisSentinelReconciler {
             Err(error) => ConditionUpdate::fails(READY, error.reason(), error.to_string()),
         };
         let healthy = update.status;
+        let previous_reason = previous
+            .conditions
+            .iter()
+            .find(|condition| condition.type_ == READY)
+            .map(|condition| condition.reason.clone());
+        // A person must choose: say so once, as a Warning, when it starts.
+        let needs_person = [HISTORY_DIVERGED, NEWEST_DATA_UNKNOWN].contains(&update.reason)
+            && previous_reason.as_deref() != Some(update.reason);
+        let needs_person_note = needs_person.then(|| update.message.to_string());
+        let needs_person_reason = update.reason;
         set_condition(&mut status.conditions, update.observed(generation));
         status.phase = if healthy {
             Phase::Ready
@@ -496,6 +601,17 @@ impl Reconciler for RedisSentinelReconciler {
             .patch_status(&*resource, &status)
             .await
             .map_err(|source| Error::Status(Box::new(source)))?;
+        if let Some(note) = needs_person_note {
+            context
+                .publish(
+                    &*resource,
+                    EventType::Warning,
+                    needs_person_reason,
+                    "Heal",
+                    note,
+                )
+                .await;
+        }
         if became_ready {
             let note = format!(
                 "Redis with Sentinel is ready; master {:?}",
@@ -545,4 +661,119 @@ async fn apply_children(
     children.prune().await?;
     standalone::own_data_claims(children, &resource.spec.pod).await?;
     Ok(stateful_set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_plane::{RedisState, Role};
+    use super::*;
+
+    fn nodes() -> Vec<Node> {
+        (0..3)
+            .map(|index| Node {
+                pod: format!("cache-node-{index}"),
+                host: format!("cache-node-{index}.cache-headless"),
+                redis_port: 6379,
+                sentinel_port: 26379,
+            })
+            .collect()
+    }
+
+    fn restarted(keys: u64, replid: &str) -> Option<RedisState> {
+        Some(RedisState {
+            role: Role::Master,
+            offset: 0,
+            keys,
+            good_replicas: 0,
+            loading: false,
+            replid: replid.to_owned(),
+            previous_history: None,
+        })
+    }
+
+    #[test]
+    fn undecided_data_names_each_node_and_the_command_that_chooses() {
+        let observation = Observation {
+            redis: vec![
+                restarted(0, "00aa"),
+                restarted(12, "1234567890abcdef"),
+                restarted(10, "fedcba0987654321"),
+            ],
+            sentinels: vec![None; 3],
+        };
+        let undecided = Undecided {
+            nodes: vec![1, 2],
+            diverged: false,
+        };
+        let plan = Plan {
+            master: None,
+            choice: None,
+            actions: Vec::new(),
+            warnings: Vec::new(),
+            failover_in_progress: false,
+            waiting: Some("cannot tell".to_owned()),
+            undecided: Some(undecided),
+        };
+        let condition = readiness(
+            ("shop", "cache"),
+            &nodes(),
+            (3, 3, true),
+            &observation,
+            &plan,
+        );
+        assert!(!condition.status);
+        assert_eq!(condition.reason, NEWEST_DATA_UNKNOWN);
+        for needed in [
+            "kubectl annotate -n shop redissentinel cache redis.operator-kit.io/keep-data-of=",
+            "\"cache-node-1/12345678\" (offset 0, 12 keys)",
+            "\"cache-node-2/fedcba09\" (offset 0, 10 keys)",
+        ] {
+            assert!(condition.message.contains(needed), "{}", condition.message);
+        }
+        assert!(!condition.message.contains("cache-node-0"));
+
+        let diverged = Plan {
+            undecided: Some(Undecided {
+                nodes: vec![1, 2],
+                diverged: true,
+            }),
+            ..plan
+        };
+        let condition = readiness(
+            ("shop", "cache"),
+            &nodes(),
+            (3, 3, true),
+            &observation,
+            &diverged,
+        );
+        assert_eq!(condition.reason, HISTORY_DIVERGED);
+    }
+
+    #[test]
+    fn memory_comes_from_the_status_and_a_matching_annotation() {
+        let observation = Observation {
+            redis: vec![restarted(1, "aaaaaaaaaa"), restarted(1, "bbbbbbbbbb"), None],
+            sentinels: vec![None; 3],
+        };
+        let mut resource: RedisSentinel = serde_json::from_value(json!({
+            "apiVersion": "redis.operator-kit.io/v1beta1",
+            "kind": "RedisSentinel",
+            "metadata": { "name": "cache", "namespace": "shop", "annotations": {
+                KEEP_DATA_OF: "cache-node-1/bbbbbbbb" } },
+            "spec": { "kubernetesConfig": {} },
+            "status": { "master": "cache-node-2", "phase": "Ready" },
+        }))
+        .expect("resource");
+        assert_eq!(
+            memory(&resource, &nodes(), &observation),
+            Memory {
+                last_master: Some(2),
+                chosen: Some(1)
+            }
+        );
+        resource
+            .annotations_mut()
+            .insert(KEEP_DATA_OF.to_owned(), "cache-node-1/aaaaaaaa".to_owned());
+        assert_eq!(memory(&resource, &nodes(), &observation).chosen, None);
+    }
 }
