@@ -527,10 +527,7 @@ async fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() -> Result<()
     let namespace = TestNamespace::create("sentinel-undecided").await?;
     let set = LocalSet::new("undecided", 3, 3, 1000)?;
     for (index, key) in [(1, "only-on-1"), (2, "only-on-2")] {
-        let port = set.port(index);
-        support::cli(port, &["CONFIG", "SET", "min-replicas-to-write", "0"])?;
-        support::cli(port, &["SET", key, "kept?"])?;
-        support::cli(port, &["CONFIG", "SET", "min-replicas-to-write", "1"])?;
+        set.seed(index, key, "kept?")?;
     }
     let operator = start(&namespace, &set).await?;
     support::create_password_secret(&namespace, "redis-auth").await?;

@@ -279,15 +279,7 @@ async fn reconciling_through_a_sentinel_failover_never_undoes_it() -> Result<()>
 async fn a_scale_down_that_removes_the_master_leaves_the_failover_to_sentinel() -> Result<()> {
     let mut set = LocalSet::new("scale-down-master", 5, 5, DOWN_AFTER_MILLISECONDS)?;
     // Make node 4 the master: on a cold start the node with data wins.
-    cli(
-        set.port(4),
-        &["CONFIG", "SET", "min-replicas-to-write", "0"],
-    )?;
-    cli(set.port(4), &["SET", "seed", "1"])?;
-    cli(
-        set.port(4),
-        &["CONFIG", "SET", "min-replicas-to-write", "1"],
-    )?;
+    set.seed(4, "seed", "1")?;
     let (master, _) = set
         .reconcile_until_healthy(5, Duration::from_secs(30))
         .await?;
@@ -387,15 +379,7 @@ async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Res
     let mut set = LocalSet::new("cold-stale-first", 3, 3, DOWN_AFTER_MILLISECONDS)?;
     // Make node 2 the master (on a first start the node with data wins), so that the stale
     // node, 0, also wins every tie on ordinal.
-    cli(
-        set.port(2),
-        &["CONFIG", "SET", "min-replicas-to-write", "0"],
-    )?;
-    cli(set.port(2), &["SET", "seed", "1"])?;
-    cli(
-        set.port(2),
-        &["CONFIG", "SET", "min-replicas-to-write", "1"],
-    )?;
+    set.seed(2, "seed", "1")?;
     let (master, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;

@@ -301,6 +301,17 @@ impl LocalSet {
         bail!("redis of node {index} did not stop within 30 s of SIGTERM")
     }
 
+    /// Writes `key` on node `index` while it has no replica (a lone master refuses writes
+    /// otherwise: `min-replicas-to-write 1`), so that it holds data of its own.
+    pub fn seed(&self, index: usize, key: &str, value: &str) -> Result<()> {
+        let port = self.port(index);
+        cli(port, &["CONFIG", "SET", "min-replicas-to-write", "0"])?;
+        let reply = cli(port, &["SET", key, value]);
+        cli(port, &["CONFIG", "SET", "min-replicas-to-write", "1"])?;
+        anyhow::ensure!(reply? == "OK", "SET {key} on node {index} failed");
+        Ok(())
+    }
+
     pub fn port(&self, index: usize) -> u16 {
         self.nodes[index].redis_port
     }

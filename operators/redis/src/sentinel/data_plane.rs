@@ -234,6 +234,18 @@ pub struct Observation {
     pub sentinels: Vec<Option<SentinelState>>,
 }
 
+impl Observation {
+    /// The pods whose Redis did not answer.
+    pub fn unreachable<'a>(&self, nodes: &'a [Node]) -> Vec<&'a str> {
+        nodes
+            .iter()
+            .zip(&self.redis)
+            .filter(|(_, state)| state.is_none())
+            .map(|(node, _)| node.pod.as_str())
+            .collect()
+    }
+}
+
 /// Parses `INFO` output into its `key:value` fields.
 pub fn parse_info(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -884,12 +896,7 @@ fn chosen_without_sentinels(
     {
         return Decision::Chosen(index, Choice::MostUpToDate);
     }
-    let unreachable: Vec<&str> = nodes
-        .iter()
-        .zip(&observation.redis)
-        .filter(|(_, state)| state.is_none())
-        .map(|(node, _)| node.pod.as_str())
-        .collect();
+    let unreachable = observation.unreachable(nodes);
     if !unreachable.is_empty() {
         if let Some(index) = chosen_by_person {
             return Decision::Chosen(index, Choice::ChosenByPerson);
@@ -1080,19 +1087,25 @@ async fn monitor(
     Ok(())
 }
 
+/// Three nodes of a resource called `cache`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_nodes() -> Vec<Node> {
+    (0..3)
+        .map(|index| Node {
+            pod: format!("cache-node-{index}"),
+            host: format!("cache-node-{index}.cache-headless"),
+            redis_port: 6379,
+            sentinel_port: 26379,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn nodes() -> Vec<Node> {
-        (0..3)
-            .map(|index| Node {
-                pod: format!("cache-node-{index}"),
-                host: format!("cache-node-{index}.cache-headless"),
-                redis_port: 6379,
-                sentinel_port: 26379,
-            })
-            .collect()
+        test_nodes()
     }
 
     fn master(offset: i64, keys: u64) -> Option<RedisState> {

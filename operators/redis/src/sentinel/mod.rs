@@ -333,12 +333,7 @@ pub fn readiness(
         return ConditionUpdate::fails(READY, "NoMaster", "no node can be made master yet");
     };
     if !plan.is_healthy(observation) {
-        let unreachable: Vec<&str> = nodes
-            .iter()
-            .zip(&observation.redis)
-            .filter(|(_, state)| state.is_none())
-            .map(|(node, _)| node.pod.as_str())
-            .collect();
+        let unreachable = observation.unreachable(nodes);
         let detail = if plan.actions.is_empty() {
             format!(
                 "waiting for replicas to sync and sentinels to know each other; unreachable: {unreachable:?}"
@@ -669,14 +664,7 @@ mod tests {
     use super::*;
 
     fn nodes() -> Vec<Node> {
-        (0..3)
-            .map(|index| Node {
-                pod: format!("cache-node-{index}"),
-                host: format!("cache-node-{index}.cache-headless"),
-                redis_port: 6379,
-                sentinel_port: 26379,
-            })
-            .collect()
+        data_plane::test_nodes()
     }
 
     fn restarted(keys: u64, replid: &str) -> Option<RedisState> {
