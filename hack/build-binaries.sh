@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries of the local test cluster from their official Go modules:
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes),
-# etcd, kwok and helm. Each tool group is its own Go module under tools/ so that their
-# dependency graphs never meet. A tool is rebuilt only when its binary is missing or reports
-# another version. Usage: hack/build-binaries.sh [kubernetes|local_provisioner|etcd|kwok|helm ...]
+# etcd, kwok and helm; for the real node (target `node`), kubelet and kube-proxy. Each tool
+# group is its own Go module under tools/ so that their dependency graphs never meet. A tool is rebuilt only when its binary is missing or reports
+# another version. Usage: hack/build-binaries.sh [kubernetes|node|local_provisioner|etcd|kwok|helm ...]
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=versions.sh
@@ -39,8 +39,10 @@ sync_kubernetes_replaces() {
   (cd "$module_dir" && go mod edit "${edits[@]}" -require="k8s.io/kubernetes@v$KUBERNETES_VERSION")
 }
 
-build_kubernetes() {
-  local binary_dir=$KUBERNETES_BIN_DIR/bin commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# Builds the given k8s.io/kubernetes commands into $KUBERNETES_BIN_DIR/bin unless each one
+# there already reports the pinned version.
+build_kubernetes_commands() {
+  local binary_dir=$KUBERNETES_BIN_DIR/bin commands=("$@")
   local all_present=true command
   for command in "${commands[@]}"; do
     if [ "$command" = kubectl ]; then
@@ -49,8 +51,8 @@ build_kubernetes() {
       reports_version "$binary_dir/$command" --version "v$KUBERNETES_VERSION" || all_present=false
     fi
   done
-  if $all_present; then log "kubernetes v$KUBERNETES_VERSION already built in $binary_dir"; return; fi
-  log "building kubernetes v$KUBERNETES_VERSION into $binary_dir"
+  if $all_present; then log "${commands[*]} v$KUBERNETES_VERSION already built in $binary_dir"; return; fi
+  log "building ${commands[*]} v$KUBERNETES_VERSION into $binary_dir"
   sync_kubernetes_replaces
   local minor=${KUBERNETES_VERSION#1.}; minor=${minor%%.*}
   local base=k8s.io/component-base/version client=k8s.io/client-go/pkg/version
@@ -64,6 +66,22 @@ build_kubernetes() {
   local packages=()
   for command in "${commands[@]}"; do packages+=("k8s.io/kubernetes/cmd/$command"); done
   (cd "$repo_root/tools/k8s" && go build -trimpath -ldflags "$ldflags" -o "$binary_dir/" "${packages[@]}")
+}
+
+build_kubernetes() { build_kubernetes_commands kube-apiserver kube-controller-manager kube-scheduler kubectl; }
+
+# The real node's agents (REAL_NODE=1 hack/cluster.sh up): kubelet and kube-proxy, and its
+# cluster DNS, CoreDNS (tools/coredns: only the plugins it uses).
+build_node() {
+  build_kubernetes_commands kubelet kube-proxy
+  local binary_dir=$COREDNS_BIN_DIR/bin
+  if reports_version "$binary_dir/coredns" -version "CoreDNS-$COREDNS_VERSION"; then
+    log "coredns v$COREDNS_VERSION already built in $binary_dir"; return
+  fi
+  log "building coredns v$COREDNS_VERSION into $binary_dir"
+  mkdir -p "$binary_dir"
+  (cd "$repo_root/tools/coredns" && go mod edit -require="github.com/coredns/coredns@v$COREDNS_VERSION" &&
+    go mod tidy && go build -trimpath -ldflags "-s -w" -o "$binary_dir/coredns" .)
 }
 
 build_etcd() {
@@ -116,10 +134,10 @@ build_local_provisioner() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubernetes local_provisioner etcd kwok helm)
+[ ${#targets[@]} -gt 0 ] || targets=(kubernetes node local_provisioner etcd kwok helm)
 for target in "${targets[@]}"; do
   case $target in
-    kubernetes | local_provisioner | etcd | kwok | helm) start=$SECONDS; "build_$target"; log "$target done in $((SECONDS - start)) s" ;;
-    *) log "unknown target ${target@Q} (expected kubernetes, local_provisioner, etcd, kwok or helm)"; exit 2 ;;
+    kubernetes | node | local_provisioner | etcd | kwok | helm) start=$SECONDS; "build_$target"; log "$target done in $((SECONDS - start)) s" ;;
+    *) log "unknown target ${target@Q} (expected kubernetes, node, local_provisioner, etcd, kwok or helm)"; exit 2 ;;
   esac
 done

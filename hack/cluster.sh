@@ -3,7 +3,9 @@
 # kube-scheduler, kwok (fake nodes whose pods go Running/Ready) and a local volume
 # provisioner, each an upstream binary running as a plain process bound to 127.0.0.1.
 #
-#   hack/cluster.sh up       build what is missing, start everything, wait until all is ready
+#   hack/cluster.sh up       build what is missing, start everything, wait until all is ready;
+#                            with REAL_NODE=1 also a real node (containerd + kubelet) where
+#                            pods run for real (see hack/node.sh)
 #   hack/cluster.sh down     stop exactly the processes `up` started and remove the state
 #   hack/cluster.sh status   show each component and its health (exit 1 if any is unhealthy)
 #   hack/cluster.sh env      print the exports that point kubectl and the tests at the cluster
@@ -30,6 +32,12 @@ startup_timeout=${STARTUP_TIMEOUT_SECONDS:-120}
 
 # Start order; `down` stops them in reverse.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok local-provisioner)
+# shellcheck source=node.sh
+source "$repo_root/hack/node.sh"
+# The real node's components, when this cluster has one (or `up` is asked for one).
+if [ -f "$state_dir/real-node" ] || { [ "${1:-}" = up ] && [ "${REAL_NODE:-0}" = 1 ]; }; then
+  components+=(containerd kubelet kube-proxy coredns)
+fi
 # What a failed start does: `up` stops everything it started; `restart` leaves the rest running.
 on_failure=abort_up
 
@@ -40,6 +48,8 @@ binary_of() {
     etcd) echo "$ETCD_BIN_DIR/bin/etcd" ;;
     kwok) echo "$KWOK_BIN_DIR/bin/kwok" ;;
     local-provisioner) echo "$LOCAL_PROVISIONER_BIN_DIR/bin/local-provisioner" ;;
+    containerd) command -v containerd ;;
+    coredns) echo "$COREDNS_BIN_DIR/bin/coredns" ;;
     *) echo "$KUBERNETES_BIN_DIR/bin/$1" ;;
   esac
 }
@@ -118,6 +128,8 @@ cmd_down() {
     esac
   fi
   for ((index = ${#components[@]} - 1; index >= 0; index--)); do stop_component "${components[index]}"; done
+  # The real node's containers, mounts, cgroups and network (nothing when there was none).
+  node_teardown
   if [ -d "$state_dir" ]; then
     rm -rf "$state_dir"
     log "stopped and removed $state_dir"
@@ -174,16 +186,23 @@ generate_credentials() {
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
     printf '%s\n' \
-      'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local' \
+      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$node_address,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
       'extendedKeyUsage=serverAuth' 'keyUsage=digitalSignature,keyEncipherment' >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    # The API server's client certificate for kubelets (logs, exec, port-forward).
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+      -keyout kubelet-client.key -out kubelet-client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' >kubelet-client.ext
+    openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile kubelet-client.ext -out kubelet-client.crt 2>/dev/null
     openssl genrsa -out service-account.key 2048 2>/dev/null
     echo "$(openssl rand -hex 24),admin,admin,system:masters" >tokens.csv
+    echo "$(openssl rand -hex 24),system:node:$node_name,$node_name,system:nodes" >>tokens.csv
     chmod 600 ./*.key tokens.csv
   )
   local token
-  token=$(cut -d, -f1 "$pki/tokens.csv")
+  token=$(awk -F, '$2 == "admin" {print $1}' "$pki/tokens.csv")
   cat >"$state_dir/admin.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -271,6 +290,10 @@ check_component() {
     kube-scheduler) https_ok_insecure "https://127.0.0.1:$scheduler_port/healthz" ;;
     kwok) http_ok "http://127.0.0.1:$kwok_port/healthz" ;;
     local-provisioner) [ -f "$state_dir/local-provisioner.ready" ] ;;
+    containerd) node_check_containerd ;;
+    kubelet) node_check_kubelet ;;
+    kube-proxy) node_check_kube_proxy ;;
+    coredns) node_check_coredns ;;
   esac
 }
 
@@ -327,6 +350,8 @@ cmd_up() {
     --service-account-signing-key-file="$pki/service-account.key" \
     --service-cluster-ip-range=10.0.0.0/16 --allow-privileged=true \
     --endpoint-reconciler-type=none --cert-dir="$pki/apiserver-generated" \
+    --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --max-requests-inflight=800 --max-mutating-requests-inflight=400
   wait_for kube-apiserver "kube-apiserver /readyz" check_component kube-apiserver
 
@@ -346,20 +371,28 @@ cmd_up() {
   wait_for kube-scheduler "kube-scheduler /healthz" check_component kube-scheduler
 
   write_kwok_config
-  start_component kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok.yaml" --manage-all-nodes=true \
+  start_component kwok --kubeconfig="$kubeconfig" --config="$state_dir/kwok.yaml" \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr=10.244.0.0/16 --node-ip=10.1.0.1 --server-address="127.0.0.1:$kwok_port" \
     --node-lease-duration-seconds=40
-  start_component local-provisioner --kubeconfig="$kubeconfig" --ready-file="$state_dir/local-provisioner.ready"
+  start_component local-provisioner --kubeconfig="$kubeconfig" --ready-file="$state_dir/local-provisioner.ready" \
+    --host-root="$state_dir/volumes"
   wait_for kwok "kwok /healthz" check_component kwok
   wait_for local-provisioner "the local provisioner's caches" check_component local-provisioner
 
   create_nodes || abort_up "failed to create the fake nodes" kube-apiserver
   wait_for kube-controller-manager "the default ServiceAccount" kubectl -n default get serviceaccount default
   wait_for kwok "$node_count nodes Ready" all_nodes_ready
+  if [ "${REAL_NODE:-0}" = 1 ]; then
+    touch "$state_dir/real-node"
+    node_up
+  fi
   trap - INT TERM
 
   print_env >"$state_dir/env"
-  log "cluster ready in $((SECONDS - start)) s (kubernetes v$KUBERNETES_VERSION, $node_count kwok nodes); state in $state_dir"
+  local real_node=
+  [ ! -f "$state_dir/real-node" ] || real_node=" and the real node $node_name"
+  log "cluster ready in $((SECONDS - start)) s (kubernetes v$KUBERNETES_VERSION, $node_count kwok nodes$real_node); state in $state_dir"
   print_env
 }
 

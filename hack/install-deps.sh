@@ -11,6 +11,18 @@ command -v bc >/dev/null || needed+=(bc)
 command -v redis-server >/dev/null || needed+=(redis-server)
 command -v redis-cli >/dev/null || needed+=(redis-tools)
 command -v redis-sentinel >/dev/null || needed+=(redis-sentinel)
+# The real node of the local cluster (hack/cluster.sh up with REAL_NODE=1): a CRI runtime and
+# its OCI runtime, the CNI plugins, and what the local images are built from (umoci; busybox
+# for the shells and tools of the test images).
+if [ "${REAL_NODE:-0}" = 1 ]; then
+  command -v containerd >/dev/null || needed+=(containerd)
+  command -v runc >/dev/null || needed+=(runc)
+  [ -x /usr/lib/cni/bridge ] || needed+=(containernetworking-plugins)
+  command -v umoci >/dev/null || needed+=(umoci)
+  [ -x /bin/busybox ] || needed+=(busybox-static)
+  command -v nft >/dev/null || needed+=(nftables)
+  command -v conntrack >/dev/null || needed+=(conntrack)
+fi
 if [ ${#needed[@]} -gt 0 ]; then
   echo "[install-deps] installing ${needed[*]}" >&2
   sudo_prefix=()

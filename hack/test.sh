@@ -12,6 +12,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
 start=$SECONDS
 step() { printf '\n[test] %s (%d s elapsed)\n' "$*" $((SECONDS - start)) >&2; }
 
+# The integration tests include pods on the local cluster's real node (containerd + kubelet).
+export REAL_NODE=1
 step "installing system packages"
 hack/install-deps.sh
 step "building the cluster binaries"
@@ -22,6 +24,10 @@ if ! hack/cluster.sh status >/dev/null 2>&1; then
   step "starting the local cluster"
   hack/cluster.sh up >/dev/null
   started_cluster=true
+fi
+if [ ! -f "${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}/real-node" ]; then
+  echo "[test] error: the running cluster has no real node; stop it (hack/cluster.sh down) and run again" >&2
+  exit 1
 fi
 stop_cluster() { if $started_cluster; then hack/cluster.sh down; fi; }
 trap stop_cluster EXIT

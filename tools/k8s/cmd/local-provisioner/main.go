@@ -129,11 +129,23 @@ func (p *provisioner) onClaim(ctx context.Context, obj any) {
 		volumeMode = &filesystem
 	}
 	hostPathType := corev1.HostPathDirectoryOrCreate
+	// Named after the claim's UID like every CSI provisioner, so a retried create is
+	// idempotent and a recreated claim of the same name gets a new, empty volume.
+	name := "pvc-" + string(claim.UID)
+	path := filepath.Join(p.hostRoot, name)
+	// Made here, writable by any user: pods on the real node run as non-root users, and
+	// fsGroup does not apply to hostPath volumes (the kubelet would make it root's, 0755).
+	if err := os.MkdirAll(path, 0o777); err != nil {
+		log.Printf("failed to create the directory of claim %s/%s: %v", claim.Namespace, claim.Name, err)
+		return
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		log.Printf("failed to open the directory of claim %s/%s to its pods: %v", claim.Namespace, claim.Name, err)
+		return
+	}
 	volume := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
-			// Named after the claim's UID like every CSI provisioner, so a retried create is
-			// idempotent and a recreated claim of the same name gets a new volume.
-			Name:        "pvc-" + string(claim.UID),
+			Name:        name,
 			Annotations: map[string]string{provisionedByAnnotation: p.name},
 		},
 		Spec: corev1.PersistentVolumeSpec{
@@ -147,7 +159,7 @@ func (p *provisioner) onClaim(ctx context.Context, obj any) {
 				Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID,
 			},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{
-				Path: filepath.Join(p.hostRoot, claim.Namespace, claim.Name), Type: &hostPathType,
+				Path: path, Type: &hostPathType,
 			}},
 		},
 	}
@@ -173,6 +185,12 @@ func (p *provisioner) onVolume(ctx context.Context, obj any) {
 	if err != nil && !apierrors.IsNotFound(err) {
 		log.Printf("failed to delete released volume %s: %v", volume.Name, err)
 		return
+	}
+	// Its data goes with it, as the Delete reclaim policy means.
+	if source := volume.Spec.HostPath; source != nil && filepath.Dir(source.Path) == filepath.Clean(p.hostRoot) {
+		if err := os.RemoveAll(source.Path); err != nil {
+			log.Printf("failed to remove the data of volume %s: %v", volume.Name, err)
+		}
 	}
 	log.Printf("deleted released volume %s", volume.Name)
 }

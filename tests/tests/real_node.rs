@@ -1,0 +1,334 @@
+//! The real node of the local cluster (`REAL_NODE=1 hack/cluster.sh up`): containerd and a
+//! kubelet run pods for real. A pod pinned to that node starts real processes from the locally
+//! built images, its probes run, it gets an address on the pod network that the host reaches,
+//! it reaches the API server, Services work by name (CoreDNS, kube-proxy), and `exec` and
+//! `port-forward` go through the API server to the kubelet and containerd. The seed's
+//! standalone Redis runs there as a real `redis-server`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{AttachParams, DeleteParams, PostParams};
+use operator_kit::testing::TestNamespace;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const PAGE: &str = "served by a real process";
+
+fn is_ready(pod: &Pod) -> Option<bool> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|condition| condition.type_ == "Ready")
+        .map(|condition| condition.status == "True")
+}
+
+/// `GET /index.html` over a byte stream; returns the body.
+async fn get_page<S>(mut stream: S) -> Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    ensure!(head.split_whitespace().nth(1) == Some("200"), "{head}");
+    Ok(body.trim().to_owned())
+}
+
+/// Runs `command` in container `container` of pod `web`; returns its standard output, and
+/// fails unless it exits 0.
+async fn exec_output(pods: &kube::Api<Pod>, container: &str, command: &[&str]) -> Result<String> {
+    let mut attached = pods
+        .exec(
+            "web",
+            command.to_vec(),
+            &AttachParams::default().container(container).stderr(false),
+        )
+        .await?;
+    let mut output = attached.stdout().context("no stdout")?;
+    let exited = attached.take_status().context("no status")?;
+    let mut text = String::new();
+    output.read_to_string(&mut text).await?;
+    let status = exited.await.context("no exit status")?;
+    ensure!(
+        status.status.as_deref() == Some("Success"),
+        "{command:?}: {status:?}"
+    );
+    Ok(text)
+}
+
+#[tokio::test]
+async fn a_pod_on_the_real_node_runs_probes_serves_and_reaches_the_api_server() -> Result<()> {
+    let namespace = TestNamespace::create("real-node").await?;
+    let nodes = kube::Api::<k8s_openapi::api::core::v1::Node>::all(namespace.client().clone());
+    ensure!(
+        nodes.get_opt("real-node").await?.is_some(),
+        "no real node: start the cluster with REAL_NODE=1 hack/cluster.sh up"
+    );
+    let pods = namespace.api::<Pod>();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "web", "labels": { "app": "web" } },
+        "spec": {
+            "nodeSelector": { "operator-kit.io/real-node": "true" },
+            "tolerations": [{ "key": "operator-kit.io/real-node", "operator": "Exists" }],
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "busybox:1",
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c",
+                        format!("mkdir -p /www && echo '{PAGE}' > /www/index.html && exec httpd -f -p 8080 -h /www")],
+                    "ports": [{ "containerPort": 8080 }],
+                    "readinessProbe": {
+                        "httpGet": { "path": "/index.html", "port": 8080 },
+                        "periodSeconds": 1,
+                        "failureThreshold": 1,
+                    },
+                },
+                {
+                    // Ready once the API server has answered it: plain HTTP to its TLS port gets
+                    // Go's "Client sent an HTTP request to an HTTPS server".
+                    "name": "api-check",
+                    "image": "busybox:1",
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c",
+                        "until printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc 10.88.0.1 6443 \
+                         | grep -q 'HTTPS server'; do sleep 1; done; touch /tmp/reached; exec sleep 3600"],
+                    "readinessProbe": {
+                        "exec": { "command": ["test", "-f", "/tmp/reached"] },
+                        "periodSeconds": 1,
+                    },
+                },
+            ],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let ready = namespace
+        .wait_for(&pods, "web", "Ready", TIMEOUT, |pod: &Pod| {
+            is_ready(pod) == Some(true)
+        })
+        .await?;
+    let status = ready.status.context("no status")?;
+    ensure!(status.host_ip.as_deref() == Some("10.88.0.1"), "{status:?}");
+    let pod_ip = status.pod_ip.context("no pod IP")?;
+    ensure!(pod_ip.starts_with("10.88.0."), "pod IP {pod_ip}");
+
+    // The host reaches the pod on the pod network.
+    let direct = tokio::net::TcpStream::connect((pod_ip.as_str(), 8080)).await?;
+    ensure!(get_page(direct).await? == PAGE);
+
+    // port-forward: API server → kubelet → containerd's stream server → the pod.
+    let mut forwarder = pods.portforward("web", &[8080]).await?;
+    let forwarded = forwarder.take_stream(8080).context("no forwarded stream")?;
+    ensure!(get_page(forwarded).await? == PAGE);
+
+    // exec: the process serving is the container's PID 1, really running.
+    let cmdline = exec_output(&pods, "web", &["cat", "/proc/1/cmdline"])
+        .await?
+        .replace('\0', " ");
+    ensure!(cmdline.contains("httpd"), "PID 1 runs {cmdline:?}");
+
+    // Services: cluster DNS (CoreDNS) names the Service, kube-proxy carries it to the pod.
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "web" },
+        "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80, "targetPort": 8080 }] },
+    }))?;
+    namespace
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .create(&PostParams::default(), &service)
+        .await?;
+    let cluster_ip = namespace
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .get("web")
+        .await?
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .context("no cluster IP")?;
+    // CoreDNS answers the pod's query for the Service's name with its cluster IP.
+    let fqdn = format!("web.{}.svc.cluster.local", namespace.name());
+    let answer = exec_output(&pods, "api-check", &["nslookup", &fqdn]).await?;
+    ensure!(
+        answer.contains(&cluster_ip),
+        "{fqdn} → {answer:?}, not {cluster_ip}"
+    );
+    // kube-proxy carries the cluster IP to the pod (once it has synced the new Service).
+    let mut through_service = None;
+    for _ in 0..50 {
+        if let Ok(stream) = tokio::net::TcpStream::connect((cluster_ip.as_str(), 80)).await {
+            through_service = Some(get_page(stream).await?);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        through_service.as_deref() == Some(PAGE),
+        "{through_service:?}"
+    );
+
+    // The readiness probe runs: without the page the pod turns NotReady.
+    exec_output(&pods, "web", &["rm", "/www/index.html"]).await?;
+    namespace
+        .wait_for(&pods, "web", "NotReady", TIMEOUT, |pod: &Pod| {
+            is_ready(pod) == Some(false)
+        })
+        .await?;
+
+    pods.delete("web", &DeleteParams::default()).await?;
+    namespace.wait_for_deletion(&pods, "web", TIMEOUT).await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// The seed document's standalone Redis, unchanged but for a password and the two lines that
+/// pin it to the real node: a real `redis-server` in a pod (the locally built image answers
+/// to the seed's image name), its claim bound and written, its probes running.
+#[tokio::test]
+async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use redis_operator::resp::{Connection, Value};
+    use redis_operator::v1beta1::{Phase, Redis};
+
+    const PASSWORD: &str = "seed's password";
+    let namespace = TestNamespace::create("real-redis").await?;
+    let controller = redis_operator::redis_controller();
+    let operator = namespace
+        .start_operator(
+            redis_operator::OPERATOR_NAME,
+            &redis_operator::crds(),
+            |operator| operator.with_controller(controller),
+        )
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "redis-auth" },
+        "stringData": { "password": PASSWORD },
+    }))?;
+    namespace
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let mut redis: Redis =
+        serde_yaml::from_str(include_str!("../../examples/redis-standalone.yaml"))?;
+    let mut spec = serde_json::to_value(&redis.spec)?;
+    spec["kubernetesConfig"]["redisSecret"] = json!({ "name": "redis-auth", "key": "password" });
+    spec["nodeSelector"] = json!({ "operator-kit.io/real-node": "true" });
+    spec["tolerations"] = json!([{ "key": "operator-kit.io/real-node", "operator": "Exists" }]);
+    redis.spec = serde_json::from_value(spec)?;
+    let redises = namespace.api::<Redis>();
+    redises.create(&PostParams::default(), &redis).await?;
+    namespace
+        .wait_for(
+            &redises,
+            "redis-standalone",
+            "Ready",
+            TIMEOUT,
+            |redis: &Redis| {
+                redis
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.phase == Phase::Ready)
+            },
+        )
+        .await?;
+    let pods = namespace.api::<Pod>();
+    let pod = pods.get("redis-standalone-0").await?;
+    let pod_ip = pod
+        .status
+        .and_then(|status| status.pod_ip)
+        .context("no pod IP")?;
+
+    // A client on the pod network: the password is required, then writes and reads work.
+    let stream = tokio::net::TcpStream::connect((pod_ip.as_str(), 6379)).await?;
+    let mut anonymous = Connection::open(Box::new(stream), None).await?;
+    let refused = anonymous.command(&["SET", "k", "v"]).await;
+    ensure!(
+        refused.is_err(),
+        "a write without the password: {refused:?}"
+    );
+    let stream = tokio::net::TcpStream::connect((pod_ip.as_str(), 6379)).await?;
+    let mut client = Connection::open(Box::new(stream), Some(PASSWORD)).await?;
+    client
+        .command(&["SET", "seed", "written in a real pod"])
+        .await?;
+    let value = client.command(&["GET", "seed"]).await?;
+    ensure!(
+        value.text().as_deref() == Some("written in a real pod"),
+        "{value:?}"
+    );
+
+    // Through the API server's port-forward, as `kubectl port-forward` does.
+    let mut forwarder = pods.portforward("redis-standalone-0", &[6379]).await?;
+    let forwarded = forwarder.take_stream(6379).context("no forwarded stream")?;
+    let mut forwarded = Connection::open(Box::new(forwarded), Some(PASSWORD)).await?;
+    ensure!(forwarded.command(&["PING"]).await? == Value::Status("PONG".to_owned()));
+
+    // Its data is on the claim: the file Redis writes is in the volume's directory.
+    client.command(&["SAVE"]).await?;
+    let claims = namespace.api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>();
+    let claim = claims.get("data-redis-standalone-0").await?;
+    let volume_name = claim
+        .spec
+        .and_then(|spec| spec.volume_name)
+        .context("claim not bound")?;
+    let volume =
+        kube::Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(namespace.client().clone())
+            .get(&volume_name)
+            .await?;
+    let directory = volume
+        .spec
+        .and_then(|spec| spec.host_path)
+        .map(|source| source.path)
+        .context("not a hostPath volume")?;
+    let dump = std::path::Path::new(&directory).join("dump.rdb");
+    ensure!(dump.exists(), "{dump:?} missing");
+
+    // The probes run: a Redis whose password no longer matches the pod's fails its readiness
+    // probe (the pod turns NotReady), then its liveness probe (the container is restarted,
+    // and with the pod's password it is Ready again).
+    client
+        .command(&["CONFIG", "SET", "requirepass", "not the pod's"])
+        .await?;
+    namespace
+        .wait_for(
+            &pods,
+            "redis-standalone-0",
+            "NotReady",
+            TIMEOUT,
+            |pod: &Pod| is_ready(pod) == Some(false),
+        )
+        .await?;
+    namespace
+        .wait_for(
+            &pods,
+            "redis-standalone-0",
+            "restarted by its liveness probe, and Ready",
+            TIMEOUT,
+            |pod: &Pod| {
+                is_ready(pod) == Some(true)
+                    && pod
+                        .status
+                        .as_ref()
+                        .and_then(|status| status.container_statuses.as_ref())
+                        .is_some_and(|statuses| {
+                            statuses.iter().any(|status| status.restart_count >= 1)
+                        })
+            },
+        )
+        .await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
