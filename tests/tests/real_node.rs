@@ -332,3 +332,238 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     namespace.delete().await?;
     Ok(())
 }
+
+/// The host process id of a pod's container, from containerd (for a kill -9 from outside:
+/// inside its PID namespace, PID 1 ignores SIGKILL).
+fn host_pid(container_id: &str) -> Result<u32> {
+    let cluster = std::env::var("OPERATOR_KIT_CLUSTER_DIR")
+        .unwrap_or_else(|_| format!("{}/../.cluster", env!("CARGO_MANIFEST_DIR")));
+    let socket = format!("{cluster}/node/containerd.sock");
+    let output = std::process::Command::new("ctr")
+        .args(["--address", &socket, "--namespace", "k8s.io", "tasks", "ls"])
+        .output()
+        .context("failed to run ctr")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    listing
+        .lines()
+        .find(|line| line.starts_with(container_id))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+        .with_context(|| format!("no task {container_id} in {listing}"))
+}
+
+/// The seed's demo of high availability, on real pods: `examples/redis-sentinel.yaml` (three
+/// pods × Redis + Sentinel, the seed's exec probes), the operator out of the cluster reaching
+/// them through port-forward (as `cargo run` does), a writer whose every write is
+/// acknowledged with `WAIT 1`; then `kubectl delete pod` of the master (its preStop hands
+/// over: a replica takes over, `<name>-master` selects it, the old pod comes back as a replica)
+/// and a kill -9 of the next master's process (the kubelet restarts the container within a
+/// second, before the sentinels' 5 s `downAfterMilliseconds`: the same node is master again,
+/// on its own data). Each time no acknowledged write is lost.
+#[tokio::test]
+async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use redis_operator::resp::{Connection, Value};
+    use redis_operator::v1beta1::{Phase, RedisSentinel};
+
+    let namespace = TestNamespace::create("real-sentinel").await?;
+    let controller = redis_operator::redis_sentinel_controller();
+    let operator = namespace
+        .start_operator(
+            redis_operator::OPERATOR_NAME,
+            &redis_operator::crds(),
+            |operator| operator.with_controller(controller),
+        )
+        .await?;
+    let mut documents = include_str!("../../examples/redis-sentinel.yaml").split("\n---\n");
+    let secret: Secret = serde_yaml::from_str(documents.next().context("no Secret")?)?;
+    let password = secret
+        .string_data
+        .as_ref()
+        .and_then(|data| data.get("password").cloned())
+        .context("no password")?;
+    namespace
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let mut resource: RedisSentinel =
+        serde_yaml::from_str(documents.next().context("no RedisSentinel")?)?;
+    resource.spec.pod.node_selector = Some(
+        [("operator-kit.io/real-node".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    resource.spec.pod.tolerations = Some(vec![serde_json::from_value(
+        json!({ "key": "operator-kit.io/real-node", "operator": "Exists" }),
+    )?]);
+    let api = namespace.api::<RedisSentinel>();
+    api.create(&PostParams::default(), &resource).await?;
+    let pods = namespace.api::<Pod>();
+
+    let wait_master = |other_than: Option<String>| {
+        let api = api.clone();
+        let namespace = &namespace;
+        async move {
+            let ready = namespace
+                .wait_for(
+                    &api,
+                    "redis-ha",
+                    "Ready with a master",
+                    Duration::from_secs(180),
+                    {
+                        let other_than = other_than.clone();
+                        move |resource: &RedisSentinel| {
+                            resource.status.as_ref().is_some_and(|status| {
+                                status.phase == Phase::Ready
+                                    && status.master.is_some()
+                                    && status.master != other_than
+                            })
+                        }
+                    },
+                )
+                .await?;
+            ready
+                .status
+                .and_then(|status| status.master)
+                .context("no master")
+        }
+    };
+    let connect = |pod: Pod| {
+        let password = password.clone();
+        async move {
+            let ip = pod
+                .status
+                .and_then(|status| status.pod_ip)
+                .context("no pod IP")?;
+            let stream = tokio::net::TcpStream::connect((ip.as_str(), 6379)).await?;
+            anyhow::Ok(Connection::open(Box::new(stream), Some(&password)).await?)
+        }
+    };
+
+    let mut master = wait_master(None).await?;
+    let mut acknowledged = Vec::new();
+    for round in ["delete", "kill"] {
+        // Acknowledged writes on the current master.
+        let mut client = connect(pods.get(&master).await?).await?;
+        for index in 0..100 {
+            let key = format!("{round}:{index}");
+            client.command(&["SET", &key, round]).await?;
+            let replicas = client.command(&["WAIT", "1", "2000"]).await?;
+            ensure!(
+                matches!(replicas, Value::Integer(count) if count >= 1),
+                "{key} not acknowledged: {replicas:?}"
+            );
+            acknowledged.push(key);
+        }
+        let old = master.clone();
+        let old_pod = pods.get(&old).await?;
+        if round == "delete" {
+            pods.delete(&old, &DeleteParams::default()).await?;
+        } else {
+            let container = old_pod
+                .status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                .and_then(|statuses| statuses.iter().find(|status| status.name == "redis"))
+                .and_then(|status| status.container_id.clone())
+                .context("no redis container")?;
+            let id = container.trim_start_matches("containerd://");
+            let pid = host_pid(id)?;
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()?;
+            ensure!(status.success(), "kill -9 {pid}: {status}");
+        }
+        if round == "delete" {
+            master = wait_master(Some(old.clone())).await?;
+        } else {
+            let restarted = |pod: &Pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|status| status.container_statuses.as_ref())
+                    .and_then(|statuses| statuses.iter().find(|status| status.name == "redis"))
+                    .map_or(0, |status| status.restart_count)
+            };
+            let before = restarted(&old_pod);
+            namespace
+                .wait_for(
+                    &pods,
+                    &old,
+                    "its redis restarted",
+                    Duration::from_secs(60),
+                    move |pod: &Pod| restarted(pod) > before,
+                )
+                .await?;
+            master = wait_master(None).await?;
+        }
+        // <name>-master selects the new master's pod.
+        let new_ip = pods
+            .get(&master)
+            .await?
+            .status
+            .and_then(|status| status.pod_ip)
+            .context("no pod IP")?;
+        let slices = namespace.api::<EndpointSlice>();
+        let selected = || async {
+            let listed = slices
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels("kubernetes.io/service-name=redis-ha-master"),
+                )
+                .await?;
+            anyhow::Ok(
+                listed
+                    .items
+                    .iter()
+                    .flat_map(|slice| slice.endpoints.iter().flatten())
+                    .filter(|endpoint| {
+                        endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                    })
+                    .flat_map(|endpoint| endpoint.addresses.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut addresses = Vec::new();
+        for _ in 0..300 {
+            addresses = selected().await?;
+            if addresses == [new_ip.clone()] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(
+            addresses == [new_ip.clone()],
+            "{round}: redis-ha-master selects {addresses:?}, not {new_ip}"
+        );
+        // Every acknowledged write is on the new master.
+        let mut client = connect(pods.get(&master).await?).await?;
+        for key in &acknowledged {
+            let value = client.command(&["EXISTS", key]).await?;
+            ensure!(value == Value::Integer(1), "{round}: {key} lost");
+        }
+        if master == old {
+            continue;
+        }
+        // The old pod comes back as a replica, and the set is Ready with all three.
+        namespace
+            .wait_for(
+                &pods,
+                &old,
+                "back and Ready",
+                Duration::from_secs(180),
+                |pod: &Pod| is_ready(pod) == Some(true),
+            )
+            .await?;
+        let mut returned = connect(pods.get(&old).await?).await?;
+        let role = returned.command(&["ROLE"]).await?;
+        ensure!(
+            role.items().first().and_then(Value::text).as_deref() == Some("slave"),
+            "{round}: {old} came back as {role:?}"
+        );
+        wait_master(None).await?;
+    }
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
