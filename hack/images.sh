@@ -5,6 +5,9 @@
 #
 #   hack/images.sh build                  build what is missing; print the archives
 #   hack/images.sh import SOCKET          import every image into the containerd at SOCKET
+#   hack/images.sh import-operators SOCKET
+#                                         the same for the operators' images, from their
+#                                         release binaries (cargo build --release first)
 #
 # Images (each archive may carry several names):
 #   pause    registry.k8s.io/pause:3.10 — the pod sandbox (hack/images/pause.c, static)
@@ -13,6 +16,10 @@
 #            and tools, user 1000; tagged with every Redis image name our defaults and
 #            examples use (redis:7.4, the seed's hub.iefcu.cn/public/redis:arm64-6.2.5), a
 #            local-cluster convenience so that they run unchanged
+#   redis-operator, app-operator  the release binary with the shared libraries it loads, user
+#            65532, as the charts expect: named as the charts' default image
+#            (ghcr.io/operator-kit/<name>:<appVersion>); the Dockerfiles stay the recipe
+#            for users' registries
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=versions.sh
@@ -27,6 +34,8 @@ names_of() {
     pause) echo registry.k8s.io/pause:3.10 ;;
     busybox) echo docker.io/library/busybox:1 ;;
     redis) echo docker.io/library/redis:7.4 hub.iefcu.cn/public/redis:arm64-6.2.5 ;;
+    redis-operator | app-operator)
+      echo "ghcr.io/operator-kit/$1:$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$repo_root/charts/$1/Chart.yaml")" ;;
   esac
 }
 
@@ -36,15 +45,21 @@ populate_pause() {
   printf '/pause\n65535:65535\n'
 }
 
-# Copies binaries with the shared libraries they load (and the loader), at the same paths.
+# Copies the shared libraries a binary loads (and the loader) into $1, at the same paths.
+copy_libraries() {
+  local root=$1 binary=$2 library
+  for library in $(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
+    [ -e "$root$library" ] || cp --parents -L "$library" "$root"
+  done
+}
+
+# Copies binaries with the shared libraries they load, at the same paths.
 copy_with_libraries() {
-  local root=$1 binary library
+  local root=$1 binary
   shift
   for binary in "$@"; do
     cp --parents -L "$binary" "$root"
-    for library in $(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
-      [ -e "$root$library" ] || cp --parents -L "$library" "$root"
-    done
+    copy_libraries "$root" "$binary"
   done
 }
 
@@ -61,6 +76,27 @@ populate_redis() {
   chown 1000:1000 "$1/data"
   printf '/usr/bin/redis-server\n1000:1000\n'
 }
+
+# The release binary of an operator (built by cargo into $CARGO_TARGET_DIR).
+operator_binary() {
+  echo "${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}/release/$1"
+}
+
+populate_operator() {
+  local root=$1 name=$2 binary
+  binary=$(operator_binary "$name")
+  [ -x "$binary" ] || { log "error: $binary is missing: cargo build --release --bin $name"; exit 1; }
+  mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp"
+  cp "$binary" "$root/usr/local/bin/$name"
+  copy_libraries "$root" "$binary"
+  chmod 1777 "$root/tmp"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+  printf '/usr/local/bin/%s\n65532:65532\n' "$name"
+}
+
+populate_redis-operator() { populate_operator "$1" redis-operator; }
+populate_app-operator() { populate_operator "$1" app-operator; }
 
 populate_busybox() {
   mkdir -p "$1/bin" "$1/tmp" "$1/etc"
@@ -84,6 +120,7 @@ inputs_hash() {
       pause) sha256sum "$repo_root/hack/images/pause.c"; gcc --version | head -n 1 ;;
       busybox) sha256sum /bin/busybox ;;
       redis) sha256sum /bin/busybox /usr/bin/redis-check-rdb /usr/bin/redis-cli ;;
+      redis-operator | app-operator) sha256sum "$(operator_binary "$1")" ;;
     esac
   } | sha256sum | cut -c1-16
 }
@@ -118,9 +155,11 @@ case ${1:-} in
   build)
     for image in "${images[@]}"; do build_image "$image"; done
     ;;
-  import)
-    socket=${2:?usage: hack/images.sh import SOCKET}
-    for image in "${images[@]}"; do
+  import | import-operators)
+    socket=${2:?usage: hack/images.sh import|import-operators SOCKET}
+    selected=("${images[@]}")
+    [ "$1" = import ] || selected=(redis-operator app-operator)
+    for image in "${selected[@]}"; do
       archive=$(build_image "$image")
       # The archive's one tag is the image's short name, imported as
       # local.operator-kit.io/<name>:<name> (fully qualified, as the CRI plugin names images);
@@ -133,7 +172,7 @@ case ${1:-} in
     done
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -33,6 +33,12 @@ stop_cluster() { if $started_cluster; then hack/cluster.sh down; fi; }
 trap stop_cluster EXIT
 eval "$(hack/cluster.sh env)"
 
+step "building the operators' images for the real node"
+# The chart test installs the operator as users do, from its image: the release binary in an
+# image named as the chart's default, imported into the real node's containerd.
+cargo build --release --locked --bin redis-operator --bin app-operator
+hack/images.sh import-operators "${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}/node/containerd.sock"
+
 step "checking formatting, lints and docs"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

@@ -567,3 +567,118 @@ async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> R
     namespace.delete().await?;
     Ok(())
 }
+
+/// redis-operator as users install it: `helm install` of `charts/redis-operator` with the
+/// locally built image (named as the chart's default), in a pod on the real node. It is Ready
+/// through its own `/readyz`, uses in-cluster configuration and its ServiceAccount, holds its
+/// Lease, and reconciles the seed's standalone Redis into a real, Ready redis-server.
+#[tokio::test]
+async fn the_operator_installed_by_helm_runs_in_a_pod_and_reconciles() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Secret;
+    use operator_kit::testing::tools::run;
+    use redis_operator::v1beta1::{Phase, Redis};
+
+    let namespace = TestNamespace::create("real-helm").await?;
+    let ns = namespace.name().to_owned();
+    let chart = format!("{}/../charts/redis-operator", env!("CARGO_MANIFEST_DIR"));
+    let install = run(
+        "helm",
+        &[
+            "install",
+            "redis-operator",
+            &chart,
+            "--namespace",
+            &ns,
+            "--set",
+            &format!("watchNamespace={ns}"),
+            "--set",
+            "leaderElection.enabled=true",
+            "--set-string",
+            "nodeSelector.operator-kit\\.io/real-node=true",
+            "--set",
+            "tolerations[0].key=operator-kit.io/real-node",
+            "--set",
+            "tolerations[0].operator=Exists",
+        ],
+        None,
+    );
+    install.context(
+        "helm install failed (the image comes from `cargo build --release --bin redis-operator` \
+         and `hack/images.sh import-operators <containerd socket>`, which hack/test.sh runs)",
+    )?;
+    let deployments = namespace.api::<Deployment>();
+    namespace
+        .wait_for(
+            &deployments,
+            "redis-operator",
+            "available",
+            TIMEOUT,
+            |deployment: &Deployment| {
+                deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.available_replicas)
+                    == Some(1)
+            },
+        )
+        .await?;
+    // It holds its Lease.
+    let leases = namespace.api::<Lease>();
+    namespace
+        .wait_for(
+            &leases,
+            "redis-operator",
+            "held",
+            TIMEOUT,
+            |lease: &Lease| {
+                lease
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.holder_identity.as_ref())
+                    .is_some_and(|holder| holder.starts_with("redis-operator-"))
+            },
+        )
+        .await?;
+
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "redis-auth" },
+        "stringData": { "password": "in-cluster" },
+    }))?;
+    namespace
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let mut redis: Redis =
+        serde_yaml::from_str(include_str!("../../examples/redis-standalone.yaml"))?;
+    let mut spec = serde_json::to_value(&redis.spec)?;
+    spec["kubernetesConfig"]["redisSecret"] = json!({ "name": "redis-auth", "key": "password" });
+    spec["nodeSelector"] = json!({ "operator-kit.io/real-node": "true" });
+    spec["tolerations"] = json!([{ "key": "operator-kit.io/real-node", "operator": "Exists" }]);
+    redis.spec = serde_json::from_value(spec)?;
+    let redises = namespace.api::<Redis>();
+    redises.create(&PostParams::default(), &redis).await?;
+    namespace
+        .wait_for(
+            &redises,
+            "redis-standalone",
+            "Ready",
+            TIMEOUT,
+            |redis: &Redis| {
+                redis
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.phase == Phase::Ready)
+            },
+        )
+        .await?;
+    run(
+        "helm",
+        &["uninstall", "redis-operator", "--namespace", &ns, "--wait"],
+        None,
+    )?;
+    namespace.delete().await?;
+    Ok(())
+}
