@@ -16,6 +16,10 @@
 #            and tools, user 1000; tagged with every Redis image name our defaults and
 #            examples use (redis:7.4, the seed's hub.iefcu.cn/public/redis:arm64-6.2.5), a
 #            local-cluster convenience so that they run unchanged
+#   adam-doc-1.0, adam-doc-1.1  the seed's adam-doc site stand-in: busybox httpd serving a page
+#            that names its version on port 4000, user 65534, as the image
+#            examples/adam-doc.yaml names (registry.example.com/adam/adam-doc:1.0) and a second
+#            version for the rollout test
 #   redis-operator, app-operator  the release binary with the shared libraries it loads, user
 #            65532, as the charts expect: named as the charts' default image
 #            (ghcr.io/operator-kit/<name>:<appVersion>); the Dockerfiles stay the recipe
@@ -34,6 +38,8 @@ names_of() {
     pause) echo registry.k8s.io/pause:3.10 ;;
     busybox) echo docker.io/library/busybox:1 ;;
     redis) echo docker.io/library/redis:7.4 hub.iefcu.cn/public/redis:arm64-6.2.5 ;;
+    adam-doc-1.0) echo registry.example.com/adam/adam-doc:1.0 ;;
+    adam-doc-1.1) echo registry.example.com/adam/adam-doc:1.1 ;;
     redis-operator | app-operator)
       echo "ghcr.io/operator-kit/$1:$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$repo_root/charts/$1/Chart.yaml")" ;;
   esac
@@ -98,6 +104,19 @@ populate_operator() {
 populate_redis-operator() { populate_operator "$1" redis-operator; }
 populate_app-operator() { populate_operator "$1" app-operator; }
 
+populate_adam-doc() {
+  local root=$1 version=$2
+  populate_busybox "$root" >/dev/null
+  mkdir -p "$root/www"
+  printf '<!doctype html><title>adam-doc</title><p>adam-doc %s</p>\n' "$version" >"$root/www/index.html"
+  printf '#!/bin/sh\nexec httpd -f -p 4000 -h /www\n' >"$root/bin/serve"
+  chmod 755 "$root/bin/serve"
+  printf '/bin/serve\n65534:65534\n'
+}
+
+populate_adam-doc-1.0() { populate_adam-doc "$1" 1.0; }
+populate_adam-doc-1.1() { populate_adam-doc "$1" 1.1; }
+
 populate_busybox() {
   mkdir -p "$1/bin" "$1/tmp" "$1/etc"
   cp /bin/busybox "$1/bin/busybox"
@@ -118,9 +137,11 @@ inputs_hash() {
     sha256sum "$repo_root/hack/images.sh"
     case $1 in
       pause) sha256sum "$repo_root/hack/images/pause.c"; gcc --version | head -n 1 ;;
-      busybox) sha256sum /bin/busybox ;;
+      busybox | adam-doc-*) sha256sum /bin/busybox ;;
       redis) sha256sum /bin/busybox /usr/bin/redis-check-rdb /usr/bin/redis-cli ;;
-      redis-operator | app-operator) sha256sum "$(operator_binary "$1")" ;;
+      adam-doc-1.0) echo registry.example.com/adam/adam-doc:1.0 ;;
+    adam-doc-1.1) echo registry.example.com/adam/adam-doc:1.1 ;;
+    redis-operator | app-operator) sha256sum "$(operator_binary "$1")" ;;
     esac
   } | sha256sum | cut -c1-16
 }
@@ -149,7 +170,7 @@ build_image() {
   echo "$archive"
 }
 
-images=(pause busybox redis)
+images=(pause busybox redis adam-doc-1.0 adam-doc-1.1)
 
 case ${1:-} in
   build)
