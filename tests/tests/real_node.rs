@@ -596,51 +596,48 @@ async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> R
     Ok(())
 }
 
-/// redis-operator as users install it: `helm install` of `charts/redis-operator` with the
-/// locally built image (named as the chart's default), in a pod on the real node. It is Ready
-/// through its own `/readyz`, uses in-cluster configuration and its ServiceAccount, holds its
-/// Lease, and reconciles the seed's standalone Redis into a real, Ready redis-server.
-#[tokio::test]
-async fn the_operator_installed_by_helm_runs_in_a_pod_and_reconciles() -> Result<()> {
+/// `helm install` of `charts/<operator>` into the test's namespace, watching only it and
+/// pinned to the real node, with `--set` values `extra`; waits until its Deployment is
+/// available (through the operator's own `/readyz`).
+async fn helm_install_on_real_node(
+    namespace: &TestNamespace,
+    operator: &str,
+    extra: &[&str],
+) -> Result<()> {
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::coordination::v1::Lease;
-    use operator_kit::testing::tools::run;
 
-    let _one_at_a_time = REAL_NODE.lock().await;
-
-    let namespace = TestNamespace::create("real-helm").await?;
-    let ns = namespace.name().to_owned();
-    let chart = format!("{}/../charts/redis-operator", env!("CARGO_MANIFEST_DIR"));
-    let install = run(
-        "helm",
-        &[
-            "install",
-            "redis-operator",
-            &chart,
-            "--namespace",
-            &ns,
-            "--set",
-            &format!("watchNamespace={ns}"),
-            "--set",
-            "leaderElection.enabled=true",
-            "--set-string",
-            "nodeSelector.operator-kit\\.io/real-node=true",
-            "--set",
-            "tolerations[0].key=operator-kit.io/real-node",
-            "--set",
-            "tolerations[0].operator=Exists",
-        ],
-        None,
-    );
-    install.context(
-        "helm install failed (the image comes from `cargo build --release --bin redis-operator` \
-         and `hack/images.sh import-operators <containerd socket>`, which hack/test.sh runs)",
-    )?;
+    let ns = namespace.name();
+    let chart = format!("{}/../charts/{operator}", env!("CARGO_MANIFEST_DIR"));
+    let watch = format!("watchNamespace={ns}");
+    let mut args = vec![
+        "install",
+        operator,
+        &chart,
+        "--namespace",
+        ns,
+        "--set",
+        &watch,
+        "--set-string",
+        "nodeSelector.operator-kit\\.io/real-node=true",
+        "--set",
+        "tolerations[0].key=operator-kit.io/real-node",
+        "--set",
+        "tolerations[0].operator=Exists",
+    ];
+    for value in extra {
+        args.extend(["--set", value]);
+    }
+    operator_kit::testing::tools::run("helm", &args, None).with_context(|| {
+        format!(
+            "helm install failed (the image comes from `cargo build --release --bin {operator}` \
+             and `hack/images.sh import-operators <containerd socket>`, which hack/test.sh runs)"
+        )
+    })?;
     let deployments = namespace.api::<Deployment>();
     namespace
         .wait_for(
             &deployments,
-            "redis-operator",
+            operator,
             "available",
             TIMEOUT,
             |deployment: &Deployment| {
@@ -652,6 +649,27 @@ async fn the_operator_installed_by_helm_runs_in_a_pod_and_reconciles() -> Result
             },
         )
         .await?;
+    Ok(())
+}
+
+/// redis-operator as users install it: `helm install` of `charts/redis-operator` with the
+/// locally built image (named as the chart's default), in a pod on the real node. It is Ready
+/// through its own `/readyz`, uses in-cluster configuration and its ServiceAccount, holds its
+/// Lease, and reconciles the seed's standalone Redis into a real, Ready redis-server.
+#[tokio::test]
+async fn the_operator_installed_by_helm_runs_in_a_pod_and_reconciles() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use operator_kit::testing::tools::run;
+
+    let _one_at_a_time = REAL_NODE.lock().await;
+
+    let namespace = TestNamespace::create("real-helm").await?;
+    helm_install_on_real_node(
+        &namespace,
+        "redis-operator",
+        &["leaderElection.enabled=true"],
+    )
+    .await?;
     // It holds its Lease.
     let leases = namespace.api::<Lease>();
     namespace
@@ -673,7 +691,13 @@ async fn the_operator_installed_by_helm_runs_in_a_pod_and_reconciles() -> Result
     create_seed_redis(&namespace, "in-cluster").await?;
     run(
         "helm",
-        &["uninstall", "redis-operator", "--namespace", &ns, "--wait"],
+        &[
+            "uninstall",
+            "redis-operator",
+            "--namespace",
+            namespace.name(),
+            "--wait",
+        ],
         None,
     )?;
     namespace.delete().await?;
@@ -715,44 +739,8 @@ async fn the_adam_doc_app_serves_on_port_4000_and_rolls_out_an_update() -> Resul
     let _one_at_a_time = REAL_NODE.lock().await;
 
     let namespace = TestNamespace::create("real-app").await?;
-    let ns = namespace.name().to_owned();
-    let chart = format!("{}/../charts/app-operator", env!("CARGO_MANIFEST_DIR"));
-    run(
-        "helm",
-        &[
-            "install",
-            "app-operator",
-            &chart,
-            "--namespace",
-            &ns,
-            "--set",
-            &format!("watchNamespace={ns}"),
-            "--set-string",
-            "nodeSelector.operator-kit\\.io/real-node=true",
-            "--set",
-            "tolerations[0].key=operator-kit.io/real-node",
-            "--set",
-            "tolerations[0].operator=Exists",
-        ],
-        None,
-    )
-    .context("helm install failed (hack/test.sh builds and imports the operators' images)")?;
+    helm_install_on_real_node(&namespace, "app-operator", &[]).await?;
     let deployments = namespace.api::<Deployment>();
-    namespace
-        .wait_for(
-            &deployments,
-            "app-operator",
-            "available",
-            TIMEOUT,
-            |deployment: &Deployment| {
-                deployment
-                    .status
-                    .as_ref()
-                    .and_then(|status| status.available_replicas)
-                    == Some(1)
-            },
-        )
-        .await?;
 
     let mut app: App = serde_yaml::from_str(include_str!("../../examples/adam-doc.yaml"))?;
     app.spec.node_selector = Some(
@@ -862,7 +850,13 @@ async fn the_adam_doc_app_serves_on_port_4000_and_rolls_out_an_update() -> Resul
     );
     run(
         "helm",
-        &["uninstall", "app-operator", "--namespace", &ns, "--wait"],
+        &[
+            "uninstall",
+            "app-operator",
+            "--namespace",
+            namespace.name(),
+            "--wait",
+        ],
         None,
     )?;
     namespace.delete().await?;
