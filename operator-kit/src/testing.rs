@@ -289,6 +289,29 @@ pub async fn recent_events(client: &Client, namespace: &str, limit: usize) -> St
     text
 }
 
+/// Polls `check` every 20 ms until it holds and returns how long that took: for conditions on
+/// the operator's own state ([`RunningOperator::metrics`], [`RunningOperator::health`]) that no
+/// watch can wait for. It sleeps asynchronously, because the operator of a test runs on the
+/// test's runtime: a blocking wait would stop the operator from seeing anything meanwhile.
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<Duration, HarnessError> {
+    let started = std::time::Instant::now();
+    while !check() {
+        if started.elapsed() >= timeout {
+            return Err(HarnessError::Timeout {
+                what: what.to_owned(),
+                timeout,
+                diagnostics: String::new(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(started.elapsed())
+}
+
 /// An operator running inside a test, watching only its test namespace (see
 /// [`TestNamespace::start_operator`]).
 pub struct RunningOperator {

@@ -77,7 +77,7 @@ async fn main() -> Result<()> {
     let down_after: u64 = arguments.get(1).map_or(Ok(5000), |value| value.parse())?;
 
     let namespace = TestNamespace::create("bench-failover").await?;
-    let mut set = LocalSet::new("bench", 3, 3, down_after)?;
+    let mut set = LocalSet::new("bench", 3, 3, down_after).await?;
     let nodes = set.nodes.clone();
     let controller = redis_operator::redis_sentinel_controller_with(
         Access::Direct,
@@ -160,7 +160,7 @@ async fn main() -> Result<()> {
         switches.push(switch_seconds);
         follows.push(follow_seconds);
         // The killed pod comes back and rejoins as a replica before the next run.
-        set.start_redis(index)?;
+        set.start_redis(index).await?;
     }
     for values in [&mut switches, &mut follows] {
         values.sort_by(f64::total_cmp);

@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use operator_kit::testing::{RunningOperator, TestNamespace};
+use operator_kit::testing::{RunningOperator, TestNamespace, wait_until};
 use operator_kit::{Operator, OperatorArgs};
 use redis_operator::v1beta1::{Phase, Redis};
 use serde_json::json;
@@ -257,19 +257,6 @@ async fn a_standby_takes_over_after_an_api_server_restart() -> Result<()> {
     Ok(())
 }
 
-/// Waits until `check` holds, polling every 100 ms.
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<Duration> {
-    let started = Instant::now();
-    while !check() {
-        ensure!(
-            started.elapsed() < TIMEOUT,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(started.elapsed())
-}
-
 #[tokio::test]
 async fn a_watch_that_keeps_failing_makes_the_operator_unready_until_it_recovers() -> Result<()> {
     let _turn = RESTARTS.lock().await;
@@ -314,7 +301,7 @@ async fn a_watch_that_keeps_failing_makes_the_operator_unready_until_it_recovers
     .with_controller(redis_operator::redis_controller());
     let running = RunningOperator::spawn(operator);
 
-    let unready = wait_until("/readyz names the failing Secret watch", || {
+    let unready = wait_until("/readyz names the failing Secret watch", TIMEOUT, || {
         running
             .health()
             .not_ready_reason()
@@ -338,7 +325,10 @@ async fn a_watch_that_keeps_failing_makes_the_operator_unready_until_it_recovers
         .patch(account, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     let granted = Instant::now();
-    wait_until("/readyz is ready again", || running.health().is_ready()).await?;
+    wait_until("/readyz is ready again", TIMEOUT, || {
+        running.health().is_ready()
+    })
+    .await?;
     eprintln!(
         "measured: ready again {:?} after the rule was added",
         granted.elapsed()

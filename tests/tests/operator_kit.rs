@@ -17,7 +17,7 @@ use operator_kit::admin::{Metrics, ReconcileResult};
 use operator_kit::backoff::BackoffPolicy;
 use operator_kit::children::{INSTANCE_LABEL, MANAGED_BY_LABEL};
 use operator_kit::conditions::{READY, is_true};
-use operator_kit::testing::{self, RunningOperator, TestNamespace};
+use operator_kit::testing::{self, RunningOperator, TestNamespace, wait_until};
 use operator_kit::{
     Action, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError, Reconciler,
     ShutdownHandle,
@@ -80,22 +80,6 @@ async fn wait_ready(namespace: &TestNamespace, name: &str) -> Result<Website> {
                     == Some(site.spec.replicas)
         })
         .await?)
-}
-
-async fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> bool,
-) -> Result<Duration> {
-    let started = Instant::now();
-    while !check() {
-        ensure!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(started.elapsed())
 }
 
 #[tokio::test]

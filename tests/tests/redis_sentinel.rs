@@ -104,7 +104,7 @@ async fn master_labels(namespace: &TestNamespace) -> Result<Vec<String>> {
 #[tokio::test]
 async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()> {
     let namespace = TestNamespace::create("redis-sentinel").await?;
-    let mut set = LocalSet::new("cache", 5, 3, 1000)?;
+    let mut set = LocalSet::new("cache", 5, 3, 1000).await?;
     let operator = start(&namespace, &set).await?;
     support::create_password_secret(&namespace, "redis-auth").await?;
     let api = namespace.api::<RedisSentinel>();
@@ -262,7 +262,7 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
     ensure!(metrics.contains("redis_sentinel_failover_duration_seconds_count{"));
 
     // The old master's pod comes back (its script asks the sentinels and rejoins as replica).
-    set.start_redis(old_index)?;
+    set.start_redis(old_index).await?;
     wait_healthy(&namespace, "cache", 3, Some(&master)).await?;
 
     // Scale 3 → 5 → 3: the quorum follows, set live on every sentinel, and the pod template
@@ -273,10 +273,10 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
         .await?
         .spec
         .template;
-    set.start_redis(3)?;
-    set.start_sentinel(3)?;
-    set.start_redis(4)?;
-    set.start_sentinel(4)?;
+    set.start_redis(3).await?;
+    set.start_sentinel(3).await?;
+    set.start_redis(4).await?;
+    set.start_sentinel(4).await?;
     for replicas in [5, 3] {
         let patch = json!({ "spec": { "replicas": replicas } });
         api.patch("cache", &PatchParams::default(), &Patch::Merge(&patch))
@@ -320,6 +320,7 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
                 support::sentinel_cli(node.sentinel_port, &["SENTINEL", "SENTINELS", "mymaster"])?;
             Ok(known.lines().filter(|line| *line == "name").count() == 2)
         })
+        .await
         .with_context(|| format!("sentinel of {}", node.pod))?;
     }
 
@@ -337,7 +338,8 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
     namespace.wait_for_deletion(&api, "cache", TIMEOUT).await?;
     support::wait_until("the failover series to go", TIMEOUT, || {
         Ok(!operator.metrics().render().contains(&series))
-    })?;
+    })
+    .await?;
     namespace
         .wait_for_deletion(&namespace.api::<StatefulSet>(), "cache-node", TIMEOUT)
         .await?;
@@ -461,7 +463,7 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
 #[tokio::test]
 async fn a_refused_apply_does_not_keep_the_master_label_on_the_old_master() -> Result<()> {
     let namespace = TestNamespace::create("sentinel-apply-fails").await?;
-    let mut set = LocalSet::new("refused", 3, 3, 1000)?;
+    let mut set = LocalSet::new("refused", 3, 3, 1000).await?;
     let operator = start(&namespace, &set).await?;
     support::create_password_secret(&namespace, "redis-auth").await?;
     let api = namespace.api::<RedisSentinel>();
@@ -525,7 +527,7 @@ async fn a_refused_apply_does_not_keep_the_master_label_on_the_old_master() -> R
 #[tokio::test]
 async fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() -> Result<()> {
     let namespace = TestNamespace::create("sentinel-undecided").await?;
-    let set = LocalSet::new("undecided", 3, 3, 1000)?;
+    let set = LocalSet::new("undecided", 3, 3, 1000).await?;
     for (index, key) in [(1, "only-on-1"), (2, "only-on-2")] {
         set.seed(index, key, "kept?")?;
     }
@@ -597,7 +599,8 @@ async fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() -> Result<()
     for index in 0..3 {
         support::wait_until("node 2's data everywhere", Duration::from_secs(20), || {
             Ok(support::cli(set.port(index), &["GET", "only-on-2"])? == "kept?")
-        })?;
+        })
+        .await?;
     }
     // One Warning, published once (a repeat would make it a series).
     let warnings: Vec<String> = namespace

@@ -21,7 +21,7 @@ fn role_of(observation: &Observation, index: usize) -> Option<&Role> {
 
 #[tokio::test]
 async fn bootstrap_failover_and_rejoin_lose_no_acknowledged_write() -> Result<()> {
-    let mut set = LocalSet::new("failover", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("failover", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
 
     // Cold start: three empty masters, sentinels monitoring nothing. The operator picks one
     // master (all equal: the lowest ordinal) and points every replica and sentinel at it.
@@ -70,7 +70,7 @@ async fn bootstrap_failover_and_rejoin_lose_no_acknowledged_write() -> Result<()
     );
 
     // The old master comes back on its old data, as a master: it must rejoin as a replica.
-    set.start_redis(0)?;
+    set.start_redis(0).await?;
     let (master, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
@@ -85,7 +85,7 @@ async fn bootstrap_failover_and_rejoin_lose_no_acknowledged_write() -> Result<()
 
 #[tokio::test]
 async fn two_masters_are_healed_toward_the_most_up_to_date_node() -> Result<()> {
-    let mut set = LocalSet::new("two-masters", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("two-masters", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
     let (master, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
@@ -131,35 +131,36 @@ async fn two_masters_are_healed_toward_the_most_up_to_date_node() -> Result<()> 
         "the rogue to replicate again",
         Duration::from_secs(20),
         || Ok(cli(set.port(rogue), &["INFO", "replication"])?.contains("master_link_status:up")),
-    )?;
+    )
+    .await?;
     ensure!(set.missing_keys(rogue, &later).await?.is_empty());
     Ok(())
 }
 
 #[tokio::test]
 async fn a_cold_restart_keeps_the_data_of_the_most_up_to_date_node() -> Result<()> {
-    let mut set = LocalSet::new("cold-restart", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("cold-restart", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
     let (master, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
     let (stale, fresh) = ((master + 1) % 3, (master + 2) % 3);
     set.acknowledged_writes(master, "early", 100).await?;
     // One replica stops early; the master goes on with the other one.
-    set.stop_redis(stale)?;
+    set.stop_redis(stale).await?;
     let late = set.acknowledged_writes(master, "late", 100).await?;
     // Then everything stops: redis and sentinels (whose configuration is on an emptyDir).
     for index in [master, fresh] {
-        set.stop_redis(index)?;
+        set.stop_redis(index).await?;
     }
     for index in 0..3 {
         set.kill_sentinel(index);
     }
     // The stale node comes back first, alone, and the others after it: it must not win.
     for index in [stale, master, fresh] {
-        set.start_redis(index)?;
+        set.start_redis(index).await?;
     }
     for index in 0..3 {
-        set.start_sentinel(index)?;
+        set.start_sentinel(index).await?;
     }
     let (chosen, plans) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
@@ -180,13 +181,14 @@ async fn a_cold_restart_keeps_the_data_of_the_most_up_to_date_node() -> Result<(
     );
     wait_until("every replica to catch up", Duration::from_secs(20), || {
         Ok(cli(set.port(stale), &["EXISTS", "late:99"])? == "1")
-    })?;
+    })
+    .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn the_masters_pre_stop_hook_hands_over_without_losing_writes() -> Result<()> {
-    let set = LocalSet::new("pre-stop", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("pre-stop", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
     let (master, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
@@ -201,16 +203,124 @@ async fn the_masters_pre_stop_hook_hands_over_without_losing_writes() -> Result<
         "the hook took {:?}",
         started.elapsed()
     );
-    wait_until(
-        "the old master to become a replica",
-        Duration::from_secs(20),
-        || Ok(cli(set.port(master), &["ROLE"])?.starts_with("slave")),
-    )?;
+    // Then the kubelet stops the container, and the StatefulSet's new pod starts on the same
+    // data: it asks the sentinels and comes back as a replica.
+    set.stop_redis(master).await?;
+    set.start_redis(master).await?;
+    ensure!(cli(set.port(master), &["ROLE"])?.starts_with("slave"));
     let (new_master, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
     ensure!(new_master != master);
     ensure!(set.missing_keys(new_master, &keys).await?.is_empty());
+    Ok(())
+}
+
+/// Stops (SIGSTOP) every replica of `master` and waits until the master's sentinel sees them
+/// down, so that it refuses to fail over (NOGOODSLAVE).
+async fn freeze_replicas(set: &LocalSet, master: usize) -> Result<Vec<usize>> {
+    let replicas: Vec<usize> = (0..set.nodes.len())
+        .filter(|index| *index != master)
+        .collect();
+    for replica in &replicas {
+        set.signal_redis(*replica, "STOP")?;
+    }
+    let master_set = set.settings().master_set;
+    let sentinel = set.nodes[master].sentinel_port;
+    wait_until(
+        "the sentinel to see the replicas down",
+        Duration::from_secs(20),
+        || {
+            let answer = sentinel_cli(sentinel, &["SENTINEL", "REPLICAS", &master_set])?;
+            Ok(answer
+                .lines()
+                .filter(|line| line.contains("s_down"))
+                .count()
+                == replicas.len())
+        },
+    )
+    .await?;
+    Ok(replicas)
+}
+
+/// A sentinel refuses to fail over while it sees no replica fit to take over (NOGOODSLAVE:
+/// replicas not yet in sync after a restart, say). The master's preStop hook must not give up
+/// and let the pod stop as master: it asks again every second, and hands over once a replica
+/// can take over.
+#[tokio::test]
+async fn the_pre_stop_hook_asks_again_while_no_replica_can_take_over() -> Result<()> {
+    let mut set = LocalSet::new("pre-stop-refused", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys = set.acknowledged_writes(master, "before-stop", 100).await?;
+    let replicas = freeze_replicas(&set, master).await?;
+    let mut hook = set.command(master, "prestop-redis.sh").spawn()?;
+    wait_until("the hook to be refused", Duration::from_secs(20), || {
+        Ok(set
+            .script_log(master, "prestop-redis.sh")
+            .contains("NOGOODSLAVE"))
+    })
+    .await?;
+    for replica in &replicas {
+        set.signal_redis(*replica, "CONT")?;
+    }
+    let mut status = None;
+    wait_until("the hook to finish", Duration::from_secs(30), || {
+        status = hook.try_wait()?;
+        Ok(status.is_some())
+    })
+    .await?;
+    let log = set.script_log(master, "prestop-redis.sh");
+    ensure!(
+        status.is_some_and(|status| status.success()),
+        "the preStop hook failed ({status:?}): {log}"
+    );
+    ensure!(log.contains("handed over to"), "{log}");
+    set.stop_redis(master).await?;
+    set.start_redis(master).await?;
+    let (new_master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    ensure!(new_master != master, "node {master} is master still");
+    ensure!(set.missing_keys(new_master, &keys).await?.is_empty());
+    Ok(())
+}
+
+/// When no replica can take over within the hook's time, the hook says so and fails — the
+/// kubelet shows that as a FailedPreStopHook event — and the node stays master with its data
+/// and takes writes again.
+#[tokio::test]
+async fn the_pre_stop_hook_fails_saying_why_when_no_replica_takes_over() -> Result<()> {
+    let set = LocalSet::new("pre-stop-no-replica", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys = set.acknowledged_writes(master, "before-stop", 20).await?;
+    let replicas = freeze_replicas(&set, master).await?;
+    let output = set.command(master, "prestop-redis.sh").status()?;
+    let log = set.script_log(master, "prestop-redis.sh");
+    ensure!(
+        !output.success(),
+        "the hook succeeded without a handover: {log}"
+    );
+    ensure!(
+        log.contains("no replica took over within") && log.contains("NOGOODSLAVE"),
+        "{log}"
+    );
+    for replica in &replicas {
+        set.signal_redis(*replica, "CONT")?;
+    }
+    let (still, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    ensure!(
+        still == master,
+        "node {still} became master without a handover"
+    );
+    ensure!(set.missing_keys(master, &keys).await?.is_empty());
+    // Writes are no longer paused.
+    set.acknowledged_writes(master, "after-the-hook", 5).await?;
     Ok(())
 }
 
@@ -221,7 +331,7 @@ async fn the_masters_pre_stop_hook_hands_over_without_losing_writes() -> Result<
 /// sentinels agree on the new master.
 #[tokio::test]
 async fn reconciling_through_a_sentinel_failover_never_undoes_it() -> Result<()> {
-    let set = LocalSet::new("mid-failover", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let set = LocalSet::new("mid-failover", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
     let (old, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
@@ -277,7 +387,7 @@ async fn reconciling_through_a_sentinel_failover_never_undoes_it() -> Result<()>
 /// the pod goes, and no acknowledged write may be lost.
 #[tokio::test]
 async fn a_scale_down_that_removes_the_master_leaves_the_failover_to_sentinel() -> Result<()> {
-    let mut set = LocalSet::new("scale-down-master", 5, 5, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("scale-down-master", 5, 5, DOWN_AFTER_MILLISECONDS).await?;
     // Make node 4 the master: on a cold start the node with data wins.
     set.seed(4, "seed", "1")?;
     let (master, _) = set
@@ -325,7 +435,7 @@ async fn a_scale_down_that_removes_the_master_leaves_the_failover_to_sentinel() 
 /// and no node loses an acknowledged write.
 #[tokio::test]
 async fn an_empty_master_restarted_at_once_does_not_wipe_its_replicas() -> Result<()> {
-    let mut set = LocalSet::new("empty-master", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("empty-master", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
     let (old, _) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
         .await?;
@@ -376,7 +486,7 @@ async fn overwrite(set: &LocalSet, master: usize, keys: &[String], value: &str) 
 /// resync from it); the last master the operator saw, which holds every acknowledged write, is.
 #[tokio::test]
 async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Result<()> {
-    let mut set = LocalSet::new("cold-stale-first", 3, 3, DOWN_AFTER_MILLISECONDS)?;
+    let mut set = LocalSet::new("cold-stale-first", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
     // Make node 2 the master (on a first start the node with data wins), so that the stale
     // node, 0, also wins every tie on ordinal.
     set.seed(2, "seed", "1")?;
@@ -386,17 +496,17 @@ async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Res
     ensure!(master == 2, "bootstrap chose node {master}");
     let keys = set.acknowledged_writes(2, "key", 100).await?;
     // Node 0 stops; the master overwrites every key with node 1 acknowledging.
-    set.stop_redis(0)?;
+    set.stop_redis(0).await?;
     overwrite(&set, 2, &keys, "late").await?;
     for index in [1, 2] {
-        set.stop_redis(index)?;
+        set.stop_redis(index).await?;
     }
     for index in 0..3 {
         set.kill_sentinel(index);
     }
     // The stale node and its sentinel come back first, alone, for a few checks.
-    set.start_redis(0)?;
-    set.start_sentinel(0)?;
+    set.start_redis(0).await?;
+    set.start_sentinel(0).await?;
     for _ in 0..5 {
         let (_, plan) = set.reconcile(3).await?;
         ensure!(
@@ -406,8 +516,8 @@ async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for index in [1, 2] {
-        set.start_redis(index)?;
-        set.start_sentinel(index)?;
+        set.start_redis(index).await?;
+        set.start_sentinel(index).await?;
     }
     let (chosen, plans) = set
         .reconcile_until_healthy(3, Duration::from_secs(30))
@@ -418,7 +528,8 @@ async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Res
             "every node to hold the late values",
             Duration::from_secs(20),
             || Ok(cli(set.port(index), &["GET", "key:99"])? == "late"),
-        )?;
+        )
+        .await?;
     }
     Ok(())
 }

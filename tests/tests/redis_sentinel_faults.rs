@@ -234,12 +234,9 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     let rounds: usize = std::env::var("FAULT_ROUNDS").map_or(Ok(4), |rounds| rounds.parse())?;
     eprintln!("fault suite: seed {seed}, {rounds} rounds (replay with FAULT_SEED={seed})");
     let mut generator = Generator(seed);
-    let set = Arc::new(Mutex::new(LocalSet::new(
-        "faults",
-        5,
-        3,
-        DOWN_AFTER_MILLISECONDS,
-    )?));
+    let set = Arc::new(Mutex::new(
+        LocalSet::new("faults", 5, 3, DOWN_AFTER_MILLISECONDS).await?,
+    ));
     let (nodes, settings, memory) = {
         let set = set.lock().await;
         set.reconcile_until_healthy(3, Duration::from_secs(30))
@@ -281,12 +278,12 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                 Fault::KillMaster => {
                     set.kill_redis(master);
                     tokio::time::sleep(Duration::from_millis(DOWN_AFTER_MILLISECONDS * 3)).await;
-                    set.start_redis(master)?;
+                    set.start_redis(master).await?;
                 }
                 Fault::KillReplica => {
                     set.kill_redis(replica);
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    set.start_redis(replica)?;
+                    set.start_redis(replica).await?;
                 }
                 Fault::PauseMaster => {
                     set.signal_redis(master, "STOP")?;
@@ -296,7 +293,7 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                 Fault::RestartAll => {
                     for index in 0..3 {
                         set.kill_sentinel(index);
-                        set.stop_redis(index)?;
+                        set.stop_redis(index).await?;
                     }
                     // They come back in a random order, up to a second apart: a stale node
                     // may answer first, alone.
@@ -307,13 +304,13 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                     }
                     for index in 0..3 {
-                        set.start_sentinel(index)?;
+                        set.start_sentinel(index).await?;
                     }
                 }
                 Fault::Scale => {
                     for index in [3, 4] {
-                        set.start_redis(index)?;
-                        set.start_sentinel(index)?;
+                        set.start_redis(index).await?;
+                        set.start_sentinel(index).await?;
                     }
                     set_shape(&shape, &mut set, 5);
                     set.reconcile_until_healthy(5, Duration::from_secs(60))
@@ -325,7 +322,7 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                     for index in [4, 3] {
                         let status = set.command(index, "prestop-redis.sh").status()?;
                         ensure!(status.success(), "the preStop hook failed: {status}");
-                        set.stop_redis(index)?;
+                        set.stop_redis(index).await?;
                         set.kill_sentinel(index);
                     }
                 }
@@ -338,13 +335,13 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
                     }
                     operators = start_operators();
                     tokio::time::sleep(Duration::from_millis(DOWN_AFTER_MILLISECONDS * 3)).await;
-                    set.start_redis(master)?;
+                    set.start_redis(master).await?;
                 }
                 Fault::Handover => {
                     let status = set.command(master, "prestop-redis.sh").status()?;
                     ensure!(status.success(), "the preStop hook failed: {status}");
-                    set.stop_redis(master)?;
-                    set.start_redis(master)?;
+                    set.stop_redis(master).await?;
+                    set.start_redis(master).await?;
                 }
             }
             // The round ends when the set is healthy again (the two operators keep running).

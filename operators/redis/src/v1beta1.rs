@@ -87,7 +87,8 @@ pub struct RedisPodSpec {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("priorityClassName must be a DNS subdomain name"))]
     pub priority_class_name: Option<String>,
     /// Overrides of the readiness probes' timing. Defaults: Redis 5/5/1/3 (initial delay,
-    /// period, timeout, failures); RedisSentinel the seed chart's 20/5/1/5.
+    /// period, timeout, failures); RedisSentinel 2/5/1/5 (the seed chart's, but a 2 s
+    /// initial delay: the master Service selects only Ready pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<ProbeSettings>,
     /// Overrides of the liveness probes' timing. Defaults: Redis 15/10/5/3; RedisSentinel

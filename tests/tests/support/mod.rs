@@ -79,7 +79,7 @@ pub struct LocalSet {
 impl LocalSet {
     /// Starts the first `started` of `capacity` nodes of a RedisSentinel called `name` whose
     /// sentinels declare a master down after `down_after` milliseconds.
-    pub fn new(name: &str, capacity: usize, started: usize, down_after: u64) -> Result<Self> {
+    pub async fn new(name: &str, capacity: usize, started: usize, down_after: u64) -> Result<Self> {
         let resource: RedisSentinel = serde_json::from_value(json!({
             "apiVersion": "redis.operator-kit.io/v1beta1",
             "kind": "RedisSentinel",
@@ -116,8 +116,8 @@ impl LocalSet {
             set.write_config(index)?;
         }
         for index in 0..started {
-            set.start_redis(index)?;
-            set.start_sentinel(index)?;
+            set.start_redis(index).await?;
+            set.start_sentinel(index).await?;
         }
         Ok(set)
     }
@@ -128,6 +128,12 @@ impl LocalSet {
 
     fn node_dir(&self, index: usize) -> PathBuf {
         self.directory.join(format!("node-{index}"))
+    }
+
+    /// What a script run by [`LocalSet::command`] on node `index` printed so far.
+    pub fn script_log(&self, index: usize, script: &str) -> String {
+        std::fs::read_to_string(self.node_dir(index).join(format!("{script}.log")))
+            .unwrap_or_default()
     }
 
     /// The ConfigMap's files, as the pod mounts them at /etc/redis.
@@ -195,12 +201,13 @@ impl LocalSet {
     }
 
     /// Starts (or restarts, on its old data) one Redis with the pod's start script.
-    pub fn start_redis(&mut self, index: usize) -> Result<()> {
+    pub async fn start_redis(&mut self, index: usize) -> Result<()> {
         self.spawn_redis(index)?;
         let port = self.nodes[index].redis_port;
         wait_until("redis to answer", Duration::from_secs(10), || {
             Ok(cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
-        })?;
+        })
+        .await?;
         self.check_running(index, "redis")
     }
 
@@ -243,7 +250,7 @@ impl LocalSet {
     }
 
     /// Starts one Sentinel with the pod's start script and a fresh configuration.
-    pub fn start_sentinel(&mut self, index: usize) -> Result<()> {
+    pub async fn start_sentinel(&mut self, index: usize) -> Result<()> {
         let _ = std::fs::remove_file(self.node_dir(index).join("sentinel").join("sentinel.conf"));
         let child = self
             .command(index, "start-sentinel.sh")
@@ -253,7 +260,8 @@ impl LocalSet {
         let port = self.nodes[index].sentinel_port;
         wait_until("sentinel to answer", Duration::from_secs(10), || {
             Ok(sentinel_cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
-        })?;
+        })
+        .await?;
         self.check_running(index, "sentinel")
     }
 
@@ -281,7 +289,7 @@ impl LocalSet {
     /// SIGTERM, as Kubernetes stops a container: Redis saves and exits. A replica that is
     /// writing its first AOF after a sync refuses to exit ("Writing initial AOF, can't exit"),
     /// so the signal is repeated every 500 ms, for at most 30 s.
-    pub fn stop_redis(&mut self, index: usize) -> Result<()> {
+    pub async fn stop_redis(&mut self, index: usize) -> Result<()> {
         let Some(mut process) = self.redis[index].take() else {
             return Ok(());
         };
@@ -295,7 +303,7 @@ impl LocalSet {
                 if process.0.try_wait()?.is_some() {
                     return Ok(());
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         bail!("redis of node {index} did not stop within 30 s of SIGTERM")
@@ -482,8 +490,10 @@ pub fn sentinel_cli(port: u16, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// Polls a condition every 100 ms until it holds or `timeout` passes.
-pub fn wait_until(
+/// Polls a condition every 100 ms until it holds or `timeout` passes. It sleeps
+/// asynchronously: an operator under test runs on the test's own runtime, and a blocking sleep
+/// would stop it from seeing anything meanwhile (a deletion, a failover).
+pub async fn wait_until(
     what: &str,
     timeout: Duration,
     mut condition: impl FnMut() -> Result<bool>,
@@ -493,7 +503,7 @@ pub fn wait_until(
         if started.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }

@@ -215,6 +215,9 @@ pub struct SentinelState {
     pub known_sentinels: usize,
     /// Replicas it knows (`SENTINEL REPLICAS`), gone ones included.
     pub known_replicas: usize,
+    /// Replicas it would promote now ([`promotable`]): until it sees every replica so, a
+    /// failover — the graceful handover of a deleted master pod included — can be refused.
+    pub promotable_replicas: usize,
     /// It is running a failover right now (`failover_in_progress` among the master's flags in
     /// `SENTINEL MASTER`).
     pub failover_in_progress: bool,
@@ -348,6 +351,7 @@ async fn observe_sentinel(
             quorum_ok: false,
             known_sentinels: 0,
             known_replicas: 0,
+            promotable_replicas: 0,
             failover_in_progress: false,
             config_epoch: 0,
             quorum: 0,
@@ -375,20 +379,39 @@ async fn observe_sentinel(
         .await?
         .items()
         .len();
-    let known_replicas = connection
-        .command(&["SENTINEL", "REPLICAS", set])
-        .await?
+    let replicas = connection.command(&["SENTINEL", "REPLICAS", set]).await?;
+    let known_replicas = replicas.items().len();
+    let promotable_replicas = replicas
         .items()
-        .len();
+        .iter()
+        .filter(|replica| promotable(&sentinel_master_fields(replica)))
+        .count();
     Ok(SentinelState {
         master,
         quorum_ok,
         known_sentinels,
         known_replicas,
+        promotable_replicas,
         failover_in_progress,
         config_epoch,
         quorum,
     })
+}
+
+/// Whether a sentinel would promote this replica (the fields of one `SENTINEL REPLICAS`
+/// entry): connected and not down, its link to the master up, and a priority other than 0 —
+/// the checks of Sentinel's own replica selection that do not depend on the moment.
+pub fn promotable(fields: &BTreeMap<String, String>) -> bool {
+    let flags_ok = fields.get("flags").is_some_and(|flags| {
+        !flags
+            .split(',')
+            .any(|flag| ["s_down", "o_down", "disconnected"].contains(&flag))
+    });
+    let priority_ok = ["replica-priority", "slave-priority"]
+        .iter()
+        .find_map(|field| fields.get(*field))
+        .is_none_or(|priority| priority != "0");
+    flags_ok && priority_ok && fields.get("master-link-status").map(String::as_str) == Some("ok")
 }
 
 /// The field/value pairs of a `SENTINEL MASTER` reply.
@@ -535,7 +558,9 @@ impl Plan {
                 })
             && observation.sentinels.iter().all(|state| {
                 state.as_ref().is_some_and(|state| {
-                    state.quorum_ok && !remembers_gone_pods(state, observation)
+                    state.quorum_ok
+                        && state.promotable_replicas >= replicas
+                        && !remembers_gone_pods(state, observation)
                 })
             })
     }
@@ -1142,6 +1167,7 @@ mod tests {
             quorum_ok: index.is_some(),
             known_sentinels: if index.is_some() { 2 } else { 0 },
             known_replicas: if index.is_some() { 2 } else { 0 },
+            promotable_replicas: if index.is_some() { 2 } else { 0 },
             failover_in_progress: false,
             config_epoch: 1,
             quorum: 2,
@@ -1220,6 +1246,42 @@ mod tests {
         }
         assert!(plan.actions.is_empty());
         assert!(!plan.is_healthy(&syncing));
+
+        // A sentinel that does not see both replicas fit to promote would refuse a failover
+        // (NOGOODSLAVE): not healthy yet either.
+        let mut unseen = observation.clone();
+        if let Some(Some(state)) = unseen.sentinels.get_mut(2) {
+            state.promotable_replicas = 1;
+        }
+        assert!(plan.actions.is_empty());
+        assert!(!plan.is_healthy(&unseen));
+    }
+
+    #[test]
+    fn a_replica_is_promotable_when_connected_in_sync_and_not_excluded() {
+        let fields = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(field, value)| ((*field).to_owned(), (*value).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let good = [
+            ("flags", "slave"),
+            ("master-link-status", "ok"),
+            ("slave-priority", "100"),
+        ];
+        assert!(promotable(&fields(&good)));
+        for (field, value) in [
+            ("flags", "s_down,slave"),
+            ("flags", "slave,disconnected"),
+            ("master-link-status", "err"),
+            ("slave-priority", "0"),
+        ] {
+            let mut changed = fields(&good);
+            changed.insert(field.to_owned(), value.to_owned());
+            assert!(!promotable(&changed), "{field}={value}");
+        }
+        assert!(!promotable(&fields(&[("flags", "slave")])));
     }
 
     #[test]
