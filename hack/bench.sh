@@ -6,6 +6,9 @@
 # And the failover benchmark of Redis with Sentinel (real redis-server/redis-sentinel processes
 # behind the pods; see tests/benches/failover.rs):
 #   hack/bench.sh failover [runs] [down-after-milliseconds]    (defaults: 10 and 5000)
+# And the same on real pods: examples/redis-sentinel.yaml on the real node, the master's pod
+# deleted and its redis-server killed, `runs` times each (see tests/benches/failover_pods.rs):
+#   hack/bench.sh failover-pods [runs] [delete|kill|both]      (defaults: 5 and both)
 # And the Sentinel fault suite at length (tests/tests/redis_sentinel_faults.rs): random faults
 # on real processes under a writer; reports rounds, faults by kind and lost writes:
 #   hack/bench.sh faults [rounds] [seed]                       (defaults: 30 and a new seed)
@@ -15,11 +18,21 @@ cd "$repo_root"
 # shellcheck source=versions.sh
 source hack/versions.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
-operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms] | faults [rounds] [seed]}
+operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms] | failover-pods [runs] [fault] | faults [rounds] [seed]}
 if [ "$operator" = failover ]; then
   hack/install-deps.sh
   hack/cluster.sh up >/dev/null
   exec cargo bench --locked -p integration-tests --bench failover -- "${2:-10}" "${3:-5000}"
+fi
+if [ "$operator" = failover-pods ]; then
+  REAL_NODE=1 hack/install-deps.sh
+  REAL_NODE=1 hack/build-binaries.sh
+  REAL_NODE=1 hack/cluster.sh up >/dev/null
+  if [ ! -f "${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}/real-node" ]; then
+    echo "the running cluster has no real node: hack/cluster.sh down, then run this again" >&2
+    exit 1
+  fi
+  exec cargo bench --locked -p integration-tests --bench failover_pods -- "${2:-5}" "${3:-both}"
 fi
 if [ "$operator" = faults ]; then
   hack/install-deps.sh

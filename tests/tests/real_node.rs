@@ -14,6 +14,9 @@ use operator_kit::testing::TestNamespace;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod real_node_support;
+use real_node_support::is_ready;
+
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One test at a time on the real node: its pods share two cores with the control plane and
@@ -21,16 +24,6 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// once (seen in CI: the seed's probes timed out and liveness restarted healthy containers).
 static REAL_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PAGE: &str = "served by a real process";
-
-fn is_ready(pod: &Pod) -> Option<bool> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|condition| condition.type_ == "Ready")
-        .map(|condition| condition.status == "True")
-}
 
 /// `GET /index.html` over a byte stream; returns the body.
 async fn get_page<S>(mut stream: S) -> Result<String>
@@ -217,8 +210,7 @@ async fn create_seed_redis(namespace: &TestNamespace, password: &str) -> Result<
         serde_yaml::from_str(include_str!("../../examples/redis-standalone.yaml"))?;
     let mut spec = serde_json::to_value(&redis.spec)?;
     spec["kubernetesConfig"]["redisSecret"] = json!({ "name": "redis-auth", "key": "password" });
-    spec["nodeSelector"] = json!({ "operator-kit.io/real-node": "true" });
-    spec["tolerations"] = json!([{ "key": "operator-kit.io/real-node", "operator": "Exists" }]);
+    (spec["nodeSelector"], spec["tolerations"]) = real_node_support::real_node_placement();
     redis.spec = serde_json::from_value(spec)?;
     let redises = namespace.api::<Redis>();
     redises.create(&PostParams::default(), &redis).await?;
@@ -291,6 +283,41 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     let mut forwarded = Connection::open(Box::new(forwarded), Some(PASSWORD)).await?;
     ensure!(forwarded.command(&["PING"]).await? == Value::Status("PONG".to_owned()));
 
+    // And the seed's own command, from the host: `kubectl port-forward svc/redis-standalone`.
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut kubectl = operator_kit::testing::tools::OperatorProcess::spawn(
+        std::path::Path::new("kubectl"),
+        &operator_kit::testing::tools::kubeconfig_path()?,
+        &[
+            "port-forward",
+            "--namespace",
+            namespace.name(),
+            "svc/redis-standalone",
+            &format!("{local_port}:6379"),
+        ],
+    )?;
+    operator_kit::testing::wait_until("kubectl to forward", TIMEOUT, || {
+        kubectl.log().contains("Forwarding from")
+    })
+    .await
+    .with_context(|| kubectl.log())?;
+    kubectl.check_running()?;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", local_port)).await?;
+    let mut through_kubectl = Connection::open(Box::new(stream), Some(PASSWORD)).await?;
+    ensure!(through_kubectl.command(&["PING"]).await? == Value::Status("PONG".to_owned()));
+    ensure!(
+        through_kubectl
+            .command(&["GET", "seed"])
+            .await?
+            .text()
+            .as_deref()
+            == Some("written in a real pod")
+    );
+    drop(through_kubectl);
+    drop(kubectl);
+
     // Its data is on the claim: the file Redis writes is in the volume's directory.
     client.command(&["SAVE"]).await?;
     let claims = namespace.api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>();
@@ -349,25 +376,6 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     Ok(())
 }
 
-/// The host process id of a pod's container, from containerd (for a kill -9 from outside:
-/// inside its PID namespace, PID 1 ignores SIGKILL).
-fn host_pid(container_id: &str) -> Result<u32> {
-    let cluster = std::env::var("OPERATOR_KIT_CLUSTER_DIR")
-        .unwrap_or_else(|_| format!("{}/../.cluster", env!("CARGO_MANIFEST_DIR")));
-    let socket = format!("{cluster}/node/containerd.sock");
-    let output = std::process::Command::new("ctr")
-        .args(["--address", &socket, "--namespace", "k8s.io", "tasks", "ls"])
-        .output()
-        .context("failed to run ctr")?;
-    let listing = String::from_utf8_lossy(&output.stdout);
-    listing
-        .lines()
-        .find(|line| line.starts_with(container_id))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|pid| pid.parse().ok())
-        .with_context(|| format!("no task {container_id} in {listing}"))
-}
-
 /// The seed's demo of high availability, on real pods: `examples/redis-sentinel.yaml` (three
 /// pods × Redis + Sentinel, the seed's exec probes), the operator out of the cluster reaching
 /// them through port-forward (as `cargo run` does), a writer whose every write is
@@ -378,194 +386,112 @@ fn host_pid(container_id: &str) -> Result<u32> {
 /// on its own data). Each time no acknowledged write is lost.
 #[tokio::test]
 async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> Result<()> {
-    use k8s_openapi::api::core::v1::Secret;
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use redis_operator::resp::{Connection, Value};
-    use redis_operator::v1beta1::{Phase, RedisSentinel};
+    use real_node_support::{
+        SENTINEL_NAME, acknowledged_writes, connect_pod, create_seed_sentinel,
+        kill_container_process, ready_master, restart_count, service_addresses,
+    };
+    use redis_operator::resp::Value;
 
     let _one_at_a_time = REAL_NODE.lock().await;
 
     let namespace = TestNamespace::create("real-sentinel").await?;
-    let controller = redis_operator::redis_sentinel_controller();
-    let operator = namespace
-        .start_operator(
-            redis_operator::OPERATOR_NAME,
-            &redis_operator::crds(),
-            |operator| operator.with_controller(controller),
-        )
-        .await?;
-    let mut documents = include_str!("../../examples/redis-sentinel.yaml").split("\n---\n");
-    let secret: Secret = serde_yaml::from_str(documents.next().context("no Secret")?)?;
-    let password = secret
-        .string_data
-        .as_ref()
-        .and_then(|data| data.get("password").cloned())
-        .context("no password")?;
-    namespace
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let mut resource: RedisSentinel =
-        serde_yaml::from_str(documents.next().context("no RedisSentinel")?)?;
-    resource.spec.pod.node_selector = Some(
-        [("operator-kit.io/real-node".to_owned(), "true".to_owned())]
-            .into_iter()
-            .collect(),
-    );
-    resource.spec.pod.tolerations = Some(vec![serde_json::from_value(
-        json!({ "key": "operator-kit.io/real-node", "operator": "Exists" }),
-    )?]);
-    let api = namespace.api::<RedisSentinel>();
-    api.create(&PostParams::default(), &resource).await?;
+    // The operator as README's `cargo run --bin redis-operator` runs it: the binary on the
+    // host with the admin kubeconfig, reaching the pods through the API server's port-forward.
+    for crd in redis_operator::crds() {
+        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
+    }
+    let mut operator = operator_kit::testing::tools::OperatorProcess::spawn(
+        &real_node_support::release_binary("redis-operator")?,
+        &operator_kit::testing::tools::kubeconfig_path()?,
+        &[
+            "--watch-namespace",
+            namespace.name(),
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let password = create_seed_sentinel(&namespace).await?;
     let pods = namespace.api::<Pod>();
+    let master_service = format!("{SENTINEL_NAME}-master");
+    let patience = Duration::from_secs(300);
 
-    let wait_master = || {
-        let api = api.clone();
-        let namespace = &namespace;
-        async move {
-            let ready = namespace
-                .wait_for(
-                    &api,
-                    "redis-ha",
-                    "Ready with a master",
-                    Duration::from_secs(300),
-                    |resource: &RedisSentinel| {
-                        resource.status.as_ref().is_some_and(|status| {
-                            status.phase == Phase::Ready && status.master.is_some()
-                        })
-                    },
-                )
-                .await?;
-            ready
-                .status
-                .and_then(|status| status.master)
-                .context("no master")
-        }
-    };
-    let connect = |pod: Pod| {
-        let password = password.clone();
-        async move {
-            let ip = pod
-                .status
-                .and_then(|status| status.pod_ip)
-                .context("no pod IP")?;
-            let stream = tokio::net::TcpStream::connect((ip.as_str(), 6379)).await?;
-            anyhow::Ok(Connection::open(Box::new(stream), Some(&password)).await?)
-        }
-    };
-
-    let mut master = wait_master().await?;
+    let mut master = ready_master(&namespace, patience).await?;
     let mut acknowledged = Vec::new();
     for round in ["delete", "kill"] {
-        // Acknowledged writes on the current master.
-        let mut client = connect(pods.get(&master).await?).await?;
-        for index in 0..100 {
-            let key = format!("{round}:{index}");
-            client.command(&["SET", &key, round]).await?;
-            let replicas = client.command(&["WAIT", "1", "2000"]).await?;
-            ensure!(
-                matches!(replicas, Value::Integer(count) if count >= 1),
-                "{key} not acknowledged: {replicas:?}"
-            );
-            acknowledged.push(key);
-        }
+        let mut client = connect_pod(&pods, &master, &password).await?;
+        acknowledged.extend(acknowledged_writes(&mut client, round, 100).await?);
         let old = master.clone();
         let old_pod = pods.get(&old).await?;
         if round == "delete" {
+            // The master's preStop hook hands over before the pod goes: a replica is
+            // promoted, and the pod comes back (a new one, on the same claim) as a replica.
             pods.delete(&old, &DeleteParams::default()).await?;
-        } else {
-            let container = old_pod
-                .status
-                .as_ref()
-                .and_then(|status| status.container_statuses.as_ref())
-                .and_then(|statuses| statuses.iter().find(|status| status.name == "redis"))
-                .and_then(|status| status.container_id.clone())
-                .context("no redis container")?;
-            let id = container.trim_start_matches("containerd://");
-            let pid = host_pid(id)?;
-            let status = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status()?;
-            ensure!(status.success(), "kill -9 {pid}: {status}");
-        }
-        if round == "delete" {
-            // The pod comes back (a new one, on the same claim); by then a replica has been
-            // promoted — or, seen once in CI under load, the sentinels aborted the failover
-            // (`failover-abort-no-good-slave`) and the returning pod is master again on its
-            // own data. Both keep every acknowledged write; which one happened is reported.
             let old_uid = old_pod.metadata.uid.clone();
             namespace
                 .wait_for(
                     &pods,
                     &old,
                     "recreated and Ready",
-                    Duration::from_secs(300),
+                    patience,
                     move |pod: &Pod| pod.metadata.uid != old_uid && is_ready(pod) == Some(true),
                 )
                 .await?;
-            master = wait_master().await?;
-            eprintln!("measured: delete of master {old}: the master is now {master}");
+            master = ready_master(&namespace, patience).await?;
+            ensure!(
+                master != old,
+                "no replica took over from the deleted master {old}; events:\n{}",
+                operator_kit::testing::recent_events(namespace.client(), namespace.name(), 30)
+                    .await
+            );
+            // The operator heard the sentinels announce it, through the port-forward.
+            let resource = namespace
+                .api::<redis_operator::v1beta1::RedisSentinel>()
+                .get(SENTINEL_NAME)
+                .await?;
+            let failover = resource
+                .status
+                .and_then(|status| status.last_failover)
+                .context("no status.lastFailover")?;
+            ensure!(
+                (failover.from.as_str(), failover.to.as_str()) == (old.as_str(), master.as_str()),
+                "status.lastFailover {failover:?}"
+            );
         } else {
-            let restarted = |pod: &Pod| {
-                pod.status
-                    .as_ref()
-                    .and_then(|status| status.container_statuses.as_ref())
-                    .and_then(|statuses| statuses.iter().find(|status| status.name == "redis"))
-                    .map_or(0, |status| status.restart_count)
-            };
-            let before = restarted(&old_pod);
+            kill_container_process(&old_pod, "redis")?;
+            let before = restart_count(&old_pod, "redis");
             namespace
                 .wait_for(
                     &pods,
                     &old,
                     "its redis restarted",
                     Duration::from_secs(60),
-                    move |pod: &Pod| restarted(pod) > before,
+                    move |pod: &Pod| restart_count(pod, "redis") > before,
                 )
                 .await?;
-            master = wait_master().await?;
+            master = ready_master(&namespace, patience).await?;
         }
-        // <name>-master selects the new master's pod.
-        let new_ip = pods
+        eprintln!("measured: {round} of master {old}: the master is now {master}");
+        // <name>-master selects the master's pod.
+        let master_ip = pods
             .get(&master)
             .await?
             .status
             .and_then(|status| status.pod_ip)
             .context("no pod IP")?;
-        let slices = namespace.api::<EndpointSlice>();
-        let selected = || async {
-            let listed = slices
-                .list(
-                    &kube::api::ListParams::default()
-                        .labels("kubernetes.io/service-name=redis-ha-master"),
-                )
-                .await?;
-            anyhow::Ok(
-                listed
-                    .items
-                    .iter()
-                    .flat_map(|slice| slice.endpoints.iter().flatten())
-                    .filter(|endpoint| {
-                        endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true)
-                    })
-                    .flat_map(|endpoint| endpoint.addresses.clone())
-                    .collect::<Vec<_>>(),
-            )
-        };
         let mut addresses = Vec::new();
         for _ in 0..300 {
-            addresses = selected().await?;
-            if addresses == [new_ip.clone()] {
+            addresses = service_addresses(&namespace, &master_service).await?;
+            if addresses == [master_ip.clone()] {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         ensure!(
-            addresses == [new_ip.clone()],
-            "{round}: redis-ha-master selects {addresses:?}, not {new_ip}"
+            addresses == [master_ip.clone()],
+            "{round}: {master_service} selects {addresses:?}, not {master_ip}"
         );
-        // Every acknowledged write is on the new master.
-        let mut client = connect(pods.get(&master).await?).await?;
+        // Every acknowledged write is on the master.
+        let mut client = connect_pod(&pods, &master, &password).await?;
         for key in &acknowledged {
             let value = client.command(&["EXISTS", key]).await?;
             ensure!(value == Value::Integer(1), "{round}: {key} lost");
@@ -573,25 +499,17 @@ async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> R
         if master == old {
             continue;
         }
-        // The old pod comes back as a replica, and the set is Ready with all three.
-        namespace
-            .wait_for(
-                &pods,
-                &old,
-                "back and Ready",
-                Duration::from_secs(180),
-                |pod: &Pod| is_ready(pod) == Some(true),
-            )
-            .await?;
-        let mut returned = connect(pods.get(&old).await?).await?;
+        // The old pod is back as a replica, and the set is Ready with all three.
+        let mut returned = connect_pod(&pods, &old, &password).await?;
         let role = returned.command(&["ROLE"]).await?;
         ensure!(
             role.items().first().and_then(Value::text).as_deref() == Some("slave"),
             "{round}: {old} came back as {role:?}"
         );
-        wait_master().await?;
+        ready_master(&namespace, patience).await?;
     }
-    operator.stop().await?;
+    operator.check_running()?;
+    drop(operator);
     namespace.delete().await?;
     Ok(())
 }
@@ -743,14 +661,9 @@ async fn the_adam_doc_app_serves_on_port_4000_and_rolls_out_an_update() -> Resul
     let deployments = namespace.api::<Deployment>();
 
     let mut app: App = serde_yaml::from_str(include_str!("../../examples/adam-doc.yaml"))?;
-    app.spec.node_selector = Some(
-        [("operator-kit.io/real-node".to_owned(), "true".to_owned())]
-            .into_iter()
-            .collect(),
-    );
-    app.spec.tolerations = Some(vec![serde_json::from_value(
-        json!({ "key": "operator-kit.io/real-node", "operator": "Exists" }),
-    )?]);
+    let (node_selector, tolerations) = real_node_support::real_node_placement();
+    app.spec.node_selector = serde_json::from_value(node_selector)?;
+    app.spec.tolerations = serde_json::from_value(tolerations)?;
     let apps = namespace.api::<App>();
     apps.create(&PostParams::default(), &app).await?;
     let rolled_out = |version: &'static str| {

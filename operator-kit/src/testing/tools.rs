@@ -250,7 +250,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())
 }
 
-/// An operator binary running out of cluster, killed when dropped. Its output goes to a log
+/// An operator binary running out of cluster (or any long-running command against the test
+/// cluster, such as `kubectl port-forward`), killed when dropped. Its output goes to a log
 /// file, shown by [`OperatorProcess::log`] when a test fails.
 #[derive(Debug)]
 pub struct OperatorProcess {
