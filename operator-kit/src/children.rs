@@ -25,6 +25,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::api_error::{describe, is_refusal};
+use crate::runtime::ErrorClass;
+
 /// `app.kubernetes.io/name`: the application, such as `redis`.
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// `app.kubernetes.io/instance`: the custom resource the child belongs to.
@@ -62,7 +65,7 @@ pub enum ChildError {
         source: serde_json::Error,
     },
     /// Listing the objects of a kind that carry the owner's labels failed.
-    #[error("failed to list {kind} objects labelled {selector:?}: {source}")]
+    #[error("failed to list {kind} objects labelled {selector:?}: {}", describe(.source))]
     List {
         /// The kind listed.
         kind: String,
@@ -72,7 +75,7 @@ pub enum ChildError {
         source: Box<kube::Error>,
     },
     /// An API request about one object failed.
-    #[error("failed to {verb} {kind} {name:?}: {source}")]
+    #[error("failed to {verb} {kind} {name:?}: {}", describe(.source))]
     Api {
         /// What was attempted: get, apply, delete, or patch the owner references of.
         verb: &'static str,
@@ -83,6 +86,22 @@ pub enum ChildError {
         /// The API error (boxed: it is large and errors travel through every `?`).
         source: Box<kube::Error>,
     },
+}
+
+impl ChildError {
+    /// Whether retrying can help: not when the API server refused our own desired object as
+    /// invalid, or when the child cannot even be built — those fail the same way until the
+    /// owner's spec changes, and retrying them would only repeat the event. Everything else
+    /// (a 5xx, a timeout, a conflict, a missing permission) is transient.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Api { source, .. } if is_refusal(source) => ErrorClass::WaitForChange,
+            Self::Api { .. } | Self::List { .. } => ErrorClass::Transient,
+            Self::IncompleteOwner { .. } | Self::UnnamedChild { .. } | Self::Serialize { .. } => {
+                ErrorClass::WaitForChange
+            }
+        }
+    }
 }
 
 /// What [`Children::apply`] did.

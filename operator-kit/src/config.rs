@@ -129,8 +129,13 @@ impl OperatorArgs {
     /// the start of `main`; a second call does nothing.
     pub fn init_logging(&self) {
         let filter = EnvFilter::try_new(&self.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+        let colour = use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        );
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr);
         let _ = match self.log_format {
             LogFormat::Json => builder
@@ -143,10 +148,24 @@ impl OperatorArgs {
     }
 }
 
+/// Whether text logs get ANSI colours: only on a terminal (a log file or a pipe would be full
+/// of escape sequences), and never when `NO_COLOR` is set to anything but the empty string.
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+    }
 
     #[derive(Parser)]
     struct Command {

@@ -6,7 +6,91 @@
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, ResourceRequirements};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// The most resources one `requests` or `limits` map may name in [`resources_schema`].
+pub const MAX_RESOURCES: u32 = 32;
+/// The longest quantity [`resources_schema`] accepts, in characters.
+pub const MAX_QUANTITY_LENGTH: u32 = 64;
+
+/// The schema of a container's `resources` (k8s-openapi's `ResourceRequirements`) with a CEL
+/// rule that every request and limit is a quantity (`100m`, `2`, `128Mi`), so that `cpu: lots`
+/// is refused at admission instead of failing later on the child's apply. The maps are bounded
+/// ([`MAX_RESOURCES`], [`MAX_QUANTITY_LENGTH`]): without bounds the API server estimates the
+/// rule's cost over a 3 MiB object and refuses the CRD ("estimated rule cost exceeds budget by
+/// factor of more than 100x"). Use it on the field:
+/// `#[schemars(schema_with = "operator_kit::crd::resources_schema")]` (on an `Option` field:
+/// the schema is nullable, as kube renders an `Option`).
+pub fn resources_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<ResourceRequirements>();
+    for map in ["requests", "limits"] {
+        bound_quantities(&mut schema, &["properties", map]);
+    }
+    add_rule(
+        &mut schema,
+        "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k])))) && \
+         (!has(self.limits) || self.limits.all(k, isQuantity(string(self.limits[k]))))",
+        "requests and limits must be quantities such as 100m, 2 or 128Mi",
+    );
+    // The field is optional: as kube renders an `Option`, an explicit null is accepted too.
+    schema.insert("nullable".to_owned(), true.into());
+    schema
+}
+
+/// The schema of a claim's spec (k8s-openapi's `PersistentVolumeClaimSpec`) that requires
+/// `resources.requests.storage` and checks that it is a quantity (`1Gi`), with the bounds of
+/// [`resources_schema`].
+pub fn claim_spec_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<PersistentVolumeClaimSpec>();
+    for map in ["requests", "limits"] {
+        bound_quantities(&mut schema, &["properties", "resources", "properties", map]);
+    }
+    add_rule(
+        &mut schema,
+        "has(self.resources) && has(self.resources.requests) && 'storage' in self.resources.requests",
+        "resources.requests.storage is required",
+    );
+    add_rule(
+        &mut schema,
+        "!has(self.resources) || !has(self.resources.requests) || \
+         !('storage' in self.resources.requests) || \
+         isQuantity(string(self.resources.requests['storage']))",
+        "resources.requests.storage must be a quantity such as 1Gi",
+    );
+    schema
+}
+
+/// Bounds the quantity map at `path` in `schema`: at most [`MAX_RESOURCES`] entries of at most
+/// [`MAX_QUANTITY_LENGTH`] characters.
+fn bound_quantities(schema: &mut schemars::Schema, path: &[&str]) {
+    let pointer = format!("/{}", path.join("/"));
+    if let Some(map) = schema
+        .pointer_mut(&pointer)
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        map.insert("maxProperties".to_owned(), MAX_RESOURCES.into());
+        if let Some(values) = map
+            .get_mut("additionalProperties")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            values.insert("maxLength".to_owned(), MAX_QUANTITY_LENGTH.into());
+        }
+    }
+}
+
+/// Appends a CEL rule to `schema`'s `x-kubernetes-validations`.
+fn add_rule(schema: &mut schemars::Schema, rule: &str, message: &str) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let rules = object
+        .entry("x-kubernetes-validations")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let Some(rules) = rules.as_array_mut() {
+        rules.push(serde_json::json!({ "rule": rule, "message": message }));
+    }
+}
 
 /// Set this environment variable to make [`check_file`] rewrite a stale file instead of failing.
 pub const UPDATE_VARIABLE: &str = "UPDATE_CRDS";

@@ -101,6 +101,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod api_error;
 pub mod backoff;
 pub mod children;
 pub mod client;

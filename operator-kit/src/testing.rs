@@ -81,7 +81,7 @@ pub enum HarnessError {
     #[error("failed to create a client: {0}")]
     Client(#[source] kube::Error),
     /// A request to the API server failed.
-    #[error("failed to {action}: {source}")]
+    #[error("failed to {action}: {}", crate::api_error::describe(.source))]
     Api {
         /// What the harness was doing.
         action: String,

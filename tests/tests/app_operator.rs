@@ -296,7 +296,7 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
         namespace.name(),
         &kube::api::ApiResource::erase::<App>(&()),
     );
-    let cases: [(&str, Value, &str); 7] = [
+    let cases: [(&str, Value, &str); 9] = [
         (
             "port zero",
             json!({ "image": "a", "port": 0 }),
@@ -332,6 +332,16 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
             json!({ "image": "a", "port": 80, "replicas": -1 }),
             "replicas must not be negative",
         ),
+        (
+            "cpu request",
+            json!({ "image": "a", "port": 80, "resources": { "requests": { "cpu": "lots" } } }),
+            "requests and limits must be quantities",
+        ),
+        (
+            "memory limit",
+            json!({ "image": "a", "port": 80, "resources": { "limits": { "memory": "12 Mi" } } }),
+            "requests and limits must be quantities",
+        ),
     ];
     let mut failures = Vec::new();
     for (case, spec, message) in cases {
@@ -348,6 +358,21 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
                 "{case}: expected a 422 with {message:?}, got {error}"
             )),
         }
+    }
+    // Quantities as numbers and as strings are both accepted.
+    let valid: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "app.operator-kit.io/v1beta1", "kind": "App",
+        "metadata": { "name": "valid-quantities" },
+        "spec": { "image": "a", "port": 80, "resources": {
+            "requests": { "cpu": 2, "memory": "128Mi" }, "limits": { "cpu": "2500m" },
+        } },
+    }))?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    if let Err(error) = api.create(&dry_run, &valid).await {
+        failures.push(format!("valid quantities refused: {error}"));
     }
     ensure!(
         failures.is_empty(),

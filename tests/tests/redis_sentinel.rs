@@ -137,8 +137,13 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
             .readiness_probe
             .clone()
             .context("no readiness probe")?;
-        ensure!(readiness.initial_delay_seconds == Some(20) && readiness.period_seconds == Some(5));
-        ensure!(container.liveness_probe.is_some());
+        // The seed chart's timing, but for readiness's 2 s initial delay (see build.rs).
+        ensure!(readiness.initial_delay_seconds == Some(2) && readiness.period_seconds == Some(5));
+        let liveness = container
+            .liveness_probe
+            .clone()
+            .context("no liveness probe")?;
+        ensure!(liveness.initial_delay_seconds == Some(20));
     }
     let master_service = namespace.api::<Service>().get("cache-master").await?;
     let selector = master_service
@@ -433,10 +438,16 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
             json!({ "replicas": 3, "sentinel": { "downAfterMilliseconds": 10 } }),
             "sentinel.downAfterMilliseconds must be at least 100",
         ),
+        (
+            json!({ "replicas": 3, "kubernetesConfig": { "resources": { "requests": { "cpu": "lots" } } } }),
+            "spec.kubernetesConfig.resources: Invalid value",
+        ),
     ];
     for (spec, expected) in cases {
         let mut full = spec.clone();
-        full["kubernetesConfig"] = json!({});
+        if full.get("kubernetesConfig").is_none() {
+            full["kubernetesConfig"] = json!({});
+        }
         let object: RedisSentinel = serde_json::from_value(json!({
             "apiVersion": "redis.operator-kit.io/v1beta1",
             "kind": "RedisSentinel",

@@ -371,6 +371,92 @@ async fn a_missing_secret_is_reported_once_and_recovered_from() -> Result<()> {
     Ok(())
 }
 
+/// A change the API server refuses for a child — the claim template of an existing StatefulSet
+/// cannot change — is reported in the server's own words (Ready=False, reason `ApplyFailed`, no
+/// debug dump) with exactly one Warning event, and is not retried until the spec changes: then
+/// the Redis is Ready again.
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_reported_once_in_its_words() -> Result<()> {
+    let namespace = TestNamespace::create("redis-refused").await?;
+    let operator = start(&namespace).await?;
+    let redises = namespace.api::<Redis>();
+    redises.create(&PostParams::default(), &seed()?).await?;
+    wait_ready(&namespace, "redis-standalone").await?;
+    let storage = |size: &str| {
+        json!({ "storage": { "volumeClaimTemplate": { "spec": {
+            "resources": { "requests": { "storage": size } }
+        } } } })
+    };
+    let failed_reconciles = || {
+        operator
+            .metrics()
+            .reconcile_count("redis", operator_kit::admin::ReconcileResult::Error)
+    };
+    let failures_before = failed_reconciles();
+    patch_spec(&namespace, "redis-standalone", storage("2Gi")).await?;
+    let failed = namespace
+        .wait_for(
+            &redises,
+            "redis-standalone",
+            "failed to apply",
+            TIMEOUT,
+            |redis: &Redis| {
+                redis.status.as_ref().is_some_and(|status| {
+                    find_condition(&status.conditions, READY)
+                        .is_some_and(|ready| ready.reason == "ApplyFailed")
+                })
+            },
+        )
+        .await?;
+    let status = failed.status.context("no status")?;
+    let message = find_condition(&status.conditions, READY)
+        .context("no Ready condition")?
+        .message
+        .clone();
+    ensure!(
+        message.starts_with("failed to apply StatefulSet \"redis-standalone\": ")
+            && message.contains("field is immutable")
+            && message.ends_with("(Invalid, HTTP 422)"),
+        "{message}"
+    );
+    ensure!(
+        !message.contains("Status {") && !message.contains("ListMeta"),
+        "a debug dump: {message}"
+    );
+    ensure!(status.phase == Phase::Failed, "{:?}", status.phase);
+    // Not retried: nothing can be waited for here, so the operator is given two seconds in
+    // which a retry (the first backoff step is well under a second) would show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warnings = namespace
+        .api::<Event>()
+        .list(
+            &ListParams::default()
+                .fields("involvedObject.name=redis-standalone,reason=ApplyFailed"),
+        )
+        .await?;
+    ensure!(
+        warnings.items.len() == 1,
+        "expected one ApplyFailed event, found {}",
+        warnings.items.len()
+    );
+    let warning = &warnings.items[0];
+    ensure!(
+        warning.count.unwrap_or(1) == 1 && warning.series.is_none(),
+        "the refusal was retried: {warning:?}"
+    );
+    ensure!(warning.message.as_deref() == Some(message.as_str()));
+    // One for the change, one for the watch event of the status the first one wrote (it is
+    // then already written, so nothing changes and nothing follows).
+    let failures = failed_reconciles() - failures_before;
+    ensure!(failures <= 2, "{failures} failed reconciles");
+
+    patch_spec(&namespace, "redis-standalone", storage("1Gi")).await?;
+    wait_ready(&namespace, "redis-standalone").await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
 /// Whether `claim` lists the object with `uid` among its owners.
 fn owned_by(claim: &PersistentVolumeClaim, uid: Option<&String>) -> bool {
     claim
@@ -498,7 +584,7 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
         namespace.name(),
         &kube::api::ApiResource::erase::<Redis>(&()),
     );
-    let cases: [(&str, Value, &str); 12] = [
+    let cases: [(&str, Value, &str); 16] = [
         (
             "empty image",
             json!({ "kubernetesConfig": { "image": "" } }),
@@ -558,6 +644,27 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
             "missing kubernetesConfig",
             json!({ "storage": null }),
             "kubernetesConfig",
+        ),
+        // The issue's own example: admitted before, then a 500 on the StatefulSet apply.
+        (
+            "cpu request",
+            json!({ "kubernetesConfig": { "image": "redis", "resources": { "requests": { "cpu": "lots" } } } }),
+            "kubernetesConfig.resources",
+        ),
+        (
+            "memory limit",
+            json!({ "kubernetesConfig": { "image": "redis", "resources": { "limits": { "memory": "1 GB" } } } }),
+            "kubernetesConfig.resources",
+        ),
+        (
+            "exporter resources",
+            json!({ "kubernetesConfig": { "image": "redis" }, "redisExporter": { "enabled": true, "resources": { "requests": { "memory": "-x" } } } }),
+            "redisExporter.resources",
+        ),
+        (
+            "storage quantity",
+            json!({ "kubernetesConfig": { "image": "redis" }, "storage": { "volumeClaimTemplate": { "spec": { "resources": { "requests": { "storage": "big" } } } } } }),
+            "requests.storage must be a quantity",
         ),
     ];
     let mut failures = Vec::new();

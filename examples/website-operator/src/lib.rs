@@ -11,8 +11,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, ResourceExt};
+use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
-use operator_kit::{Action, Context, ReconcileError, Reconciler};
+use operator_kit::{Action, Context, ErrorClass, ReconcileError, Reconciler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -64,11 +65,18 @@ pub enum Error {
     #[error(transparent)]
     Child(#[from] operator_kit::ChildError),
     /// Writing the status failed.
-    #[error("failed to patch status: {0}")]
+    #[error("failed to patch status: {}", describe(.0))]
     Status(#[source] kube::Error),
 }
 
-impl ReconcileError for Error {}
+impl ReconcileError for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Child(error) => error.class(),
+            Self::Status(_) => ErrorClass::Transient,
+        }
+    }
+}
 
 /// The desired children of a Website: pure, no API calls.
 pub fn build(

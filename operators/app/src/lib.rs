@@ -18,8 +18,11 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ApiResource;
 use kube::{Client, CustomResourceExt, ResourceExt};
+use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, DEGRADED, PROGRESSING, READY, set_condition};
-use operator_kit::{Action, ChildError, Context, Controller, ReconcileError, Reconciler};
+use operator_kit::{
+    Action, ChildError, Context, Controller, ErrorClass, ReconcileError, Reconciler,
+};
 use serde_json::{Value, json};
 
 use crate::v1beta1::{App, AppStatus, Route};
@@ -241,17 +244,47 @@ pub enum Error {
     #[error(transparent)]
     Child(#[from] ChildError),
     /// Writing the status failed.
-    #[error("failed to patch the status: {0}")]
+    #[error("failed to patch the status: {}", describe(.0))]
     Status(#[source] Box<kube::Error>),
 }
 
 impl ReconcileError for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Child(error) => error.class(),
+            Self::Status(_) => ErrorClass::Transient,
+        }
+    }
+
     fn reason(&self) -> &str {
         match self {
             Self::Child(_) => "ApplyFailed",
             Self::Status(_) => "StatusFailed",
         }
     }
+}
+
+/// Applies every child of `app` and prunes what is no longer wanted; returns the Deployment as
+/// the API server has it.
+async fn apply_children(app: &App, context: &Context) -> Result<Deployment, Error> {
+    let mut children = context.children(app)?;
+    let labels = children.labels().clone();
+    let (deployment, _) = children.apply(build_deployment(app, &labels)).await?;
+    children.apply(build_service(app, &labels)).await?;
+    // Asked even when not exposed, so that a Route left from an earlier `expose` is pruned.
+    if routes_served(context.client()).await {
+        children.also_prune(ApiResource::erase::<Route>(&()));
+        if let Some(route) = build_route(app) {
+            children.apply(route).await?;
+        }
+    } else if let Some(ingress) = build_ingress(app) {
+        children.apply(ingress).await?;
+    }
+    if let Some(autoscaler) = build_autoscaler(app) {
+        children.apply(autoscaler).await?;
+    }
+    children.prune().await?;
+    Ok(deployment)
 }
 
 /// Whether the cluster serves OpenShift Routes (`route.openshift.io/v1` has `routes`), asked of
@@ -277,25 +310,26 @@ impl Reconciler for AppReconciler {
     type Error = Error;
 
     async fn reconcile(&self, app: Arc<App>, context: &Context) -> Result<Action, Error> {
-        let mut children = context.children(&*app)?;
-        let labels = children.labels().clone();
-        let (deployment, _) = children.apply(build_deployment(&app, &labels)).await?;
-        children.apply(build_service(&app, &labels)).await?;
         let exposed = app.spec.expose.is_some();
-        // Asked even when not exposed, so that a Route left from an earlier `expose` is pruned.
-        let on_openshift = routes_served(context.client()).await;
-        if on_openshift {
-            children.also_prune(ApiResource::erase::<Route>(&()));
-            if let Some(route) = build_route(&app) {
-                children.apply(route).await?;
+        // A child the API server refuses is reported in the status in the server's words; the
+        // runtime adds one Warning event.
+        let deployment = match apply_children(&app, context).await {
+            Ok(deployment) => deployment,
+            Err(error) => {
+                let mut status = app.status.clone().unwrap_or_default();
+                let update = ConditionUpdate::fails(READY, error.reason(), error.to_string());
+                set_condition(
+                    &mut status.conditions,
+                    update.observed(app.metadata.generation),
+                );
+                status.observed_generation = app.metadata.generation;
+                context
+                    .patch_status(&*app, &status)
+                    .await
+                    .map_err(|source| Error::Status(Box::new(source)))?;
+                return Err(error);
             }
-        } else if let Some(ingress) = build_ingress(&app) {
-            children.apply(ingress).await?;
-        }
-        if let Some(autoscaler) = build_autoscaler(&app) {
-            children.apply(autoscaler).await?;
-        }
-        children.prune().await?;
+        };
         let status = build_status(&app, &deployment);
         context
             .patch_status(&*app, &status)

@@ -48,6 +48,7 @@ pub struct AppSpec {
     pub env_from: Option<Vec<EnvFromSource>>,
     /// CPU and memory requests and limits. Autoscaling on CPU needs a CPU request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "operator_kit::crd::resources_schema")]
     pub resources: Option<ResourceRequirements>,
     /// The readiness probe. Default: HTTP GET `/` on the port.
     #[serde(default, skip_serializing_if = "Option::is_none")]

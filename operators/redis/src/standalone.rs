@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Servi
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
+use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, ChildError, Children, Context, ErrorClass, ReconcileError, Reconciler};
 use serde_json::{Value, json};
@@ -425,7 +426,7 @@ pub enum Error {
         key: String,
     },
     /// Reading the Secret failed.
-    #[error("failed to read Secret {name:?}: {source}")]
+    #[error("failed to read Secret {name:?}: {}", describe(.source))]
     ReadSecret {
         /// The Secret's name.
         name: String,
@@ -436,7 +437,7 @@ pub enum Error {
     #[error(transparent)]
     Child(#[from] ChildError),
     /// Writing the status failed.
-    #[error("failed to patch the status: {0}")]
+    #[error("failed to patch the status: {}", describe(.0))]
     Status(#[source] Box<kube::Error>),
 }
 
@@ -447,6 +448,7 @@ impl ReconcileError for Error {
             Self::SecretNotFound { .. } | Self::SecretKeyNotFound { .. } => {
                 ErrorClass::WaitForChange
             }
+            Self::Child(error) => error.class(),
             _ => ErrorClass::Transient,
         }
     }
@@ -525,37 +527,20 @@ impl Reconciler for RedisReconciler {
     async fn reconcile(&self, redis: Arc<Redis>, context: &Context) -> Result<Action, Error> {
         if let Err(error) = validate(&redis, context).await {
             if error.class() == ErrorClass::WaitForChange {
-                let mut status = redis.status.clone().unwrap_or_default();
-                let update = ConditionUpdate::fails(READY, error.reason(), error.to_string());
-                set_condition(
-                    &mut status.conditions,
-                    update.observed(redis.metadata.generation),
-                );
-                status.phase = Phase::Failed;
-                status.observed_generation = redis.metadata.generation;
-                context
-                    .patch_status(&*redis, &status)
-                    .await
-                    .map_err(|source| Error::Status(Box::new(source)))?;
+                report_failure(&redis, context, &error).await?;
             }
             return Err(error);
         }
 
-        let names = Names::of(&redis.name_any());
-        let mut children = context.children(&*redis)?;
-        let labels = children.labels().clone();
-        let conf = redis_conf(&redis.spec);
-        let hash = config_hash(&conf);
-        children.apply(config_map(&names, &conf)).await?;
-        children.apply(headless_service(&names, &labels)).await?;
-        children
-            .apply(client_service(&redis.spec, &names, &labels))
-            .await?;
-        let (stateful_set, _) = children
-            .apply(stateful_set(&redis, &names, &labels, &hash))
-            .await?;
-        children.prune().await?;
-        own_data_claims(&mut children, &redis.spec.pod).await?;
+        // A child the API server refuses (an immutable field changed, say) is reported in the
+        // status in the server's words; the runtime adds one Warning event.
+        let stateful_set = match apply_children(&redis, context).await {
+            Ok(stateful_set) => stateful_set,
+            Err(error) => {
+                report_failure(&redis, context, &error).await?;
+                return Err(error);
+            }
+        };
 
         let status = status_for(&redis, Some(&stateful_set), redis.status.as_ref());
         let became_ready = status.phase == Phase::Ready
@@ -575,6 +560,47 @@ impl Reconciler for RedisReconciler {
         }
         Ok(Action::await_change())
     }
+}
+
+/// Applies every child of `redis`, prunes what is no longer wanted and takes ownership of the
+/// data claim; returns the StatefulSet as the API server has it.
+async fn apply_children(redis: &Redis, context: &Context) -> Result<StatefulSet, Error> {
+    let names = Names::of(&redis.name_any());
+    let mut children = context.children(redis)?;
+    let labels = children.labels().clone();
+    let conf = redis_conf(&redis.spec);
+    let hash = config_hash(&conf);
+    children.apply(config_map(&names, &conf)).await?;
+    children.apply(headless_service(&names, &labels)).await?;
+    children
+        .apply(client_service(&redis.spec, &names, &labels))
+        .await?;
+    let (stateful_set, _) = children
+        .apply(stateful_set(redis, &names, &labels, &hash))
+        .await?;
+    children.prune().await?;
+    own_data_claims(&mut children, &redis.spec.pod).await?;
+    Ok(stateful_set)
+}
+
+/// Writes `Ready=False` with the error's reason and message; the phase turns `Failed` when
+/// only a change of the spec (or of what it refers to) can help.
+async fn report_failure(redis: &Redis, context: &Context, error: &Error) -> Result<(), Error> {
+    let mut status = redis.status.clone().unwrap_or_default();
+    let update = ConditionUpdate::fails(READY, error.reason(), error.to_string());
+    set_condition(
+        &mut status.conditions,
+        update.observed(redis.metadata.generation),
+    );
+    if error.class() == ErrorClass::WaitForChange {
+        status.phase = Phase::Failed;
+    }
+    status.observed_generation = redis.metadata.generation;
+    context
+        .patch_status(redis, &status)
+        .await
+        .map_err(|source| Error::Status(Box::new(source)))?;
+    Ok(())
 }
 
 /// A resource whose pods read their password from a Secret key.

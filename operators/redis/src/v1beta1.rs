@@ -111,6 +111,7 @@ pub struct KubernetesConfig {
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// CPU and memory requests and limits of the Redis container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "operator_kit::crd::resources_schema")]
     pub resources: Option<ResourceRequirements>,
     /// The type of the client Service `<name>`.
     #[serde(default)]
@@ -209,7 +210,7 @@ pub struct Storage {
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct VolumeClaimTemplate {
     /// The claim's spec: access modes, size, storage class.
-    #[x_kube(validation = Rule::new("has(self.resources) && has(self.resources.requests) && 'storage' in self.resources.requests").message("storage.volumeClaimTemplate.spec.resources.requests.storage is required"))]
+    #[schemars(schema_with = "operator_kit::crd::claim_spec_schema")]
     pub spec: PersistentVolumeClaimSpec,
 }
 
@@ -231,6 +232,7 @@ pub struct RedisExporter {
     pub port: Option<i32>,
     /// CPU and memory of the exporter container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "operator_kit::crd::resources_schema")]
     pub resources: Option<ResourceRequirements>,
 }
 

@@ -233,6 +233,11 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         !log.contains("not-a-real-password"),
         "the password reached the log"
     );
+    // Written to a file, not a terminal: no colour codes.
+    ensure!(
+        !log.is_empty() && !log.contains('\u{1b}'),
+        "escape sequences in the log"
+    );
     drop(operator);
     drop(release);
     Ok(())

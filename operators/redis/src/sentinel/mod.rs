@@ -29,6 +29,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
 use serde_json::json;
@@ -67,13 +68,13 @@ pub enum Error {
     #[error(transparent)]
     Child(#[from] ChildError),
     /// Reading or labelling the pods failed.
-    #[error("failed to label the pods with their role: {0}")]
+    #[error("failed to label the pods with their role: {}", describe(.0))]
     Pods(#[source] Box<kube::Error>),
     /// A healing command failed; the next reconcile starts from a fresh observation.
     #[error("failed to heal the replication: {0}")]
     Heal(#[source] RespError),
     /// Writing the status failed.
-    #[error("failed to patch the status: {0}")]
+    #[error("failed to patch the status: {}", describe(.0))]
     Status(#[source] Box<kube::Error>),
 }
 
@@ -81,6 +82,8 @@ impl ReconcileError for Error {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Secret(error) => error.class(),
+            // Even a refused child is retried (with backoff): the reconcile is also what keeps
+            // watching the data plane, which must not stop until the spec changes.
             _ => ErrorClass::Transient,
         }
     }
