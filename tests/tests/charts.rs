@@ -132,6 +132,58 @@ async fn rendered_charts_pass_server_side_dry_run() -> Result<()> {
     Ok(())
 }
 
+/// `helm upgrade` never runs two active operators: without leader election the Deployment is
+/// recreated (the old pod stops first); with it (more than one replica) it rolls, and the new
+/// pods wait for the Lease.
+#[test]
+fn an_upgrade_never_runs_two_active_operators() -> Result<()> {
+    for name in CHARTS {
+        let path = chart(name);
+        let path = path.to_string_lossy();
+        for (values, strategy, election) in [
+            ("replicaCount=1", "Recreate", "false"),
+            ("leaderElection.enabled=true", "RollingUpdate", "true"),
+            ("replicaCount=2", "RollingUpdate", "true"),
+        ] {
+            let rendered = run(
+                "helm",
+                &[
+                    "template",
+                    "r",
+                    &path,
+                    "--set",
+                    values,
+                    "--show-only",
+                    "templates/deployment.yaml",
+                ],
+                None,
+            )?;
+            let deployment: k8s_openapi::api::apps::v1::Deployment =
+                serde_yaml::from_str(&rendered)?;
+            let spec = deployment.spec;
+            let kind = spec.strategy.and_then(|strategy| strategy.type_);
+            ensure!(
+                kind.as_deref() == Some(strategy),
+                "{name} with {values}: strategy {kind:?}"
+            );
+            let elected = spec
+                .template
+                .spec
+                .unwrap_or_default()
+                .containers
+                .iter()
+                .flat_map(|container| container.env.iter().flatten())
+                .find(|variable| variable.name.ends_with("LEADER_ELECTION"))
+                .and_then(|variable| variable.value.clone());
+            ensure!(
+                elected.as_deref() == Some(election),
+                "{name} with {values}: leader election {elected:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn shared_templates_are_identical_in_every_chart() -> Result<()> {
     for file in SHARED_TEMPLATES {

@@ -457,6 +457,98 @@ async fn a_child_the_api_server_refuses_is_reported_once_in_its_words() -> Resul
     Ok(())
 }
 
+/// A password that cannot work (`echo pw | base64` leaves a line break at its end) is reported
+/// in the status and once as an event, in words and without the password, and no pod is
+/// started to crash-loop on it; fixing the Secret makes the Redis Ready.
+#[tokio::test]
+async fn a_password_with_a_line_break_is_reported_not_crash_looped() -> Result<()> {
+    let namespace = TestNamespace::create("redis-password").await?;
+    let operator = start(&namespace).await?;
+    let secret = |password: &str| Secret {
+        metadata: ObjectMeta {
+            name: Some("redis-auth".to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".to_owned(),
+            ByteString(password.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    let secrets = namespace.api::<Secret>();
+    secrets
+        .create(&PostParams::default(), &secret("hunter2-long\n"))
+        .await?;
+    let mut redis = seed()?;
+    redis.metadata.name = Some("newline".to_owned());
+    redis.spec.pod.kubernetes_config.redis_secret = Some(serde_json::from_value(
+        json!({ "name": "redis-auth", "key": "password" }),
+    )?);
+    let redises = namespace.api::<Redis>();
+    redises.create(&PostParams::default(), &redis).await?;
+    let failed = namespace
+        .wait_for(
+            &redises,
+            "newline",
+            "refused for its password",
+            TIMEOUT,
+            |redis: &Redis| {
+                redis.status.as_ref().is_some_and(|status| {
+                    find_condition(&status.conditions, READY)
+                        .is_some_and(|ready| ready.reason == "PasswordUnusable")
+                })
+            },
+        )
+        .await?;
+    let status = failed.status.context("no status")?;
+    let message = &find_condition(&status.conditions, READY)
+        .context("no Ready condition")?
+        .message;
+    ensure!(
+        message.contains("ends with a line break") && !message.contains("hunter2"),
+        "{message}"
+    );
+    ensure!(status.phase == Phase::Failed);
+    // The runtime publishes the event once the reconcile has returned, after the status.
+    let events = namespace.api::<Event>();
+    let selector =
+        ListParams::default().fields("involvedObject.name=newline,reason=PasswordUnusable");
+    let listed = || events.list(&selector);
+    let started = std::time::Instant::now();
+    while listed().await?.items.is_empty() && started.elapsed() < TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let published = listed().await?.items;
+    ensure!(published.len() == 1, "{} events", published.len());
+    ensure!(
+        published[0].count.unwrap_or(1) == 1
+            && !published[0]
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("hunter2")
+    );
+    ensure!(
+        namespace
+            .api::<StatefulSet>()
+            .get_opt("newline")
+            .await?
+            .is_none(),
+        "a pod was started with the unusable password"
+    );
+    secrets
+        .replace(
+            "redis-auth",
+            &PostParams::default(),
+            &secret("hunter2-long"),
+        )
+        .await?;
+    wait_ready(&namespace, "newline").await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
 /// Whether `claim` lists the object with `uid` among its owners.
 fn owned_by(claim: &PersistentVolumeClaim, uid: Option<&String>) -> bool {
     claim

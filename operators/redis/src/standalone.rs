@@ -425,6 +425,16 @@ pub enum Error {
         /// The missing key.
         key: String,
     },
+    /// The password cannot work as it is (never shown: only what is wrong with it).
+    #[error("failed to use the password in key {key:?} of Secret {name:?}: it {problem}")]
+    PasswordUnusable {
+        /// The Secret's name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What is wrong, from [`password_problem`].
+        problem: &'static str,
+    },
     /// Reading the Secret failed.
     #[error("failed to read Secret {name:?}: {}", describe(.source))]
     ReadSecret {
@@ -445,9 +455,9 @@ impl ReconcileError for Error {
     fn class(&self) -> ErrorClass {
         match self {
             // The Secret watch reconciles the resource again once the Secret changes.
-            Self::SecretNotFound { .. } | Self::SecretKeyNotFound { .. } => {
-                ErrorClass::WaitForChange
-            }
+            Self::SecretNotFound { .. }
+            | Self::SecretKeyNotFound { .. }
+            | Self::PasswordUnusable { .. } => ErrorClass::WaitForChange,
             Self::Child(error) => error.class(),
             _ => ErrorClass::Transient,
         }
@@ -457,6 +467,7 @@ impl ReconcileError for Error {
         match self {
             Self::SecretNotFound { .. } => "SecretNotFound",
             Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
+            Self::PasswordUnusable { .. } => "PasswordUnusable",
             Self::ReadSecret { .. } => "SecretUnreadable",
             Self::Child(_) => "ApplyFailed",
             Self::Status(_) => "StatusFailed",
@@ -509,11 +520,37 @@ pub(crate) async fn read_password(
                 .and_then(|data| data.get(&reference.key).cloned())
         });
     match value {
-        Some(value) => Ok(Some(value)),
+        Some(value) => match password_problem(&value) {
+            None => Ok(Some(value)),
+            Some(problem) => Err(Error::PasswordUnusable {
+                name: reference.name.clone(),
+                key: reference.key.clone(),
+                problem,
+            }),
+        },
         None => Err(Error::SecretKeyNotFound {
             name: reference.name.clone(),
             key: reference.key.clone(),
         }),
+    }
+}
+
+/// What makes a password unusable, if anything. A line break cannot go into `redis.conf` (the
+/// pod's start script refuses it, and the pod would only crash-loop); a trailing one is nearly
+/// always `echo pw | base64` instead of `echo -n`. An empty one would turn authentication off.
+pub fn password_problem(password: &str) -> Option<&'static str> {
+    if password.is_empty() {
+        Some("is empty, which would turn authentication off")
+    } else if password.trim_end_matches(['\r', '\n']).len() < password.len()
+        && !password
+            .trim_end_matches(['\r', '\n'])
+            .contains(['\r', '\n'])
+    {
+        Some("ends with a line break (encoded with `echo` without `-n`?)")
+    } else if password.contains(['\r', '\n']) {
+        Some("contains a line break, which redis.conf cannot hold")
+    } else {
+        None
     }
 }
 
@@ -634,6 +671,33 @@ pub fn referring_to_secret<'a, K: PasswordSecret + 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_that_cannot_work_are_told_without_being_shown() {
+        assert_eq!(password_problem("hunter2"), None);
+        assert_eq!(password_problem("with \"quotes\" and \\"), None);
+        let trailing = password_problem("hunter2\n").unwrap();
+        assert!(trailing.contains("ends with a line break"), "{trailing}");
+        assert!(
+            password_problem("hunter2\r\n")
+                .unwrap()
+                .contains("ends with")
+        );
+        assert!(
+            password_problem("a\nb")
+                .unwrap()
+                .contains("contains a line break")
+        );
+        assert!(password_problem("").unwrap().contains("empty"));
+        let error = Error::PasswordUnusable {
+            name: "auth".to_owned(),
+            key: "password".to_owned(),
+            problem: trailing,
+        };
+        assert!(!error.to_string().contains("hunter2"));
+        assert_eq!(error.class(), ErrorClass::WaitForChange);
+        assert_eq!(error.reason(), "PasswordUnusable");
+    }
     use crate::v1beta1::{RedisConfig, RedisExporter, SecretKeyReference};
 
     /// The seed document's manifest, as users bring it over.
