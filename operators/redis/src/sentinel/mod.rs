@@ -109,6 +109,8 @@ pub struct RedisSentinelReconciler {
     addresses: NodeAddresses,
     logs: FailoverLogs,
     subscribers: Mutex<HashMap<ObjectRef<RedisSentinel>, tokio::task::JoinHandle<()>>>,
+    /// The reason of each resource's Ready condition as its last reconcile computed it.
+    ready_reasons: Mutex<HashMap<ObjectRef<RedisSentinel>, String>>,
     trigger: mpsc::UnboundedSender<ObjectRef<RedisSentinel>>,
 }
 
@@ -132,6 +134,7 @@ impl RedisSentinelReconciler {
             addresses,
             logs: FailoverLogs::default(),
             subscribers: Mutex::new(HashMap::new()),
+            ready_reasons: Mutex::new(HashMap::new()),
             trigger,
         };
         (reconciler, triggers)
@@ -184,6 +187,14 @@ impl RedisSentinelReconciler {
             keep_running,
         ));
         subscribers.insert(object, handle);
+    }
+
+    /// Records `reason` as the resource's Ready reason; returns the one recorded before.
+    fn last_reason(&self, resource: &RedisSentinel, reason: &str) -> Option<String> {
+        self.ready_reasons
+            .lock()
+            .ok()?
+            .insert(ObjectRef::from_obj(resource), reason.to_owned())
     }
 
     fn take_log(&self, resource: &RedisSentinel) -> FailoverLog {
@@ -416,6 +427,9 @@ impl Reconciler for RedisSentinelReconciler {
         if let Ok(mut logs) = self.logs.lock() {
             logs.remove(object);
         }
+        if let Ok(mut reasons) = self.ready_reasons.lock() {
+            reasons.remove(object);
+        }
         let namespace = object.namespace.clone().unwrap_or_default();
         context
             .metrics()
@@ -584,8 +598,12 @@ impl Reconciler for RedisSentinelReconciler {
             .find(|condition| condition.type_ == READY)
             .map(|condition| condition.reason.clone());
         // A person must choose: say so once, as a Warning, when it starts.
+        // The status read may be stale (a reconcile can start before the watch delivers the
+        // status the previous one wrote), so the reason last seen is also kept in memory.
+        let last_seen = self.last_reason(&resource, update.reason);
         let needs_person = [HISTORY_DIVERGED, NEWEST_DATA_UNKNOWN].contains(&update.reason)
-            && previous_reason.as_deref() != Some(update.reason);
+            && previous_reason.as_deref() != Some(update.reason)
+            && last_seen.as_deref() != Some(update.reason);
         let needs_person_note = needs_person.then(|| update.message.to_string());
         let needs_person_reason = update.reason;
         set_condition(&mut status.conditions, update.observed(generation));
