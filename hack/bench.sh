@@ -3,6 +3,11 @@
 # all are Ready. Reports the time, the operator's peak RSS, the requests it made, and the
 # mutating requests it made while idle afterwards.
 #   hack/bench.sh website|redis|app [count] [idle-seconds]     (defaults: 1000 and 120)
+# With `chaos` as a fourth argument the operator is killed with SIGKILL once a quarter of the
+# objects are Ready and started again, and the API server is restarted once half are; the run
+# then checks every object Ready, one more object created afterwards Ready (the watches came
+# back without restarting the operator), no orphaned and no duplicate children:
+#   hack/bench.sh redis 1000 120 chaos
 # And the failover benchmark of Redis with Sentinel (real redis-server/redis-sentinel processes
 # behind the pods; see tests/benches/failover.rs):
 #   hack/bench.sh failover [runs] [down-after-milliseconds]    (defaults: 10 and 5000)
@@ -42,6 +47,8 @@ if [ "$operator" = faults ]; then
 fi
 count=${2:-1000}
 idle_seconds=${3:-120}
+chaos=${4:-}
+[ -z "$chaos" ] || [ "$chaos" = chaos ] || { echo "the fourth argument is 'chaos' or nothing" >&2; exit 2; }
 namespace=bench-$operator
 admin=127.0.0.1:18081
 case $operator in
@@ -69,11 +76,14 @@ kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$namespace" >/dev/null
 
 log=$(mktemp)
-"$CARGO_TARGET_DIR/release/$binary" --watch-namespace "$namespace" --admin-address "$admin" \
-  --log-level warn >"$log" 2>&1 &
-operator_pid=$!
+start_operator() {
+  "$CARGO_TARGET_DIR/release/$binary" --watch-namespace "$namespace" --admin-address "$admin" \
+    --log-level warn >>"$log" 2>&1 &
+  operator_pid=$!
+  until curl -fs "http://$admin/readyz" >/dev/null; do sleep 0.2; done
+}
 trap 'kill $operator_pid 2>/dev/null || true; kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
-until curl -fs "http://$admin/readyz" >/dev/null; do sleep 0.2; done
+start_operator
 
 metric() { curl -fs "http://$admin/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
 mutating() {
@@ -92,11 +102,30 @@ for ((index = 0; index < count; index++)); do object "$index"; done >"$manifest"
 start=$(date +%s.%N)
 kubectl -n "$namespace" create -f "$manifest" >/dev/null
 created=$(date +%s.%N)
-ready=0
-while [ "$ready" -lt "$count" ]; do
-  sleep 2
-  ready=$(kubectl -n "$namespace" get "$resource" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
-done
+count_ready() {
+  kubectl -n "$namespace" get "$resource" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true
+}
+wait_ready() {
+  ready=0
+  while [ "$ready" -lt "$1" ]; do
+    sleep 2
+    ready=$(count_ready)
+  done
+}
+since() { echo "$(date +%s.%N) - $1" | bc; }
+if [ -n "$chaos" ]; then
+  wait_ready $((count / 4))
+  kill -9 "$operator_pid"
+  killed_at=$(date +%s.%N) ready_when_killed=$(count_ready)
+  start_operator
+  restarted_after=$(since "$killed_at")
+  wait_ready $((count / 2))
+  ready_when_api_restarted=$(count_ready)
+  api_restart_started=$(date +%s.%N)
+  hack/cluster.sh restart kube-apiserver >/dev/null
+  api_restarted_after=$(since "$api_restart_started")
+fi
+wait_ready "$count"
 done_at=$(date +%s.%N)
 requests_at_ready=$(all_requests)
 mutating_at_ready=$(mutating)
@@ -110,4 +139,31 @@ printf '  time to all Ready:               %.1f s\n' "$(echo "$done_at - $start"
 printf '  operator peak RSS:               %.1f MiB\n' "$(echo "$peak_rss_kib / 1024" | bc -l)"
 printf '  operator API requests to Ready:  %s (%s mutating)\n' "$requests_at_ready" "$mutating_at_ready"
 printf '  mutating requests in %d s idle:  %s\n' "$idle_seconds" "$idle_mutating"
+if [ -n "$chaos" ]; then
+  printf '  chaos: SIGKILL with %d Ready; the operator ready again after %.1f s\n' "$ready_when_killed" "$restarted_after"
+  printf '  chaos: API server restarted with %d Ready; it took %.1f s\n' "$ready_when_api_restarted" "$api_restarted_after"
+  # The same operator process must still see new objects: one more, created now.
+  after_start=$(date +%s.%N)
+  object "$count" | kubectl -n "$namespace" create -f - >/dev/null
+  wait_ready $((count + 1))
+  printf '  chaos: an object created after both faults Ready in %.1f s (operator pid unchanged: %s)\n' \
+    "$(since "$after_start")" "$(kill -0 "$operator_pid" && echo yes)"
+  # Every child has exactly one controller, a live object of ours; each kind has one per object.
+  owners=$(mktemp)
+  # (A claim's owners are its Redis and, by its retention policy, its StatefulSet.)
+  for kind in "$resource" statefulsets; do
+    kubectl -n "$namespace" get "$kind" -o jsonpath='{range .items[*]}{.metadata.uid}{"\n"}{end}'
+  done | sort >"$owners"
+  orphans=0
+  for kind in statefulsets services configmaps persistentvolumeclaims; do
+    listed=$(kubectl -n "$namespace" get "$kind" -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.metadata.ownerReferences[*].uid}{"\n"}{end}' | grep -v '^kube-root-ca.crt ')
+    total=$(grep -c . <<<"$listed" || true)
+    unowned=$(awk '{ for (i = 2; i <= NF; i++) print $i }' <<<"$listed" | sort -u | comm -23 - "$owners" | wc -l)
+    without=$(awk 'NF < 2' <<<"$listed" | wc -l)
+    orphans=$((orphans + without))
+    printf '  chaos: %-22s %5d (%d per object), owned by no live object: %d, with no owner: %d\n' \
+      "$kind" "$total" "$((total / (count + 1)))" "$unowned" "$without"
+  done
+  printf '  chaos: orphans %d\n' "$orphans"
+fi
 curl -fs "http://$admin/metrics" | grep -E '^(rest_client_requests_total|controller_runtime_reconcile_total)' | sed 's/^/  /'

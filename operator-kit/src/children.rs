@@ -4,13 +4,19 @@
 //! A reconcile builds the objects it wants (pure code) and hands them to [`Children`], which
 //! 1. sets the owner reference (`controller: true`, `blockOwnerDeletion: true`) and the
 //!    standard `app.kubernetes.io/*` labels,
-//! 2. reads the live object and sends nothing when every field we manage already has the
-//!    desired value — a converged object costs no write per resync,
-//! 3. otherwise applies it with server-side apply under the operator's field manager, which
-//!    also reverts hand edits of the fields we manage (drift),
-//! 4. and, in [`Children::prune`], deletes children of the kinds the controller owns that carry
+//! 2. reads the live object and refuses to touch it when it belongs to someone else — another
+//!    object controls it, or it exists without our labels (a user's own ConfigMap that happens
+//!    to have a child's name): [`ChildError::NameConflict`] names the object and its owner,
+//! 3. sends nothing when the live object was applied from exactly this desired object (a hash
+//!    of it is kept in the [`APPLIED_HASH_ANNOTATION`]) and every field we manage still has the
+//!    desired value — a converged object costs no write per resync, and a field removed from
+//!    the desired object changes the hash, so the removal reaches the child,
+//! 4. otherwise applies it with server-side apply under the operator's field manager, which
+//!    also reverts hand edits of the fields we manage (drift) and drops fields we no longer
+//!    set,
+//! 5. and, in [`Children::prune`], deletes children of the kinds the controller owns that carry
 //!    our labels and owner reference but were not applied this time (a feature turned off);
-//! 5. and, in [`Children::own_labelled`], makes the owner a second owner of the objects another
+//! 6. and, in [`Children::own_labelled`], makes the owner a second owner of the objects another
 //!    controller created from its templates (a StatefulSet's volume claims), so that they go
 //!    when the owner goes.
 
@@ -36,6 +42,10 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// `app.kubernetes.io/managed-by`: the operator's field manager.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The annotation with a hash of the desired object a child was last applied from: a field
+/// removed from the desired object changes it, which comparing the fields we still set cannot
+/// see.
+pub const APPLIED_HASH_ANNOTATION: &str = "operator-kit.io/applied-hash";
 
 /// Errors of applying and pruning children.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +84,19 @@ pub enum ChildError {
         /// The API error (boxed, as in [`ChildError::Api`]).
         source: Box<kube::Error>,
     },
+    /// An object with a child's name exists and is not ours: another object controls it, or it
+    /// was made by someone else. It is left untouched.
+    #[error(
+        "failed to apply {kind} {name:?}: {holder}; it is left untouched — delete or rename it, or rename this resource"
+    )]
+    NameConflict {
+        /// The child's kind.
+        kind: String,
+        /// The child's name.
+        name: String,
+        /// Who holds it, in words: "it is controlled by Redis \"cache\"", say.
+        holder: String,
+    },
     /// An API request about one object failed.
     #[error("failed to {verb} {kind} {name:?}: {}", describe(.source))]
     Api {
@@ -93,13 +116,26 @@ impl ChildError {
     /// invalid, or when the child cannot even be built — those fail the same way until the
     /// owner's spec changes, and retrying them would only repeat the event. Everything else
     /// (a 5xx, a timeout, a conflict, a missing permission) is transient.
+    ///
+    /// A name conflict is transient: it ends when the other object goes, which the operator is
+    /// not told about, so it is retried with backoff (and its event published once).
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Api { source, .. } if is_refusal(source) => ErrorClass::WaitForChange,
-            Self::Api { .. } | Self::List { .. } => ErrorClass::Transient,
+            Self::Api { .. } | Self::List { .. } | Self::NameConflict { .. } => {
+                ErrorClass::Transient
+            }
             Self::IncompleteOwner { .. } | Self::UnnamedChild { .. } | Self::Serialize { .. } => {
                 ErrorClass::WaitForChange
             }
+        }
+    }
+
+    /// The condition reason for this error: `NameConflict`, or `ApplyFailed`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NameConflict { .. } => "NameConflict",
+            _ => "ApplyFailed",
         }
     }
 }
@@ -238,6 +274,19 @@ impl Children {
             );
             fields.insert("kind".to_owned(), Value::String(kind.clone()));
         }
+        let hash = applied_hash(&desired_value);
+        if let Some(metadata) = desired_value
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
+            let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.insert(
+                    APPLIED_HASH_ANNOTATION.to_owned(),
+                    Value::String(hash.clone()),
+                );
+            }
+        }
         let api = Api::<C>::namespaced(self.client.clone(), &self.namespace);
         let api_error = |verb, source| ChildError::Api {
             verb,
@@ -249,10 +298,27 @@ impl Children {
             .get_opt(&name)
             .await
             .map_err(|source| api_error("get", source))?;
-        if let Some(live) = live {
-            let live_value = serde_json::to_value(&live).unwrap_or(Value::Null);
-            if is_subset(&desired_value, &live_value) {
-                return Ok((live, ApplyOutcome::Unchanged));
+        if let Some(live) = &live {
+            if let Some(holder) = self.holder_other_than_us(live.meta()) {
+                return Err(ChildError::NameConflict { kind, name, holder });
+            }
+            let live_value = serde_json::to_value(live).unwrap_or(Value::Null);
+            let applied_from_this = live
+                .annotations()
+                .get(APPLIED_HASH_ANNOTATION)
+                .is_some_and(|applied| *applied == hash);
+            if applied_from_this && is_subset(&desired_value, &live_value) {
+                return Ok((live.clone(), ApplyOutcome::Unchanged));
+            }
+            // The apply must land on the object just judged ours: if it was deleted and made
+            // again by someone else meanwhile, the UID differs and the API server refuses the
+            // apply. (Not the resourceVersion: a StatefulSet's status moves on during every
+            // rollout, and each move would fail the apply with a conflict.)
+            if let Some(metadata) = desired_value
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+            {
+                metadata.insert("uid".to_owned(), json!(live.meta().uid));
             }
         }
         let params = PatchParams::apply(&self.field_manager).force();
@@ -262,6 +328,48 @@ impl Children {
             .map_err(|source| api_error("apply", source))?;
         self.writes += 1;
         Ok((applied, ApplyOutcome::Applied))
+    }
+
+    /// Who holds an existing object with a child's name, when it is not this owner: the object
+    /// that controls it, or "someone else" when nothing controls it and it lacks our labels.
+    /// An object with our labels and no controller (orphaned by `kubectl delete
+    /// --cascade=orphan`, say) is adopted, as Kubernetes' own controllers adopt orphans.
+    fn holder_other_than_us(&self, live: &ObjectMeta) -> Option<String> {
+        let controller = live
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|owner| owner.controller == Some(true));
+        if let Some(controller) = controller {
+            if controller.uid == self.owner_reference.uid {
+                return None;
+            }
+            let same = controller.kind == self.owner_reference.kind
+                && controller.name == self.owner_reference.name;
+            return Some(if same {
+                format!(
+                    "it is controlled by an earlier {} {:?} of the same name (uid {:?}), which the garbage collector has yet to remove",
+                    controller.kind, controller.name, controller.uid
+                )
+            } else {
+                format!(
+                    "it is controlled by {} {:?}",
+                    controller.kind, controller.name
+                )
+            });
+        }
+        let labels = live.labels.as_ref();
+        let label = |key: &str| labels.and_then(|labels| labels.get(key));
+        let ours = label(MANAGED_BY_LABEL) == self.labels.get(MANAGED_BY_LABEL)
+            && label(INSTANCE_LABEL) == self.labels.get(INSTANCE_LABEL);
+        if ours {
+            None
+        } else {
+            Some(format!(
+                "it already exists and was not made by {:?} for {} {:?}",
+                self.field_manager, self.owner_reference.kind, self.owner_reference.name
+            ))
+        }
     }
 
     /// Deletes the children of the owned kinds that carry this owner's labels and owner
@@ -322,8 +430,13 @@ impl Children {
     }
 
     /// Makes the owner an additional owner of every object of kind `C` in its namespace that
-    /// carries all of [`Children::labels`] when `owned` is true, and takes that reference away
-    /// when it is false. Returns how many objects were changed; converged objects cost one list.
+    /// carries all of [`Children::labels`] and whose name `belongs` accepts when `owned` is
+    /// true, and takes that reference away when it is false. Returns how many objects were
+    /// changed; converged objects cost one list.
+    ///
+    /// Labels alone are not enough: two owners of different kinds with the same name carry the
+    /// same instance label, so `belongs` tells this owner's objects by name (for claims:
+    /// `<template>-<statefulset>-<ordinal>`; see [`is_claim_of`]).
     ///
     /// This is for objects another controller creates from a template the operator wrote, such
     /// as the claims a StatefulSet creates from its `volumeClaimTemplates`: with the custom
@@ -336,7 +449,11 @@ impl Children {
     /// The reference is not a controller reference and does not block the owner's deletion. The
     /// JSON patch appends or removes just that reference, so it never undoes another
     /// controller's concurrent change to the list.
-    pub async fn own_labelled<C>(&mut self, owned: bool) -> Result<usize, ChildError>
+    pub async fn own_labelled<C>(
+        &mut self,
+        owned: bool,
+        belongs: impl Fn(&str) -> bool,
+    ) -> Result<usize, ChildError>
     where
         C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -367,6 +484,9 @@ impl Children {
         let mut changed = 0;
         for object in list.items {
             let name = object.name_any();
+            if !belongs(&name) {
+                continue;
+            }
             let mut meta = object.metadata;
             // A `test` fails (422) only when the list changed between our read and the patch,
             // such as the StatefulSet controller adding its own reference at that moment: read
@@ -417,6 +537,16 @@ impl Children {
     }
 }
 
+/// Whether `name` is a claim the StatefulSet `stateful_set` made from its claim template
+/// `template`: `<template>-<stateful_set>-<ordinal>`.
+pub fn is_claim_of(name: &str, template: &str, stateful_set: &str) -> bool {
+    name.strip_prefix(template)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_prefix(stateful_set))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|ordinal| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// How often [`Children::own_labelled`] recomputes a patch whose `test` failed.
 const OWNERSHIP_ATTEMPTS: usize = 3;
 
@@ -451,6 +581,33 @@ fn ownership_patch(meta: &ObjectMeta, reference: &OwnerReference, owned: bool) -
     }
 }
 
+/// A short hash of the desired object (serialized with its keys sorted), for the
+/// [`APPLIED_HASH_ANNOTATION`].
+fn applied_hash(desired: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(canonical(desired).to_string().as_bytes());
+    digest
+        .iter()
+        .take(12)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// `value` with every object's keys in sorted order, whatever map serde_json was built with.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => {
+            let sorted: BTreeMap<&String, Value> = fields
+                .iter()
+                .map(|(key, value)| (key, canonical(value)))
+                .collect();
+            json!(sorted)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
 fn api_version_kind<C: Resource<DynamicType = ()>>() -> String {
     format!("{}/{}", C::api_version(&()), C::kind(&()))
 }
@@ -477,10 +634,59 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
                     .all(|(desired, live)| is_subset(desired, live))
         }
         (Value::Number(desired), Value::Number(live)) => desired.as_f64() == live.as_f64(),
+        // The API server writes quantities in canonical form: `1024Mi` comes back as `1Gi`,
+        // `0.5` as `500m`. The same amount is no drift.
+        (Value::String(desired), Value::String(live)) if desired != live => {
+            match (quantity(desired), quantity(live)) {
+                (Some(desired), Some(live)) => {
+                    (desired - live).abs() <= f64::EPSILON * desired.abs().max(live.abs())
+                }
+                _ => false,
+            }
+        }
         (Value::Null, _) => true,
         (desired, Value::Null) => is_empty(desired),
         (desired, live) => desired == live,
     }
+}
+
+/// The amount a Kubernetes quantity (`1Gi`, `500m`, `1.5`, `2e3`) stands for, or `None` when
+/// `text` is not one.
+fn quantity(text: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let text = text.trim();
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, factor)| text.strip_suffix(suffix).map(|number| (number, *factor)))
+        .unwrap_or((text, 1.0));
+    let plain = number
+        .strip_prefix(['+', '-'])
+        .unwrap_or(number)
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+    if number.is_empty()
+        || !plain
+        || !number.starts_with(|c: char| c.is_ascii_digit() || "+-.".contains(c))
+    {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|amount| amount * factor)
 }
 
 /// Whether the API server would drop `value`: Kubernetes' Go types omit empty and zero values
@@ -560,6 +766,16 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_told_by_their_statefulset_name() {
+        assert!(is_claim_of("data-cache-0", "data", "cache"));
+        assert!(is_claim_of("data-cache-12", "data", "cache"));
+        assert!(!is_claim_of("data-cache-node-0", "data", "cache"));
+        assert!(is_claim_of("data-cache-node-0", "data", "cache-node"));
+        assert!(!is_claim_of("data-cache-", "data", "cache"));
+        assert!(!is_claim_of("logs-cache-0", "data", "cache"));
+    }
+
+    #[test]
     fn fields_added_by_the_server_do_not_count_as_drift() {
         let desired =
             json!({"spec": {"replicas": 1, "template": {"metadata": {}}, "paused": null}});
@@ -584,6 +800,49 @@ mod tests {
             &json!({"data": {"a": "1"}}),
             &json!({"data": {"a": "2"}})
         ));
+    }
+
+    #[test]
+    fn quantities_compare_by_amount_and_other_strings_exactly() {
+        assert!(is_subset(
+            &json!({"memory": "1024Mi"}),
+            &json!({"memory": "1Gi"})
+        ));
+        assert!(is_subset(&json!({"cpu": "0.5"}), &json!({"cpu": "500m"})));
+        assert!(is_subset(&json!({"cpu": "2000m"}), &json!({"cpu": "2"})));
+        assert!(is_subset(
+            &json!({"storage": "1e3"}),
+            &json!({"storage": "1k"})
+        ));
+        assert!(!is_subset(
+            &json!({"memory": "1Gi"}),
+            &json!({"memory": "1G"})
+        ));
+        assert!(!is_subset(
+            &json!({"memory": "512Mi"}),
+            &json!({"memory": "1Gi"})
+        ));
+        assert!(!is_subset(
+            &json!({"image": "redis:7"}),
+            &json!({"image": "redis:8"})
+        ));
+        assert_eq!(quantity("lots"), None);
+        assert_eq!(quantity("Mi"), None);
+        assert_eq!(quantity("e5"), None);
+        assert_eq!(quantity("1.5Gi"), Some(1.5 * 1_073_741_824.0));
+    }
+
+    #[test]
+    fn the_applied_hash_changes_when_a_field_is_removed_and_not_when_keys_move() {
+        let with = json!({"spec": {"nodeSelector": {"disk": "ssd"}, "replicas": 1}});
+        let without = json!({"spec": {"replicas": 1}});
+        let reordered: Value =
+            serde_json::from_str(r#"{"spec": {"replicas": 1, "nodeSelector": {"disk": "ssd"}}}"#)
+                .unwrap();
+        assert_ne!(applied_hash(&with), applied_hash(&without));
+        assert_eq!(applied_hash(&with), applied_hash(&reordered));
+        // The removal is invisible to the field comparison alone: that is why the hash exists.
+        assert!(is_subset(&without, &with));
     }
 
     #[test]

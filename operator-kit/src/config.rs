@@ -69,7 +69,7 @@ pub struct OperatorArgs {
     pub log_format: LogFormat,
 
     /// Log filter: a level (`info`, `debug`) or `tracing` directives (`info,kube=debug`).
-    #[arg(long, env = "OPERATOR_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "OPERATOR_LOG_LEVEL", default_value = "info", value_parser = log_filter)]
     pub log_level: String,
 
     /// How long a shutdown waits for running reconciles to finish.
@@ -128,6 +128,8 @@ impl OperatorArgs {
     /// Installs the global `tracing` subscriber in the chosen format and level. Call once, at
     /// the start of `main`; a second call does nothing.
     pub fn init_logging(&self) {
+        // The command line refuses a filter that does not parse (see `log_filter`); one set
+        // in code falls back to `info`.
         let filter = EnvFilter::try_new(&self.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
         let colour = use_colour(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -152,6 +154,14 @@ impl OperatorArgs {
 /// of escape sequences), and never when `NO_COLOR` is set to anything but the empty string.
 fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+/// Checks `--log-level` when it is parsed: a filter that does not parse is refused with the
+/// reason, instead of silently becoming `info`.
+fn log_filter(text: &str) -> Result<String, String> {
+    EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| format!("not a log level or filter: {error}"))
 }
 
 #[cfg(test)]
@@ -200,5 +210,21 @@ mod tests {
         assert_eq!(lease.identity, "pod-1");
         assert_eq!(lease.lease_duration, Duration::from_secs(15));
         assert!(Command::try_parse_from(["operator", "--concurrency=0"]).is_err());
+    }
+
+    #[test]
+    fn a_log_level_that_does_not_parse_is_refused_with_the_reason() {
+        for good in ["debug", "info,kube=debug", "warn"] {
+            let command = Command::try_parse_from(["operator", "--log-level", good]).unwrap();
+            assert_eq!(command.operator.log_level, good);
+        }
+        let Err(error) = Command::try_parse_from(["operator", "--log-level", "loud=="]) else {
+            panic!("an invalid log level was accepted");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("--log-level") && message.contains("not a log level"),
+            "{message}"
+        );
     }
 }

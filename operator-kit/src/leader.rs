@@ -64,6 +64,17 @@ pub enum LeaderError {
     },
 }
 
+/// Why one attempt to acquire or renew the Lease failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The API request failed.
+    #[error("{}", crate::api_error::describe(.0))]
+    Api(#[from] kube::Error),
+    /// No answer within the time left.
+    #[error("no answer from the API server within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// What the elector last saw of the Lease, to judge expiry on the local clock.
 struct Observed {
     holder: Option<String>,
@@ -88,7 +99,18 @@ pub async fn run(
             break;
         }
         let is_leader = *leading.borrow();
-        match try_acquire_or_renew(&api, &config, &mut observed).await {
+        // A leader may spend at most what is left of its renew deadline on this attempt; a
+        // candidate at most one renew deadline.
+        let budget = if is_leader {
+            config.renew_deadline.saturating_sub(last_renewal.elapsed())
+        } else {
+            config.renew_deadline
+        };
+        let attempt =
+            tokio::time::timeout(budget, try_acquire_or_renew(&api, &config, &mut observed))
+                .await
+                .unwrap_or(Err(AttemptError::TimedOut(budget)));
+        match attempt {
             Ok(true) => {
                 last_renewal = Instant::now();
                 if !is_leader {
@@ -108,7 +130,7 @@ pub async fn run(
             }
             Err(error) => {
                 warn!(lease = %lease_key, %error, "failed to acquire or renew lease");
-                if is_leader && last_renewal.elapsed() > config.renew_deadline {
+                if is_leader && last_renewal.elapsed() >= config.renew_deadline {
                     leading.send_replace(false);
                     return Err(LeaderError::LeadershipLost {
                         lease: lease_key,
@@ -139,7 +161,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     config: &LeaderElectionConfig,
     observed: &mut Option<Observed>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, AttemptError> {
     let duration_seconds = i32::try_from(config.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&config.lease_name).await? else {
         let lease = Lease {
@@ -159,7 +181,7 @@ async fn try_acquire_or_renew(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
     };
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -202,7 +224,7 @@ async fn try_acquire_or_renew(
     match api.replace(&name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
     }
 }
 

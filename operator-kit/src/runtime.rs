@@ -39,7 +39,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::admin::{AdminError, AdminServer, Health, Metrics, ReconcileResult};
 use crate::backoff::{BackoffPolicy, FailureCounts};
@@ -487,6 +487,10 @@ impl<R: Reconciler> Controller<R> {
                 if let Err(error) = result {
                     match error {
                         controller::Error::ReconcilerFailed(..) => {}
+                        // A reconcile queued for an object deleted meanwhile: normal.
+                        controller::Error::ObjectNotFound(object) => {
+                            debug!(controller = %shared.name, %object, "the object is gone; nothing to reconcile")
+                        }
                         error => {
                             warn!(controller = %shared.name, %error, "controller stream error")
                         }
@@ -629,7 +633,17 @@ fn reconcile<R: Reconciler>(
         }
         let key = ObjectRef::from_obj(&*object);
         let span = info_span!("reconcile", controller = %shared.name, object = %key);
-        async {
+        // Losing the Lease stops this reconcile at once, wherever it is — even inside a
+        // request that hangs — as controller-runtime cancels its context: a standby may
+        // already lead, and a write from here after that would be a second leader's.
+        let mut leading = shared.leading.clone();
+        let lost = async move {
+            if leading.wait_for(|leading| !*leading).await.is_err() {
+                // No leader election: nothing can be lost.
+                std::future::pending::<()>().await;
+            }
+        };
+        let work = async {
             shared.metrics.reconcile_started(&shared.name);
             let started = Instant::now();
             let result = match &shared.finalizer {
@@ -680,6 +694,15 @@ fn reconcile<R: Reconciler>(
                 }
             }
             result
+        };
+        async {
+            tokio::select! {
+                result = work => result,
+                () = lost => {
+                    warn!("leadership lost; the reconcile was stopped where it was");
+                    Ok(Action::await_change())
+                }
+            }
         }
         .instrument(span)
         .await
@@ -914,30 +937,82 @@ pub enum MainError {
 /// The whole `main` of an operator binary: parses [`OperatorCommand`] from the process
 /// arguments; with `--print-crds` prints `crds` as YAML, otherwise sets up logging, connects to
 /// the cluster of the kubeconfig (or the pod's service account) and runs the controllers that
-/// `controllers` adds until shutdown.
+/// `controllers` adds until shutdown. `name` is the operator's one name: its command name in
+/// `--help`, its field manager, event reporter, `managed-by` label and default Lease name.
 pub async fn run_main(
     name: &'static str,
     crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
     controllers: impl FnOnce(Operator) -> Operator,
 ) -> Result<(), MainError> {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = OperatorCommand::command()
-        .name(name)
-        .about(format!(
-            "{name}: a Kubernetes operator built with operator-kit"
-        ))
-        .get_matches();
-    let command = OperatorCommand::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    run_main_with(name, crds, |operator, NoFlags {}| controllers(operator)).await
+}
+
+/// No flags of the operator's own, for [`run_main`].
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct NoFlags {}
+
+/// [`run_main`] with flags of the operator's own: `A`'s flags (a `#[derive(clap::Args)]`
+/// struct) are parsed next to [`OperatorArgs`] and shown by `--help`, and `controllers` gets
+/// them.
+///
+/// ```no_run
+/// # use operator_kit::{Operator, run_main_with};
+/// /// Flags of this operator.
+/// #[derive(clap::Args)]
+/// struct Flags {
+///     /// The image of the pods it makes.
+///     #[arg(long, env = "GREETING_IMAGE", default_value = "nginx:1.27")]
+///     image: String,
+/// }
+///
+/// # async fn example() -> Result<(), operator_kit::MainError> {
+/// run_main_with("greeting-operator", &[], |operator: Operator, flags: Flags| {
+///     // Controller::new("greeting", GreetingReconciler { image: flags.image }) …
+///     # let _ = flags.image;
+///     operator
+/// })
+/// .await
+/// # }
+/// ```
+pub async fn run_main_with<A: clap::Args>(
+    name: &'static str,
+    crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    controllers: impl FnOnce(Operator, A) -> Operator,
+) -> Result<(), MainError> {
+    let (command, flags) =
+        parse_command::<A>(name, std::env::args_os()).unwrap_or_else(|error| error.exit());
     if command.print_crds {
         print!("{}", crate::crd::to_yaml(crds)?);
         return Ok(());
     }
     command.operator.init_logging();
     let config = kube::Config::infer().await?;
-    controllers(Operator::from_config(name, config, command.operator)?)
-        .run()
-        .await?;
+    controllers(
+        Operator::from_config(name, config, command.operator)?,
+        flags,
+    )
+    .run()
+    .await?;
     Ok(())
+}
+
+/// Parses the command line of [`run_main_with`]: [`OperatorCommand`] and the operator's own
+/// flags `A`, under the command name `name`.
+fn parse_command<A: clap::Args>(
+    name: &'static str,
+    arguments: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<(OperatorCommand, A), clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = A::augment_args(OperatorCommand::command())
+        .name(name)
+        .about(format!(
+            "{name}: a Kubernetes operator built with operator-kit"
+        ));
+    let matches = command.try_get_matches_from(arguments)?;
+    Ok((
+        OperatorCommand::from_arg_matches(&matches)?,
+        A::from_arg_matches(&matches)?,
+    ))
 }
 
 #[cfg(test)]
@@ -956,6 +1031,50 @@ mod tests {
             },
             ..ConfigMap::default()
         }
+    }
+
+    #[derive(clap::Args)]
+    struct Flags {
+        /// An operator's own flag.
+        #[arg(long, default_value = "nginx:1.27")]
+        image: String,
+    }
+
+    #[test]
+    fn an_operators_own_flags_parse_next_to_the_runtime_flags() {
+        let arguments = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        let (command, flags) = parse_command::<Flags>(
+            "greeting-operator",
+            arguments(&["greeting-operator", "--image=httpd:2", "--concurrency=2"]),
+        )
+        .unwrap();
+        assert_eq!(flags.image, "httpd:2");
+        assert_eq!(command.operator.concurrency, 2);
+        let (command, flags) = parse_command::<Flags>(
+            "greeting-operator",
+            arguments(&["greeting-operator", "--print-crds"]),
+        )
+        .unwrap();
+        assert!(command.print_crds);
+        assert_eq!(flags.image, "nginx:1.27");
+        let help = parse_command::<Flags>(
+            "greeting-operator",
+            arguments(&["greeting-operator", "--help"]),
+        )
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+        assert!(
+            help.contains("--image")
+                && help.contains("--leader-election")
+                && help.contains("greeting-operator"),
+            "{help}"
+        );
+        assert!(parse_command::<NoFlags>("x", arguments(&["x", "--image=a"])).is_err());
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //! A failed wait returns an error whose message holds the object's last status and the latest
 //! events of the namespace, which is usually all one needs to see why a test failed.
 
+pub mod proxy;
 pub mod tools;
+
+pub use proxy::StallingProxy;
 
 use std::collections::BTreeMap;
 use std::env;

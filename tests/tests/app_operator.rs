@@ -359,6 +359,20 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
             )),
         }
     }
+    for (case, name) in [("dot in name", "docs.v2"), ("leading digit", "4000-docs")] {
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "app.operator-kit.io/v1beta1", "kind": "App",
+            "metadata": { "name": name }, "spec": { "image": "a", "port": 80 },
+        }))?;
+        match api.create(&PostParams::default(), &object).await {
+            Err(kube::Error::Api(status))
+                if status.code == 422
+                    && status
+                        .message
+                        .contains("metadata.name must start with a lowercase letter") => {}
+            other => failures.push(format!("{case}: {other:?}")),
+        }
+    }
     // Quantities as numbers and as strings are both accepted.
     let valid: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "app.operator-kit.io/v1beta1", "kind": "App",

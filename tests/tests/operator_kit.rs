@@ -17,7 +17,7 @@ use operator_kit::admin::{Metrics, ReconcileResult};
 use operator_kit::backoff::BackoffPolicy;
 use operator_kit::children::{INSTANCE_LABEL, MANAGED_BY_LABEL};
 use operator_kit::conditions::{READY, is_true};
-use operator_kit::testing::{self, RunningOperator, TestNamespace, wait_until};
+use operator_kit::testing::{self, RunningOperator, StallingProxy, TestNamespace, wait_until};
 use operator_kit::{
     Action, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError, Reconciler,
     ShutdownHandle,
@@ -617,11 +617,26 @@ struct Replica {
 }
 
 fn start_replica(namespace: &TestNamespace, identity: &str) -> Result<Replica> {
+    let scripted = Scripted::default();
+    let controller = Controller::new("scripted", scripted.clone());
+    let mut replica =
+        start_replica_with(namespace, identity, namespace.config().clone(), controller)?;
+    replica.scripted = scripted;
+    Ok(replica)
+}
+
+/// A replica with leader election (lease 4 s, renew deadline 3 s, retry 0.5 s) running
+/// `controller` with a client built from `config`.
+fn start_replica_with<R: Reconciler>(
+    namespace: &TestNamespace,
+    identity: &str,
+    config: kube::Config,
+    controller: Controller<R>,
+) -> Result<Replica> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let scripted = Scripted::default();
     let args = OperatorArgs {
         leader_election: true,
         lease_name: Some("test-operator".to_owned()),
@@ -632,8 +647,6 @@ fn start_replica(namespace: &TestNamespace, identity: &str) -> Result<Replica> {
         retry_period_seconds: 0.5,
         ..args_for(namespace)
     };
-    let config = namespace.config().clone();
-    let controller = Controller::new("scripted", scripted.clone());
     let (ready, mut handles) = tokio::sync::oneshot::channel();
     let task = runtime.spawn(async move {
         let client = Client::try_from(config).expect("client from the test config");
@@ -654,7 +667,7 @@ fn start_replica(namespace: &TestNamespace, identity: &str) -> Result<Replica> {
         runtime: Some(runtime),
         metrics,
         shutdown,
-        scripted,
+        scripted: Scripted::default(),
         task,
     })
 }
@@ -735,6 +748,155 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
     );
     second.kill();
     drop(third);
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// A reconciler that, as long as it leads, writes one new ConfigMap per reconcile of "work"
+/// (`w-<identity>-<n>`), every 200 ms, and notes when it started each write.
+#[derive(Clone)]
+struct Writer {
+    identity: String,
+    started: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Writer {
+    fn new(identity: &str) -> Self {
+        Self {
+            identity: identity.to_owned(),
+            started: Arc::default(),
+        }
+    }
+
+    fn started(&self) -> Vec<Instant> {
+        self.started.lock().expect("writer lock").clone()
+    }
+}
+
+impl Reconciler for Writer {
+    type Resource = ConfigMap;
+    type Error = ScriptedError;
+
+    async fn reconcile(
+        &self,
+        map: Arc<ConfigMap>,
+        context: &Context,
+    ) -> Result<Action, ScriptedError> {
+        if map.name_any() != "work" {
+            return Ok(Action::await_change());
+        }
+        let sequence = {
+            let mut started = self.started.lock().expect("writer lock");
+            started.push(Instant::now());
+            started.len() - 1
+        };
+        let written: ConfigMap = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("w-{}-{sequence}", self.identity),
+                "labels": { "written-by": self.identity, "sequence": sequence.to_string() },
+            },
+        }))
+        .map_err(|_| ScriptedError::Transient)?;
+        kube::Api::<ConfigMap>::namespaced(
+            context.client().clone(),
+            &map.namespace().unwrap_or_default(),
+        )
+        .create(&PostParams::default(), &written)
+        .await
+        .map_err(|_| ScriptedError::Transient)?;
+        Ok(Action::requeue(Duration::from_millis(200)))
+    }
+}
+
+#[tokio::test]
+async fn a_leader_whose_connection_hangs_stops_writing_before_a_standby_takes_over() -> Result<()> {
+    let namespace = TestNamespace::create("kit-hang").await?;
+    let proxy = StallingProxy::start(namespace.config()).await?;
+    let writer_a = Writer::new("replica-a");
+    let mut first = start_replica_with(
+        &namespace,
+        "replica-a",
+        proxy.config().clone(),
+        Controller::new("writer", writer_a.clone()),
+    )?;
+    wait_until("replica-a leads", TIMEOUT, || first.leads()).await?;
+    create_config_map(&namespace, "work", json!({})).await?;
+    wait_until("replica-a writes", TIMEOUT, || {
+        writer_a.started().len() >= 3
+    })
+    .await?;
+    let writer_b = Writer::new("replica-b");
+    let second = start_replica_with(
+        &namespace,
+        "replica-b",
+        namespace.config().clone(),
+        Controller::new("writer", writer_b.clone()),
+    )?;
+    wait_until("replica-b stands by", TIMEOUT, || {
+        second.metrics.is_leader() == Some(false)
+    })
+    .await?;
+
+    // The leader's connection goes dead: its requests hang, none fails.
+    proxy.stall();
+    let stalled = Instant::now();
+    let renew_deadline = Duration::from_secs(3);
+    wait_until("replica-a stops leading", TIMEOUT, || !first.leads()).await?;
+    let stopped_after = stalled.elapsed();
+    wait_until("replica-b leads", TIMEOUT, || second.leads()).await?;
+    let took_over_after = stalled.elapsed();
+    wait_until("replica-b writes", TIMEOUT, || {
+        !writer_b.started().is_empty()
+    })
+    .await?;
+    eprintln!(
+        "measured: the hung leader stopped leading {stopped_after:?} after its connection died \
+         (renew deadline {renew_deadline:?}); the standby led {took_over_after:?} after \
+         (lease 4 s); gap with no leader {:?}",
+        took_over_after.saturating_sub(stopped_after)
+    );
+    ensure!(
+        stopped_after <= renew_deadline + Duration::from_millis(250),
+        "the hung leader went on leading for {stopped_after:?}"
+    );
+    ensure!(stopped_after < took_over_after, "two leaders at once");
+
+    // The connection comes back. Whatever the old leader still wanted to write would land now;
+    // it must have stopped instead, leadership lost.
+    proxy.resume();
+    let result = tokio::time::timeout(TIMEOUT, &mut first.task).await??;
+    ensure!(
+        matches!(result, Err(operator_kit::OperatorError::Leader(_))),
+        "replica-a ended with {result:?}, not with leadership lost"
+    );
+    let deadline = stalled + renew_deadline;
+    let started = writer_a.started();
+    let late: Vec<_> = started.iter().filter(|at| **at >= deadline).collect();
+    ensure!(
+        late.is_empty(),
+        "replica-a started {} writes after its renew deadline",
+        late.len()
+    );
+    let stored = namespace
+        .api::<ConfigMap>()
+        .list(&ListParams::default().labels("written-by=replica-a"))
+        .await?;
+    for map in &stored.items {
+        let sequence: usize = map.labels()["sequence"].parse()?;
+        ensure!(
+            started[sequence] < stalled,
+            "write {sequence} of replica-a, started {:?} after the connection died, reached the API server",
+            started[sequence] - stalled
+        );
+    }
+    eprintln!(
+        "measured: replica-a started {} writes, {} reached the API server, all before its connection died",
+        started.len(),
+        stored.items.len()
+    );
+    first.kill();
+    drop(second);
+    drop(proxy);
     namespace.delete().await?;
     Ok(())
 }

@@ -442,6 +442,27 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
             json!({ "replicas": 3, "kubernetesConfig": { "resources": { "requests": { "cpu": "lots" } } } }),
             "spec.kubernetesConfig.resources: Invalid value",
         ),
+        // Directives that would take replication away from Sentinel and the operator.
+        (
+            json!({ "replicas": 3, "redisConfig": { "additionalConfig": ["replicaof 10.0.0.1 6379"] } }),
+            "must not set replicaof, slaveof, min-replicas-to-write",
+        ),
+        (
+            json!({ "replicas": 3, "redisConfig": { "additionalConfig": ["  MIN-REPLICAS-TO-WRITE 0"] } }),
+            "use spec.minReplicasToWrite",
+        ),
+        (
+            json!({ "replicas": 3, "redisConfig": { "additionalConfig": ["rename-command CONFIG \"\""] } }),
+            "must not rename a command Sentinel or the operator sends",
+        ),
+        (
+            json!({ "replicas": 3, "redisConfig": { "additionalConfig": ["'slaveof' 10.0.0.1 6379"] } }),
+            "directives must not be quoted",
+        ),
+        (
+            json!({ "replicas": 3, "redisExporter": { "enabled": true, "port": 26379 } }),
+            "not 6379 or 26379",
+        ),
     ];
     for (spec, expected) in cases {
         let mut full = spec.clone();
@@ -463,12 +484,27 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
             other => anyhow::bail!("{spec} was not rejected: {other:?}"),
         }
     }
+    let dotted: RedisSentinel = serde_json::from_value(json!({
+        "apiVersion": "redis.operator-kit.io/v1beta1", "kind": "RedisSentinel",
+        "metadata": { "name": "cache.v2" }, "spec": { "kubernetesConfig": {} },
+    }))?;
+    match api.create(&PostParams::default(), &dotted).await {
+        Err(kube::Error::Api(status)) => ensure!(
+            status.code == 422
+                && status
+                    .message
+                    .contains("metadata.name must start with a lowercase letter"),
+            "{}",
+            status.message
+        ),
+        other => anyhow::bail!("the name cache.v2 was not rejected: {other:?}"),
+    }
     namespace.delete().await?;
     Ok(())
 }
 
-/// A child the API server refuses (here the StatefulSet: claim templates are immutable, so a
-/// new storage size cannot be applied) must not stop the data plane: after a failover the
+/// A child the API server refuses (here the StatefulSet: the CRD leaves node selector keys to
+/// the API server, which refuses one with a space) must not stop the data plane: after a failover the
 /// pods still get their role labels, or `<name>-master` keeps sending clients to the old
 /// master. The refusal is reported in the Ready condition.
 #[tokio::test]
@@ -487,8 +523,7 @@ async fn a_refused_apply_does_not_keep_the_master_label_on_the_old_master() -> R
         .context("no master")?;
     wait_for_master_label(&namespace, &master).await?;
 
-    let patch = json!({ "spec": { "storage": { "volumeClaimTemplate": { "spec": {
-        "resources": { "requests": { "storage": "2Gi" } } } } } } });
+    let patch = json!({ "spec": { "nodeSelector": { "disk type": "ssd" } } });
     api.patch("refused", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     namespace

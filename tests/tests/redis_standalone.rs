@@ -382,18 +382,20 @@ async fn a_child_the_api_server_refuses_is_reported_once_in_its_words() -> Resul
     let redises = namespace.api::<Redis>();
     redises.create(&PostParams::default(), &seed()?).await?;
     wait_ready(&namespace, "redis-standalone").await?;
-    let storage = |size: &str| {
-        json!({ "storage": { "volumeClaimTemplate": { "spec": {
-            "resources": { "requests": { "storage": size } }
-        } } } })
-    };
     let failed_reconciles = || {
         operator
             .metrics()
             .reconcile_count("redis", operator_kit::admin::ReconcileResult::Error)
     };
     let failures_before = failed_reconciles();
-    patch_spec(&namespace, "redis-standalone", storage("2Gi")).await?;
+    // Label keys are the API server's to judge (a prefix, a name, their lengths): the CRD leaves
+    // nodeSelector free, and the StatefulSet apply is refused.
+    patch_spec(
+        &namespace,
+        "redis-standalone",
+        json!({ "nodeSelector": { "disk type": "ssd" } }),
+    )
+    .await?;
     let failed = namespace
         .wait_for(
             &redises,
@@ -415,7 +417,7 @@ async fn a_child_the_api_server_refuses_is_reported_once_in_its_words() -> Resul
         .clone();
     ensure!(
         message.starts_with("failed to apply StatefulSet \"redis-standalone\": ")
-            && message.contains("field is immutable")
+            && message.contains("nodeSelector")
             && message.ends_with("(Invalid, HTTP 422)"),
         "{message}"
     );
@@ -450,7 +452,12 @@ async fn a_child_the_api_server_refuses_is_reported_once_in_its_words() -> Resul
     let failures = failed_reconciles() - failures_before;
     ensure!(failures <= 2, "{failures} failed reconciles");
 
-    patch_spec(&namespace, "redis-standalone", storage("1Gi")).await?;
+    patch_spec(
+        &namespace,
+        "redis-standalone",
+        json!({ "nodeSelector": null }),
+    )
+    .await?;
     wait_ready(&namespace, "redis-standalone").await?;
     operator.stop().await?;
     namespace.delete().await?;
@@ -676,7 +683,7 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
         namespace.name(),
         &kube::api::ApiResource::erase::<Redis>(&()),
     );
-    let cases: [(&str, Value, &str); 16] = [
+    let cases: [(&str, Value, &str); 18] = [
         (
             "empty image",
             json!({ "kubernetesConfig": { "image": "" } }),
@@ -754,6 +761,17 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
             "redisExporter.resources",
         ),
         (
+            "exporter on the sentinel port",
+            json!({ "kubernetesConfig": { "image": "redis" }, "redisExporter": { "enabled": true, "port": 26379 } }),
+            "redisExporter.port",
+        ),
+        // Redis unquotes `"requirepass"`: a quoted directive would slip past the list above.
+        (
+            "quoted directive",
+            json!({ "kubernetesConfig": { "image": "redis" }, "redisConfig": { "additionalConfig": ["\"requirepass\" hunter2"] } }),
+            "directives must not be quoted",
+        ),
+        (
             "storage quantity",
             json!({ "kubernetesConfig": { "image": "redis" }, "storage": { "volumeClaimTemplate": { "spec": { "resources": { "requests": { "storage": "big" } } } } } }),
             "requests.storage must be a quantity",
@@ -778,6 +796,75 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
             )),
         }
     }
+    for (case, name) in [("dot in name", "cache.v2"), ("leading digit", "2cache")] {
+        let object = json!({
+            "apiVersion": "redis.operator-kit.io/v1beta1", "kind": "Redis",
+            "metadata": { "name": name }, "spec": { "kubernetesConfig": { "image": "redis" } },
+        });
+        match api
+            .create(&PostParams::default(), &serde_json::from_value(object)?)
+            .await
+        {
+            Err(kube::Error::Api(status))
+                if status.code == 422
+                    && status
+                        .message
+                        .contains("metadata.name must start with a lowercase letter") =>
+            {
+                eprintln!("rejected ({case}): {}", status.message);
+            }
+            other => failures.push(format!("{case}: {other:?}")),
+        }
+    }
+    // Changes a StatefulSet cannot take are refused as updates, not accepted and failed forever.
+    let with_storage: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "redis.operator-kit.io/v1beta1", "kind": "Redis",
+        "metadata": { "name": "with-storage" },
+        "spec": { "kubernetesConfig": { "image": "redis" }, "storage": { "volumeClaimTemplate": { "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } } } } },
+    }))?;
+    api.create(&PostParams::default(), &with_storage).await?;
+    let updates = [
+        (
+            "storage size change",
+            json!({ "spec": { "storage": { "volumeClaimTemplate": { "spec": { "resources": { "requests": { "storage": "2Gi" } } } } } } }),
+            "spec.storage.volumeClaimTemplate cannot change",
+        ),
+        (
+            "storage removal",
+            json!({ "spec": { "storage": null } }),
+            "spec.storage cannot be added or removed",
+        ),
+    ];
+    for (case, patch, message) in updates {
+        match api
+            .patch(
+                "with-storage",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Err(kube::Error::Api(status))
+                if status.code == 422 && status.message.contains(message) =>
+            {
+                eprintln!("rejected ({case}): {}", status.message);
+            }
+            other => failures.push(format!("{case}: {other:?}")),
+        }
+    }
+    // What can change still does: keepAfterDelete is the StatefulSet's retention policy.
+    let keep = json!({ "spec": { "storage": { "keepAfterDelete": true } } });
+    if let Err(error) = api
+        .patch(
+            "with-storage",
+            &PatchParams::default(),
+            &Patch::Merge(&keep),
+        )
+        .await
+    {
+        failures.push(format!("keepAfterDelete change refused: {error}"));
+    }
     let too_long = json!({
         "apiVersion": "redis.operator-kit.io/v1beta1", "kind": "Redis",
         "metadata": { "name": "x".repeat(53) }, "spec": { "kubernetesConfig": { "image": "redis" } },
@@ -795,6 +882,363 @@ async fn invalid_manifests_are_rejected_with_the_field_named() -> Result<()> {
         "invalid manifests not rejected as they should be:\n{}",
         failures.join("\n")
     );
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// The Ready condition's reason and message, once the reason is `reason`.
+async fn wait_reason<K>(
+    namespace: &TestNamespace,
+    name: &str,
+    reason: &'static str,
+) -> Result<String>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = namespace.api::<K>();
+    let object = namespace
+        .wait_for(&api, name, reason, TIMEOUT, move |object: &K| {
+            ready_condition(object).is_some_and(|(found, _)| found == reason)
+        })
+        .await?;
+    Ok(ready_condition(&object)
+        .map(|(_, message)| message)
+        .unwrap_or_default())
+}
+
+/// The Ready condition of any of our kinds, read from its JSON.
+fn ready_condition<K: serde::Serialize>(object: &K) -> Option<(String, String)> {
+    let value = serde_json::to_value(object).ok()?;
+    let conditions = value.pointer("/status/conditions")?.as_array()?;
+    let ready = conditions
+        .iter()
+        .find(|condition| condition["type"] == "Ready")?;
+    Some((
+        ready["reason"].as_str()?.to_owned(),
+        ready["message"].as_str()?.to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn a_user_object_with_a_child_name_is_left_untouched_and_reported() -> Result<()> {
+    let namespace = TestNamespace::create("redis-taken-name").await?;
+    let operator = start(&namespace).await?;
+    let config_maps = namespace.api::<ConfigMap>();
+    let mine: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "redis-standalone-config" },
+        "data": { "mine": "yes" },
+    }))?;
+    let mine = config_maps.create(&PostParams::default(), &mine).await?;
+    namespace
+        .api::<Redis>()
+        .create(&PostParams::default(), &seed()?)
+        .await?;
+    let message = wait_reason::<Redis>(&namespace, "redis-standalone", "NameConflict").await?;
+    eprintln!("reported: {message}");
+    ensure!(
+        message.starts_with("failed to apply ConfigMap \"redis-standalone-config\": it already exists and was not made by \"redis-operator\""),
+        "{message}"
+    );
+    // Retried with backoff (the other object may go), yet reported once.
+    let failed = || {
+        operator
+            .metrics()
+            .reconcile_count("redis", operator_kit::admin::ReconcileResult::Error)
+    };
+    testing::wait_until("three failed reconciles", TIMEOUT, || failed() >= 3).await?;
+    let after = config_maps.get("redis-standalone-config").await?;
+    ensure!(
+        after.metadata.resource_version == mine.metadata.resource_version,
+        "the user's ConfigMap was written: {after:?}"
+    );
+    ensure!(after.metadata.owner_references.is_none() && after.metadata.labels.is_none());
+    ensure!(
+        namespace
+            .api::<StatefulSet>()
+            .get_opt("redis-standalone")
+            .await?
+            .is_none(),
+        "the Redis went on past the conflict"
+    );
+    let events = namespace
+        .api::<Event>()
+        .list(
+            &ListParams::default()
+                .fields("involvedObject.name=redis-standalone,reason=NameConflict"),
+        )
+        .await?;
+    ensure!(
+        events.items.len() == 1 && events.items[0].count.unwrap_or(1) == 1,
+        "expected one NameConflict event after {} failed reconciles: {:?}",
+        failed(),
+        events.items
+    );
+    // Once the user's object goes, the Redis takes the name.
+    config_maps
+        .delete("redis-standalone-config", &DeleteParams::default())
+        .await?;
+    wait_ready(&namespace, "redis-standalone").await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redis_and_a_redis_sentinel_of_one_name_share_nothing() -> Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use redis_operator::v1beta1::RedisSentinel;
+    let namespace = TestNamespace::create("redis-same-name").await?;
+    let operator = namespace
+        .start_operator(
+            redis_operator::OPERATOR_NAME,
+            &redis_operator::crds(),
+            |operator| {
+                operator
+                    .with_controller(redis_operator::redis_controller())
+                    .with_controller(redis_operator::redis_sentinel_controller())
+            },
+        )
+        .await?;
+    let redis = |name: &str| -> Result<Redis> {
+        let mut redis = seed()?;
+        redis.metadata.name = Some(name.to_owned());
+        Ok(redis)
+    };
+    let sentinel = |name: &str| -> Result<RedisSentinel> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "redis.operator-kit.io/v1beta1", "kind": "RedisSentinel",
+            "metadata": { "name": name },
+            "spec": { "kubernetesConfig": { "image": "redis:7" } },
+        }))?)
+    };
+    let versions = |names: Vec<(&'static str, String)>| {
+        let namespace = &namespace;
+        async move {
+            let mut versions = Vec::new();
+            for (kind, name) in names {
+                // A StatefulSet's status moves on as its pods start: its spec's generation
+                // tells a write of ours; the others have no status that changes.
+                let (meta, version) = match kind {
+                    "ConfigMap" => {
+                        let meta = namespace.api::<ConfigMap>().get(&name).await?.metadata;
+                        let version = meta.resource_version.clone();
+                        (meta, version)
+                    }
+                    "Service" => {
+                        let meta = namespace.api::<Service>().get(&name).await?.metadata;
+                        let version = meta.resource_version.clone();
+                        (meta, version)
+                    }
+                    _ => {
+                        let meta = namespace.api::<StatefulSet>().get(&name).await?.metadata;
+                        let version = meta.generation.map(|generation| generation.to_string());
+                        (meta, version)
+                    }
+                };
+                let owners: Vec<_> = meta
+                    .owner_references
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|owner| owner.kind)
+                    .collect();
+                versions.push((kind, name, version, owners));
+            }
+            anyhow::Ok(versions)
+        }
+    };
+
+    // A Redis first: the RedisSentinel of its name stops at the first shared name.
+    namespace
+        .api::<Redis>()
+        .create(&PostParams::default(), &redis("shared")?)
+        .await?;
+    wait_ready(&namespace, "shared").await?;
+    let redis_children = || {
+        vec![
+            ("ConfigMap", "shared-config".to_owned()),
+            ("Service", "shared".to_owned()),
+            ("Service", "shared-headless".to_owned()),
+            ("StatefulSet", "shared".to_owned()),
+        ]
+    };
+    let before = versions(redis_children()).await?;
+    namespace
+        .api::<RedisSentinel>()
+        .create(&PostParams::default(), &sentinel("shared")?)
+        .await?;
+    let message = wait_reason::<RedisSentinel>(&namespace, "shared", "NameConflict").await?;
+    eprintln!("reported: {message}");
+    ensure!(
+        message.contains("ConfigMap \"shared-config\": it is controlled by Redis \"shared\""),
+        "{message}"
+    );
+    ensure!(
+        versions(redis_children()).await? == before,
+        "the Redis's children changed"
+    );
+    ensure!(
+        before.iter().all(|(_, _, _, owners)| owners == &["Redis"]),
+        "{before:?}"
+    );
+    for name in ["shared-node", "shared-master"] {
+        ensure!(
+            namespace
+                .api::<StatefulSet>()
+                .get_opt(name)
+                .await?
+                .is_none()
+        );
+        ensure!(namespace.api::<Service>().get_opt(name).await?.is_none());
+    }
+    let slices = namespace
+        .api::<EndpointSlice>()
+        .list(&ListParams::default().labels("kubernetes.io/service-name=shared"))
+        .await?;
+    let pods: Vec<_> = slices
+        .items
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+        .filter_map(|endpoint| endpoint.target_ref.as_ref()?.name.clone())
+        .collect();
+    ensure!(pods == ["shared-0"], "the Redis Service selects {pods:?}");
+
+    // A RedisSentinel first: the Redis of its name is the one refused.
+    namespace
+        .api::<RedisSentinel>()
+        .create(&PostParams::default(), &sentinel("other")?)
+        .await?;
+    namespace
+        .wait_for(
+            &namespace.api::<StatefulSet>(),
+            "other-node",
+            "created",
+            TIMEOUT,
+            |_: &StatefulSet| true,
+        )
+        .await?;
+    let sentinel_children = || {
+        vec![
+            ("ConfigMap", "other-config".to_owned()),
+            ("Service", "other".to_owned()),
+            ("Service", "other-headless".to_owned()),
+            ("StatefulSet", "other-node".to_owned()),
+        ]
+    };
+    let before = versions(sentinel_children()).await?;
+    namespace
+        .api::<Redis>()
+        .create(&PostParams::default(), &redis("other")?)
+        .await?;
+    let message = wait_reason::<Redis>(&namespace, "other", "NameConflict").await?;
+    eprintln!("reported: {message}");
+    ensure!(
+        message.contains("controlled by RedisSentinel \"other\""),
+        "{message}"
+    );
+    ensure!(
+        versions(sentinel_children()).await? == before,
+        "the RedisSentinel's children changed"
+    );
+    ensure!(
+        namespace
+            .api::<StatefulSet>()
+            .get_opt("other")
+            .await?
+            .is_none()
+    );
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fields_removed_from_the_spec_leave_the_statefulset_and_quantities_do_not_churn()
+-> Result<()> {
+    let namespace = TestNamespace::create("redis-removals").await?;
+    let operator = start(&namespace).await?;
+    let mut redis = seed()?;
+    redis.spec.pod.node_selector = Some(BTreeMap::from([("type".to_owned(), "kwok".to_owned())]));
+    redis.spec.pod.tolerations = Some(vec![serde_json::from_value(json!({
+        "key": "example.com/dedicated", "operator": "Exists", "effect": "NoSchedule",
+    }))?]);
+    // The API server writes these back as 500m and 1Gi.
+    redis.spec.pod.kubernetes_config.resources = Some(serde_json::from_value(json!({
+        "requests": { "cpu": "0.5", "memory": "1024Mi" },
+    }))?);
+    namespace
+        .api::<Redis>()
+        .create(&PostParams::default(), &redis)
+        .await?;
+    wait_ready(&namespace, "redis-standalone").await?;
+    let stateful_sets = namespace.api::<StatefulSet>();
+    let before = stateful_sets.get("redis-standalone").await?;
+    let pod_spec = |set: &StatefulSet| set.spec.template.spec.clone();
+    ensure!(
+        pod_spec(&before)
+            .and_then(|spec| spec.node_selector)
+            .is_some()
+    );
+    let requests = pod_spec(&before)
+        .and_then(|spec| spec.containers[0].resources.clone()?.requests)
+        .unwrap_or_default();
+    ensure!(
+        requests.get("memory").map(|q| q.0.as_str()) == Some("1Gi"),
+        "the API server kept {requests:?}"
+    );
+
+    // A reconcile of the converged Redis (a label change triggers one) writes nothing.
+    let succeeded = || {
+        operator
+            .metrics()
+            .reconcile_count("redis", operator_kit::admin::ReconcileResult::Success)
+    };
+    let reconciles = succeeded();
+    let touch = json!({ "metadata": { "labels": { "touched": "yes" } } });
+    namespace
+        .api::<Redis>()
+        .patch(
+            "redis-standalone",
+            &PatchParams::default(),
+            &Patch::Merge(&touch),
+        )
+        .await?;
+    testing::wait_until("a reconcile of the converged Redis", TIMEOUT, || {
+        succeeded() > reconciles
+    })
+    .await?;
+    let after = stateful_sets.get("redis-standalone").await?;
+    ensure!(
+        after.metadata.resource_version == before.metadata.resource_version,
+        "a converged StatefulSet was written again (normalised quantities read as drift)"
+    );
+
+    // Removing fields removes them from the child.
+    patch_spec(
+        &namespace,
+        "redis-standalone",
+        json!({ "nodeSelector": null, "tolerations": null }),
+    )
+    .await?;
+    wait_ready(&namespace, "redis-standalone").await?;
+    let removed = pod_spec(&stateful_sets.get("redis-standalone").await?).context("no pod spec")?;
+    ensure!(
+        removed.node_selector.is_none(),
+        "nodeSelector stayed: {:?}",
+        removed.node_selector
+    );
+    ensure!(
+        removed.tolerations.is_none(),
+        "tolerations stayed: {:?}",
+        removed.tolerations
+    );
+    operator.stop().await?;
     namespace.delete().await?;
     Ok(())
 }

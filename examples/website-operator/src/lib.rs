@@ -27,6 +27,10 @@ use serde_json::json;
     namespaced
 )]
 #[kube(status = "WebsiteStatus", shortname = "web", category = "examples")]
+// Its name names the Service and the Deployment: refused at admission, not at the first apply.
+#[kube(
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters, start with a lowercase letter and hold only lowercase letters, digits and '-': it names the Service")
+)]
 #[kube(
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]

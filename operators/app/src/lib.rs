@@ -258,7 +258,7 @@ impl ReconcileError for Error {
 
     fn reason(&self) -> &str {
         match self {
-            Self::Child(_) => "ApplyFailed",
+            Self::Child(error) => error.reason(),
             Self::Status(_) => "StatusFailed",
         }
     }

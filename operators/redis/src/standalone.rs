@@ -181,16 +181,19 @@ pub(crate) fn data_storage(
     });
     let claim_templates = match &pod.storage {
         Some(storage) => vec![json!({
-            "metadata": { "name": "data", "labels": labels },
+            "metadata": { "name": DATA_VOLUME, "labels": labels },
             "spec": storage.volume_claim_template.spec,
         })],
         None => {
-            volumes.push(json!({ "name": "data", "emptyDir": {} }));
+            volumes.push(json!({ "name": DATA_VOLUME, "emptyDir": {} }));
             Vec::new()
         }
     };
     (claim_templates, retention)
 }
+
+/// The data volume, and the claim template its claims are named after.
+pub(crate) const DATA_VOLUME: &str = "data";
 
 /// Makes the resource an owner of its data claims unless `storage.keepAfterDelete` is set (and
 /// no longer one when it is), so the garbage collector deletes them with the resource even
@@ -198,12 +201,15 @@ pub(crate) fn data_storage(
 pub(crate) async fn own_data_claims(
     children: &mut Children,
     pod: &RedisPodSpec,
+    stateful_set: &str,
 ) -> Result<(), ChildError> {
     let Some(storage) = &pod.storage else {
         return Ok(());
     };
     children
-        .own_labelled::<PersistentVolumeClaim>(!storage.keep_after_delete)
+        .own_labelled::<PersistentVolumeClaim>(!storage.keep_after_delete, |name| {
+            operator_kit::children::is_claim_of(name, DATA_VOLUME, stateful_set)
+        })
         .await
         .map(drop)
 }
@@ -274,7 +280,7 @@ pub fn stateful_set(
         "livenessProbe": probe(PING, spec.pod.liveness_probe.as_ref(), (15, 10, 5, 3)),
         "securityContext": container_security(spec.pod.container_security_context.as_ref()),
         "volumeMounts": [
-            { "name": "data", "mountPath": "/data" },
+            { "name": DATA_VOLUME, "mountPath": "/data" },
             { "name": "config", "mountPath": "/etc/redis" },
             { "name": "run", "mountPath": "/run/redis" },
         ],
@@ -469,7 +475,7 @@ impl ReconcileError for Error {
             Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
             Self::PasswordUnusable { .. } => "PasswordUnusable",
             Self::ReadSecret { .. } => "SecretUnreadable",
-            Self::Child(_) => "ApplyFailed",
+            Self::Child(error) => error.reason(),
             Self::Status(_) => "StatusFailed",
         }
     }
@@ -616,7 +622,7 @@ async fn apply_children(redis: &Redis, context: &Context) -> Result<StatefulSet,
         .apply(stateful_set(redis, &names, &labels, &hash))
         .await?;
     children.prune().await?;
-    own_data_claims(&mut children, &redis.spec.pod).await?;
+    own_data_claims(&mut children, &redis.spec.pod, &names.server).await?;
     Ok(stateful_set)
 }
 

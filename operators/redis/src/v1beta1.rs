@@ -39,6 +39,9 @@ pub const DEFAULT_EXPORTER_PORT: i32 = 9121;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must start with a lowercase letter and hold only lowercase letters, digits and '-': it names the Services, whose names cannot have a dot or start with a digit"),
+    validation = Rule::new("has(self.spec.storage) == has(oldSelf.spec.storage)").message("spec.storage cannot be added or removed once the resource exists: a StatefulSet's claim templates cannot change; create a new resource and move the data"),
+    validation = Rule::new("!has(self.spec.storage) || !has(oldSelf.spec.storage) || self.spec.storage.volumeClaimTemplate == oldSelf.spec.storage.volumeClaimTemplate").message("spec.storage.volumeClaimTemplate cannot change once the resource exists (a StatefulSet's claim templates are immutable); to grow a volume, resize each claim data-<pod> where its StorageClass allows expansion"),
     validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name must be at most 52 characters: the StatefulSet's pod names and revision labels add up to 11 more")
 )]
 #[serde(rename_all = "camelCase")]
@@ -228,7 +231,7 @@ pub struct RedisExporter {
     pub image: Option<String>,
     /// The port of the metrics endpoint. Default 9121.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535 && self != 6379").message("redisExporter.port must be between 1 and 65535 and not 6379"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535 && self != 6379 && self != 26379").message("redisExporter.port must be between 1 and 65535 and not 6379 or 26379 (Redis and Sentinel)"))]
     pub port: Option<i32>,
     /// CPU and memory of the exporter container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,6 +249,7 @@ pub struct RedisConfig {
     #[schemars(length(max = 100), inner(length(max = 1024)))]
     #[x_kube(validation = Rule::new("self.all(line, !line.matches('^\\\\s*(?i)(requirepass|masterauth|include|port|dir|bind)\\\\b'))").message("redisConfig.additionalConfig must not set requirepass, masterauth, include, port, dir or bind: the operator manages them (use kubernetesConfig.redisSecret for the password)"))]
     #[x_kube(validation = Rule::new("self.all(line, !line.contains('\\n'))").message("redisConfig.additionalConfig entries must be single lines"))]
+    #[x_kube(validation = Rule::new("self.all(line, !line.matches('^\\\\s*[\\\"\\x27]'))").message("redisConfig.additionalConfig directives must not be quoted: Redis would unquote them, past the checks of this field"))]
     pub additional_config: Vec<String>,
 }
 
@@ -319,9 +323,14 @@ pub struct RedisStatus {
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Last failover","type":"date","jsonPath":".status.lastFailover.startedAt","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must start with a lowercase letter and hold only lowercase letters, digits and '-': it names the Services, whose names cannot have a dot or start with a digit"),
+    validation = Rule::new("has(self.spec.storage) == has(oldSelf.spec.storage)").message("spec.storage cannot be added or removed once the resource exists: a StatefulSet's claim templates cannot change; create a new resource and move the data"),
+    validation = Rule::new("!has(self.spec.storage) || !has(oldSelf.spec.storage) || self.spec.storage.volumeClaimTemplate == oldSelf.spec.storage.volumeClaimTemplate").message("spec.storage.volumeClaimTemplate cannot change once the resource exists (a StatefulSet's claim templates are immutable); to grow a volume, resize each claim data-<pod> where its StorageClass allows expansion"),
     validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name must be at most 47 characters: the StatefulSet `<name>-node`, its pod names and revision labels add up to 16 more"),
     validation = Rule::new("!has(self.spec.sentinel) || !has(self.spec.sentinel.quorum) || self.spec.sentinel.quorum <= self.spec.replicas").message("spec.sentinel.quorum must not exceed spec.replicas"),
-    validation = Rule::new("!has(self.spec.minReplicasToWrite) || self.spec.minReplicasToWrite < self.spec.replicas").message("spec.minReplicasToWrite must be less than spec.replicas")
+    validation = Rule::new("!has(self.spec.minReplicasToWrite) || self.spec.minReplicasToWrite < self.spec.replicas").message("spec.minReplicasToWrite must be less than spec.replicas"),
+    validation = Rule::new("!has(self.spec.redisConfig) || self.spec.redisConfig.additionalConfig.all(line, !line.matches('^\\\\s*(?i)(replicaof|slaveof|min-replicas-to-write|min-slaves-to-write|min-replicas-max-lag|min-slaves-max-lag|replica-announce-ip|slave-announce-ip|replica-announce-port|slave-announce-port)(\\\\s|$)'))").message("spec.redisConfig.additionalConfig must not set replicaof, slaveof, min-replicas-to-write, min-replicas-max-lag or replica-announce-*: Sentinel and the operator manage replication (use spec.minReplicasToWrite and spec.minReplicasMaxLag)"),
+    validation = Rule::new("!has(self.spec.redisConfig) || self.spec.redisConfig.additionalConfig.all(line, !line.matches('^\\\\s*(?i)rename-command\\\\s+[\\\"\\x27]?(replicaof|slaveof|info|ping|config|client|role|multi|exec|script|shutdown|publish|subscribe|psubscribe|failover|auth|hello|command)[\\\"\\x27]?(\\\\s|$)'))").message("spec.redisConfig.additionalConfig must not rename a command Sentinel or the operator sends (REPLICAOF, INFO, PING, CONFIG, CLIENT, ROLE, MULTI, EXEC, SCRIPT, SHUTDOWN, PUBLISH, SUBSCRIBE, FAILOVER, AUTH, HELLO, COMMAND)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSentinelSpec {

@@ -191,7 +191,7 @@ pub fn stateful_set(
     let security = container_security(spec.pod.container_security_context.as_ref());
     let script = |name: &str, arguments: &str| format!("sh /etc/redis/{name} {arguments}");
     let mounts = json!([
-        { "name": "data", "mountPath": "/data" },
+        { "name": crate::standalone::DATA_VOLUME, "mountPath": "/data" },
         { "name": "config", "mountPath": "/etc/redis" },
         { "name": "run", "mountPath": "/run/redis" },
     ]);

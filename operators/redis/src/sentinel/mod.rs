@@ -91,7 +91,7 @@ impl ReconcileError for Error {
     fn reason(&self) -> &str {
         match self {
             Self::Secret(error) => error.reason(),
-            Self::Child(_) => "ApplyFailed",
+            Self::Child(error) => error.reason(),
             Self::Pods(_) => "LabelFailed",
             Self::Heal(_) => "HealFailed",
             Self::Status(_) => "StatusFailed",
@@ -675,7 +675,7 @@ async fn apply_children(
         .apply(build::stateful_set(resource, names, &labels, &hash))
         .await?;
     children.prune().await?;
-    standalone::own_data_claims(children, &resource.spec.pod).await?;
+    standalone::own_data_claims(children, &resource.spec.pod, &names.nodes).await?;
     Ok(stateful_set)
 }
 
