@@ -31,6 +31,7 @@ cargo test
 cargo run --quiet -- --print-crds | grep -q '^kind: CustomResourceDefinition$'
 cargo run --quiet -- --help | grep -q -- '--leader-election'
 cargo run --quiet -- --help | grep -q -- '--image <IMAGE>'
+cargo run --quiet -- --print-rbac | grep -q 'greetings.example.com'
 # And it works: on the cluster of the kubeconfig (hack/test.sh runs this with the local
 # cluster up), a Greeting reaches Ready. Everything it makes is deleted afterwards.
 if [ -n "${KUBECONFIG:-}" ]; then

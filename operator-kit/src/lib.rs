@@ -45,6 +45,7 @@ pub mod conditions;
 pub mod config;
 pub mod crd;
 pub mod leader;
+pub mod rbac;
 pub mod runtime;
 #[cfg(feature = "testing")]
 pub mod testing;

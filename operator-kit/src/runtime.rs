@@ -46,6 +46,7 @@ use crate::backoff::{BackoffPolicy, FailureCounts};
 use crate::children::{ChildError, Children};
 use crate::config::OperatorArgs;
 use crate::leader::{self, LeaderError};
+use crate::rbac::Permissions;
 use crate::watch::WatchName;
 
 /// How the runtime treats a failed reconcile.
@@ -306,11 +307,26 @@ pub struct Controller<R: Reconciler> {
     finalizer: Option<String>,
     backoff: BackoffPolicy,
     event_dedup_window: Duration,
+    permissions: Permissions,
+}
+
+/// The group and plural of `K`, as RBAC names them.
+fn rbac_name<K: Resource<DynamicType = ()>>() -> (String, String) {
+    (K::group(&()).into_owned(), K::plural(&()).into_owned())
 }
 
 impl<R: Reconciler> Controller<R> {
     /// A controller named `name` (the `controller` label of its metrics).
     pub fn new(name: &str, reconciler: R) -> Self {
+        // Its own resource: read and watched, its status written, and it owns children with
+        // `blockOwnerDeletion`, which the API server allows only to who may update its
+        // finalizers. Events about it are published.
+        let (group, plural) = rbac_name::<R::Resource>();
+        let mut permissions = Permissions::default();
+        permissions.allow(&group, &plural, &["get", "list", "watch"]);
+        permissions.allow(&group, &format!("{plural}/status"), &["get", "patch"]);
+        permissions.allow(&group, &format!("{plural}/finalizers"), &["update"]);
+        permissions.allow("events.k8s.io", "events", &["create", "patch"]);
         Self {
             name: name.to_owned(),
             reconciler,
@@ -319,7 +335,28 @@ impl<R: Reconciler> Controller<R> {
             finalizer: None,
             backoff: BackoffPolicy::default(),
             event_dedup_window: Duration::from_secs(300),
+            permissions,
         }
+    }
+
+    /// Declares what the reconciler does with a kind besides owning or watching it — reading a
+    /// Secret, labelling pods — so that `--print-rbac` grants it.
+    pub fn uses<K: Resource<DynamicType = ()>>(self, verbs: &[&str]) -> Self {
+        let (group, plural) = rbac_name::<K>();
+        self.uses_resource(&group, &plural, verbs)
+    }
+
+    /// [`Controller::uses`] for a resource without a Rust type here (an OpenShift Route, a
+    /// subresource such as `pods/portforward`): its API group (`""` for the core group), its
+    /// plural name, and the verbs.
+    pub fn uses_resource(mut self, group: &str, resource: &str, verbs: &[&str]) -> Self {
+        self.permissions.allow(group, resource, verbs);
+        self
+    }
+
+    /// What this controller needs to be allowed (see [`crate::rbac`]).
+    pub fn permissions(&self) -> &Permissions {
+        &self.permissions
     }
 
     /// Declares a child kind: changes to children of this kind trigger a reconcile of their
@@ -335,6 +372,14 @@ impl<R: Reconciler> Controller<R> {
             + 'static,
     {
         self.owned_kinds.push(ApiResource::erase::<C>(&()));
+        // Applied (server-side apply creates with a patch, which needs create as well), pruned,
+        // and watched.
+        let (group, plural) = rbac_name::<C>();
+        self.permissions.allow(
+            &group,
+            &plural,
+            &["get", "list", "watch", "create", "patch", "delete"],
+        );
         self.owns.push(Box::new(|controller, setup| {
             // Children are watched by metadata only: their owner references are all we need.
             let api = setup.api::<PartialObjectMeta<C>>();
@@ -364,6 +409,8 @@ impl<R: Reconciler> Controller<R> {
             + Sync
             + 'static,
     {
+        let (group, plural) = rbac_name::<C>();
+        self.permissions.allow(&group, &plural, &["list", "watch"]);
         self.owns.push(Box::new(move |controller, setup| {
             let api = setup.api::<PartialObjectMeta<C>>();
             let store = controller.store();
@@ -391,6 +438,9 @@ impl<R: Reconciler> Controller<R> {
     /// before the object is deleted (built on kube-runtime's finalizer helper).
     pub fn finalizer(mut self, name: &str) -> Self {
         self.finalizer = Some(name.to_owned());
+        // The finalizer is added and removed with a JSON patch of the resource.
+        let (group, plural) = rbac_name::<R::Resource>();
+        self.permissions.allow(&group, &plural, &["patch"]);
         self
     }
 
@@ -748,6 +798,7 @@ pub struct Operator {
     health: Arc<Health>,
     shutdown: Arc<watch::Sender<bool>>,
     tasks: Vec<Task>,
+    permissions: Permissions,
 }
 
 impl Operator {
@@ -761,6 +812,7 @@ impl Operator {
             health: Arc::default(),
             shutdown: Arc::new(watch::channel(false).0),
             tasks: Vec::new(),
+            permissions: Permissions::default(),
         }
     }
 
@@ -779,10 +831,17 @@ impl Operator {
 
     /// Adds a controller.
     pub fn with_controller<R: Reconciler>(mut self, controller: Controller<R>) -> Self {
+        self.permissions.merge(controller.permissions());
         self.tasks.push(Box::new(move |environment| {
             controller.into_task(environment)
         }));
         self
+    }
+
+    /// What the operator's controllers need to be allowed, without leader election's Lease
+    /// (see [`crate::rbac`]).
+    pub fn permissions(&self) -> &Permissions {
+        &self.permissions
     }
 
     /// The operator's metrics.
@@ -810,6 +869,7 @@ impl Operator {
             health,
             shutdown,
             tasks,
+            permissions: _,
         } = self;
         let admin = AdminServer::bind(args.admin_address, metrics.clone(), health.clone()).await?;
         if let Some(address) = admin.local_address() {
@@ -912,10 +972,17 @@ pub struct OperatorCommand {
     /// Print the CustomResourceDefinitions and exit.
     #[arg(long)]
     pub print_crds: bool,
+    /// Print the RBAC the operator needs (a ClusterRole, and a Role for leader election's
+    /// Lease) and exit.
+    #[arg(long)]
+    pub print_rbac: bool,
     /// The runtime flags.
     #[command(flatten)]
     pub operator: OperatorArgs,
 }
+
+/// Where the client of `--print-rbac` would connect; it never does.
+const OFFLINE_URL: &str = "https://127.0.0.1:9";
 
 /// Errors of [`run_main`].
 #[derive(Debug, thiserror::Error)]
@@ -923,6 +990,9 @@ pub enum MainError {
     /// The CRDs could not be rendered.
     #[error(transparent)]
     Crd(#[from] crate::crd::CrdError),
+    /// The RBAC could not be rendered.
+    #[error(transparent)]
+    Rbac(#[from] crate::rbac::RbacError),
     /// No cluster configuration was found (kubeconfig or in-cluster).
     #[error("failed to load the cluster configuration: {0}")]
     Config(#[from] kube::config::InferConfigError),
@@ -983,6 +1053,13 @@ pub async fn run_main_with<A: clap::Args>(
         parse_command::<A>(name, std::env::args_os()).unwrap_or_else(|error| error.exit());
     if command.print_crds {
         print!("{}", crate::crd::to_yaml(crds)?);
+        return Ok(());
+    }
+    if command.print_rbac {
+        // The controllers are only asked what they need: the client never connects.
+        let offline = Client::try_from(kube::Config::new(http::Uri::from_static(OFFLINE_URL)))?;
+        let operator = controllers(Operator::new(name, offline, command.operator), flags);
+        print!("{}", crate::rbac::to_yaml(name, operator.permissions())?);
         return Ok(());
     }
     command.operator.init_logging();

@@ -54,6 +54,7 @@
 //!
 //! ```sh
 //! cargo run -- --print-crds | kubectl apply --server-side -f -
+//! cargo run -- --print-rbac # the ClusterRole it needs (from what the controller declares)
 //! cargo run                 # against the cluster of the kubeconfig
 //! kubectl apply -f - <<'YAML'
 //! apiVersion: greetings.example.com/v1alpha1

@@ -200,3 +200,86 @@ fn shared_templates_are_identical_in_every_chart() -> Result<()> {
     }
     Ok(())
 }
+
+/// `--print-rbac` and the charts grant the same: what the controllers declare (owned and
+/// watched kinds, what their reconcilers use, events, the Lease) is exactly what each chart's
+/// ClusterRole and leader-election Role allow — no rule missing, none left over.
+#[tokio::test]
+async fn the_charts_grant_what_print_rbac_derives() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+    use operator_kit::rbac::{self, Permissions};
+    use operator_kit::{Operator, OperatorArgs};
+
+    let offline = kube::Client::try_from(kube::Config::new(http::Uri::from_static(
+        "https://127.0.0.1:9",
+    )))?;
+    let operators = [
+        (
+            "redis-operator",
+            Operator::new("redis-operator", offline.clone(), OperatorArgs::for_tests())
+                .with_controller(redis_operator::redis_controller())
+                .with_controller(redis_operator::redis_sentinel_controller()),
+        ),
+        (
+            "app-operator",
+            Operator::new("app-operator", offline, OperatorArgs::for_tests())
+                .with_controller(app_operator::app_controller()),
+        ),
+    ];
+    for (name, operator) in operators {
+        let path = chart(name);
+        let manifest = run(
+            "helm",
+            &[
+                "template",
+                "r",
+                &path.to_string_lossy(),
+                "--set",
+                "leaderElection.enabled=true",
+            ],
+            None,
+        )?;
+        let mut granted = Permissions::default();
+        let mut lease = Permissions::default();
+        for document in manifest.split("\n---\n") {
+            let value: serde_yaml::Value = serde_yaml::from_str(document)?;
+            match value.get("kind").and_then(serde_yaml::Value::as_str) {
+                Some("ClusterRole") => {
+                    let role: ClusterRole = serde_yaml::from_value(value)?;
+                    for (group, resource, verb) in
+                        Permissions::triples_of(&role.rules.unwrap_or_default())
+                    {
+                        granted.allow(&group, &resource, &[&verb]);
+                    }
+                }
+                Some("Role") => {
+                    let role: Role = serde_yaml::from_value(value)?;
+                    for (group, resource, verb) in
+                        Permissions::triples_of(&role.rules.unwrap_or_default())
+                    {
+                        lease.allow(&group, &resource, &[&verb]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let derived = operator.permissions().triples();
+        let chart_rules = granted.triples();
+        let missing: Vec<_> = derived.difference(&chart_rules).collect();
+        let extra: Vec<_> = chart_rules.difference(&derived).collect();
+        ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "{name}: the chart lacks {missing:?} and grants beyond --print-rbac {extra:?}"
+        );
+        ensure!(
+            lease == rbac::leader_election(),
+            "{name}: the chart's leader-election Role grants {:?}",
+            lease.triples()
+        );
+        eprintln!(
+            "{name}: the chart grants exactly the {} (group, resource, verb) --print-rbac derives",
+            derived.len()
+        );
+    }
+    Ok(())
+}

@@ -42,6 +42,14 @@ pub fn app_controller() -> Controller<AppReconciler> {
         .owns::<Service>()
         .owns::<Ingress>()
         .owns::<HorizontalPodAutoscaler>()
+        // On OpenShift: the Route is applied and pruned but not watched (the kind may not
+        // exist), and a Route with a host needs routes/custom-host.
+        .uses_resource(
+            "route.openshift.io",
+            "routes",
+            &["get", "list", "create", "patch", "delete"],
+        )
+        .uses_resource("route.openshift.io", "routes/custom-host", &["create"])
 }
 
 fn from_json<T: Default + serde::de::DeserializeOwned>(value: Value) -> T {

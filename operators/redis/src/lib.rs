@@ -14,7 +14,7 @@ pub mod v1beta1;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -37,6 +37,10 @@ pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
         .owns::<Service>()
         .owns::<StatefulSet>()
         .watches_metadata::<Secret, _>(resources_using_secret)
+        // The password Secret's key is checked; the data claims get the Redis as an owner
+        // (get: a claim re-read when its owner references changed under the patch).
+        .uses::<Secret>(&["get"])
+        .uses::<PersistentVolumeClaim>(&["get", "list", "patch"])
 }
 
 /// The resources of kind `K` to reconcile when `secret` changes: those reading their password
@@ -73,6 +77,11 @@ pub fn redis_sentinel_controller_with(
         .owns::<PodDisruptionBudget>()
         .watches_metadata::<Secret, _>(resources_using_secret)
         .reconcile_on(triggers)
+        // The password is read to authenticate to Redis (kept in memory only); the claims as
+        // for Redis; the pods labelled with their role, for the master Service.
+        .uses::<Secret>(&["get"])
+        .uses::<PersistentVolumeClaim>(&["get", "list", "patch"])
+        .uses::<Pod>(&["list", "patch"])
 }
 
 #[cfg(test)]
