@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use operator_kit::testing::TestNamespace;
 use operator_kit::testing::tools::{
     HelmRelease, OperatorProcess, enforce_restricted_pod_security, is_forbidden,
@@ -21,6 +21,19 @@ use redis_operator::v1beta1::{Phase, Redis, RedisSentinel};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Whether the chart's admission policy refused a request with `message`.
+fn refused_by_policy<T: std::fmt::Debug>(result: kube::Result<T>, message: &str) -> Result<()> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 && status.message.contains(message) => {
+            eprintln!("refused: {}", status.message);
+            Ok(())
+        }
+        other => {
+            anyhow::bail!("expected the admission policy to refuse with {message:?}, got {other:?}")
+        }
+    }
+}
 
 fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/redis-operator")
@@ -180,6 +193,18 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         )
         .await?;
 
+    // What RBAC cannot narrow, the chart's admission policy does: the ServiceAccount may not
+    // relabel a claim it manages (only its owner references, which it just did).
+    let relabel = json!({ "metadata": { "labels": { "app.kubernetes.io/instance": "other" } } });
+    let merge = |value: &serde_json::Value| Patch::Merge(value.clone());
+    let account_claims = Api::<PersistentVolumeClaim>::namespaced(account.clone(), watched.name());
+    refused_by_policy(
+        account_claims
+            .patch("data-cache-0", &PatchParams::default(), &merge(&relabel))
+            .await,
+        "may change only the owner references of a claim",
+    )?;
+
     redises.delete("cache", &DeleteParams::foreground()).await?;
     watched
         .wait_for_deletion(&redises, "cache", TIMEOUT)
@@ -220,6 +245,62 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
     watched.api::<StatefulSet>().get("ha-node").await?;
     watched.api::<PodDisruptionBudget>().get("ha-node").await?;
     watched.api::<Service>().get("ha-master").await?;
+    // The role label of its own pods is all it may change on a pod.
+    let pods = watched.api::<Pod>();
+    watched
+        .wait_for(&pods, "ha-node-0", "created", TIMEOUT, |_: &Pod| true)
+        .await?;
+    let account_pods = Api::<Pod>::namespaced(account.clone(), watched.name());
+    let role = json!({ "metadata": { "labels": { "redis.operator-kit.io/role": "replica" } } });
+    account_pods
+        .patch("ha-node-0", &PatchParams::default(), &merge(&role))
+        .await
+        .context("the role label of the operator's own pod")?;
+    refused_by_policy(
+        account_pods
+            .patch("ha-node-0", &PatchParams::default(), &merge(&relabel))
+            .await,
+        "may change only the label redis.operator-kit.io/role of a pod",
+    )?;
+    let image =
+        json!({ "spec": { "containers": [{ "name": "redis", "image": "attacker/redis" }] } });
+    refused_by_policy(
+        account_pods
+            .patch(
+                "ha-node-0",
+                &PatchParams::default(),
+                &Patch::Strategic(image),
+            )
+            .await,
+        "may not change the spec or the annotations",
+    )?;
+    // Nor touch a pod or a claim it does not manage, though RBAC lets it patch both.
+    let bystander: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "bystander", "labels": { "app": "web" } },
+        "spec": { "containers": [{ "name": "web", "image": "nginx:1.27" }] },
+    }))?;
+    pods.create(&PostParams::default(), &bystander).await?;
+    refused_by_policy(
+        account_pods
+            .patch("bystander", &PatchParams::default(), &merge(&role))
+            .await,
+        "may change only pods and claims labelled app.kubernetes.io/managed-by=redis-operator",
+    )?;
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": { "name": "bystander-data" },
+        "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } },
+    }))?;
+    claims.create(&PostParams::default(), &claim).await?;
+    let owned = json!({ "metadata": { "ownerReferences": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "00000000-0000-0000-0000-000000000000",
+    }] } });
+    refused_by_policy(
+        account_claims
+            .patch("bystander-data", &PatchParams::default(), &merge(&owned))
+            .await,
+        "may change only pods and claims labelled",
+    )?;
+
     sentinels.delete("ha", &DeleteParams::foreground()).await?;
     watched.wait_for_deletion(&sentinels, "ha", TIMEOUT).await?;
 
