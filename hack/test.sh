@@ -14,6 +14,8 @@ step() { printf '\n[test] %s (%d s elapsed)\n' "$*" $((SECONDS - start)) >&2; }
 
 # The integration tests include pods on the local cluster's real node (containerd + kubelet).
 export REAL_NODE=1
+step "pruning stale build output (a full disk puts the real node under DiskPressure)"
+hack/prune-target.sh
 step "installing system packages"
 hack/install-deps.sh
 step "building the cluster binaries"
