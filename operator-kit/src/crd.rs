@@ -116,7 +116,7 @@ pub enum CrdError {
     },
     /// The committed file differs from the types.
     #[error(
-        "{path:?} is stale: regenerate it with `UPDATE_CRDS=1 cargo test` (or the operator's `crds` command)"
+        "{path:?} is stale: regenerate it with `UPDATE_CRDS=1 cargo test` (or the operator's `--print-crds`)"
     )]
     Stale {
         /// The file.

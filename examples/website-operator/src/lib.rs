@@ -7,16 +7,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use kube::{CustomResource, ResourceExt};
 use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, Context, ErrorClass, ReconcileError, Reconciler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 /// The desired state of a Website.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -82,44 +84,83 @@ impl ReconcileError for Error {
     }
 }
 
-/// The desired children of a Website: pure, no API calls.
+/// The desired children of a Website: pure, no API calls, built from typed structs so that a
+/// misspelled field does not compile instead of being dropped.
 pub fn build(
     site: &Website,
     labels: &BTreeMap<String, String>,
 ) -> (ConfigMap, Deployment, Option<Service>) {
     let name = site.name_any();
-    let page = serde_json::from_value(json!({
-        "metadata": { "name": format!("{name}-html") },
-        "data": { "index.html": site.spec.html },
-    }));
-    let deployment = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": site.spec.replicas,
-            "selector": { "matchLabels": labels },
-            "template": {
-                "metadata": { "labels": labels },
-                "spec": {
-                    "containers": [{ "name": "nginx", "image": "nginx:1.27",
-                        "ports": [{ "containerPort": 80 }],
-                        "volumeMounts": [{ "name": "html", "mountPath": "/usr/share/nginx/html" }] }],
-                    "volumes": [{ "name": "html", "configMap": { "name": format!("{name}-html") } }],
-                },
+    let page_name = format!("{name}-html");
+    let named = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        ..ObjectMeta::default()
+    };
+    let page = ConfigMap {
+        metadata: named(&page_name),
+        data: Some(BTreeMap::from([(
+            "index.html".to_owned(),
+            site.spec.html.clone(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let nginx = Container {
+        name: "nginx".to_owned(),
+        image: Some("nginx:1.27".to_owned()),
+        ports: Some(vec![ContainerPort {
+            container_port: 80,
+            ..ContainerPort::default()
+        }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "html".to_owned(),
+            mount_path: "/usr/share/nginx/html".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: named(&name),
+        spec: DeploymentSpec {
+            replicas: Some(site.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
             },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![nginx],
+                    volumes: Some(vec![Volume {
+                        name: "html".to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: page_name,
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
         },
-    }));
-    let service = site.spec.expose.then(|| {
-        serde_json::from_value(json!({
-            "metadata": { "name": name },
-            "spec": { "selector": labels, "ports": [{ "port": 80 }] },
-        }))
+        ..Deployment::default()
+    };
+    let service = site.spec.expose.then(|| Service {
+        metadata: named(&name),
+        spec: Some(ServiceSpec {
+            selector: Some(labels.clone()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     });
-    // The JSON above is fixed in shape, so it always deserializes.
-    (
-        page.unwrap_or_default(),
-        deployment.unwrap_or_default(),
-        service.map(Result::unwrap_or_default),
-    )
+    (page, deployment, service)
 }
 
 /// The Website reconciler.

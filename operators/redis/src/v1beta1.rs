@@ -1,4 +1,5 @@
-//! `redis.operator-kit.io/v1beta1`: the `Redis` kind (a standalone Redis server).
+//! `redis.operator-kit.io/v1beta1`: the `Redis` kind (a standalone Redis server) and the
+//! `RedisSentinel` kind (Redis with Sentinel), and what their pods share (`RedisPodSpec`).
 //!
 //! The field names follow the manifests users bring from other Redis operators
 //! (`kubernetesConfig`, `storage.volumeClaimTemplate`, `redisExporter`), so such a manifest
