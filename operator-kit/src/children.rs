@@ -281,10 +281,7 @@ impl Children {
         {
             let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
             if let Some(annotations) = annotations.as_object_mut() {
-                annotations.insert(
-                    APPLIED_HASH_ANNOTATION.to_owned(),
-                    Value::String(hash.clone()),
-                );
+                annotations.insert(APPLIED_HASH_ANNOTATION.to_owned(), Value::String(hash));
             }
         }
         let api = Api::<C>::namespaced(self.client.clone(), &self.namespace);
@@ -302,12 +299,10 @@ impl Children {
             if let Some(holder) = self.holder_other_than_us(live.meta()) {
                 return Err(ChildError::NameConflict { kind, name, holder });
             }
+            // The desired object carries its hash as an annotation, so this comparison also
+            // tells a child applied from another desired object (a field since removed).
             let live_value = serde_json::to_value(live).unwrap_or(Value::Null);
-            let applied_from_this = live
-                .annotations()
-                .get(APPLIED_HASH_ANNOTATION)
-                .is_some_and(|applied| *applied == hash);
-            if applied_from_this && is_subset(&desired_value, &live_value) {
+            if is_subset(&desired_value, &live_value) {
                 return Ok((live.clone(), ApplyOutcome::Unchanged));
             }
             // The apply must land on the object just judged ours: if it was deleted and made

@@ -1060,14 +1060,16 @@ async fn a_redis_and_a_redis_sentinel_of_one_name_share_nothing() -> Result<()> 
         .create(&PostParams::default(), &redis("shared")?)
         .await?;
     wait_ready(&namespace, "shared").await?;
-    let redis_children = || {
+    // The children both kinds would name alike, and the StatefulSet of each.
+    let children = |name: &str, stateful_set: &str| {
         vec![
-            ("ConfigMap", "shared-config".to_owned()),
-            ("Service", "shared".to_owned()),
-            ("Service", "shared-headless".to_owned()),
-            ("StatefulSet", "shared".to_owned()),
+            ("ConfigMap", format!("{name}-config")),
+            ("Service", name.to_owned()),
+            ("Service", format!("{name}-headless")),
+            ("StatefulSet", stateful_set.to_owned()),
         ]
     };
+    let redis_children = || children("shared", "shared");
     let before = versions(redis_children()).await?;
     namespace
         .api::<RedisSentinel>()
@@ -1123,14 +1125,7 @@ async fn a_redis_and_a_redis_sentinel_of_one_name_share_nothing() -> Result<()> 
             |_: &StatefulSet| true,
         )
         .await?;
-    let sentinel_children = || {
-        vec![
-            ("ConfigMap", "other-config".to_owned()),
-            ("Service", "other".to_owned()),
-            ("Service", "other-headless".to_owned()),
-            ("StatefulSet", "other-node".to_owned()),
-        ]
-    };
+    let sentinel_children = || children("other", "other-node");
     let before = versions(sentinel_children()).await?;
     namespace
         .api::<Redis>()
