@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -33,6 +32,7 @@ use serde_json::{Value, json};
 
 use crate::api_error::{describe, is_refusal};
 use crate::runtime::ErrorClass;
+use crate::scope::{self, ObjectScope};
 
 /// `app.kubernetes.io/name`: the application, such as `redis`.
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
@@ -84,6 +84,19 @@ pub enum ChildError {
         /// The API error (boxed, as in [`ChildError::Api`]).
         source: Box<kube::Error>,
     },
+    /// A child cannot be placed where it was asked to be: a namespaced owner's children are in
+    /// its namespace and namespaced (owner references never cross namespaces, and the garbage
+    /// collector deletes a cluster-scoped object with a namespaced owner); a cluster-scoped
+    /// owner's namespaced children must name their namespace.
+    #[error("failed to apply {kind} {name:?}: {reason}")]
+    Placement {
+        /// The child's kind.
+        kind: String,
+        /// The child's name.
+        name: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// An object with a child's name exists and is not ours: another object controls it, or it
     /// was made by someone else. It is left untouched.
     #[error(
@@ -125,9 +138,10 @@ impl ChildError {
             Self::Api { .. } | Self::List { .. } | Self::NameConflict { .. } => {
                 ErrorClass::Transient
             }
-            Self::IncompleteOwner { .. } | Self::UnnamedChild { .. } | Self::Serialize { .. } => {
-                ErrorClass::WaitForChange
-            }
+            Self::IncompleteOwner { .. }
+            | Self::UnnamedChild { .. }
+            | Self::Serialize { .. }
+            | Self::Placement { .. } => ErrorClass::WaitForChange,
         }
     }
 
@@ -153,39 +167,45 @@ pub enum ApplyOutcome {
 pub struct Children {
     client: Client,
     field_manager: String,
-    namespace: String,
+    /// The owner's namespace; `None` for a cluster-scoped owner.
+    namespace: Option<String>,
     owner_reference: OwnerReference,
+    selector_labels: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
     owned_kinds: Vec<ApiResource>,
-    applied: BTreeSet<(String, String)>,
+    /// The children applied so far: apiVersion/kind, namespace and name.
+    applied: BTreeSet<(String, Option<String>, String)>,
     writes: usize,
 }
 
 impl Children {
-    /// Starts managing the children of `owner`, a namespaced object stored in the cluster.
+    /// Starts managing the children of `owner`, an object stored in the cluster: namespaced,
+    /// or cluster-scoped.
     ///
-    /// `application` becomes `app.kubernetes.io/name`; `owned_kinds` are the kinds that
-    /// [`Children::prune`] looks at (the controller's `owns` list).
+    /// `selector` holds the labels that, with the owner's instance label, tell its children
+    /// apart: they go into every child and into the selectors of its workloads, so they must
+    /// never change (see [`Children::selector_labels`]). The field manager becomes the
+    /// `managed-by` label, unless `selector` fixes that label itself. `owned_kinds` are the kinds
+    /// that [`Children::prune`] looks at (the controller's `owns` list).
     pub fn new<K>(
         client: Client,
         field_manager: &str,
-        application: &str,
+        selector: &BTreeMap<String, String>,
         owner: &K,
         owned_kinds: Vec<ApiResource>,
     ) -> Result<Self, ChildError>
     where
-        K: Resource<DynamicType = ()>,
+        K: Resource<DynamicType = (), Scope: ObjectScope>,
     {
         let kind = K::kind(&()).into_owned();
         let missing = |missing| ChildError::IncompleteOwner {
             kind: kind.clone(),
             missing,
         };
-        let namespace = owner
-            .meta()
-            .namespace
-            .clone()
-            .ok_or_else(|| missing("namespace"))?;
+        let namespace = owner.meta().namespace.clone();
+        if namespace.is_none() && scope::is_namespaced::<K>() {
+            return Err(missing("namespace"));
+        }
         let name = owner.meta().name.clone().ok_or_else(|| missing("name"))?;
         let uid = owner.meta().uid.clone().ok_or_else(|| missing("uid"))?;
         let owner_reference = OwnerReference {
@@ -196,16 +216,18 @@ impl Children {
             controller: Some(true),
             block_owner_deletion: Some(true),
         };
-        let labels = BTreeMap::from([
-            (NAME_LABEL.to_owned(), application.to_owned()),
-            (INSTANCE_LABEL.to_owned(), name),
-            (MANAGED_BY_LABEL.to_owned(), field_manager.to_owned()),
-        ]);
+        let mut selector_labels = selector.clone();
+        selector_labels.insert(INSTANCE_LABEL.to_owned(), name);
+        let mut labels = selector_labels.clone();
+        labels
+            .entry(MANAGED_BY_LABEL.to_owned())
+            .or_insert_with(|| field_manager.to_owned());
         Ok(Self {
             client,
             field_manager: field_manager.to_owned(),
             namespace,
             owner_reference,
+            selector_labels,
             labels,
             owned_kinds,
             applied: BTreeSet::new(),
@@ -213,14 +235,26 @@ impl Children {
         })
     }
 
-    /// The labels every child gets; selectors of the owner's workloads can use them.
+    /// The labels that tell this owner's children apart and never change: the controller's
+    /// application name (`app.kubernetes.io/name`, see [`crate::Controller::selector_labels`])
+    /// and the owner's name (`app.kubernetes.io/instance`). Use them for the selectors of
+    /// workloads and for their pod templates: selectors are immutable, and a pod template label
+    /// that changes rolls every pod. Renaming the operator changes neither.
+    pub fn selector_labels(&self) -> &BTreeMap<String, String> {
+        &self.selector_labels
+    }
+
+    /// The labels every child gets: the [`Children::selector_labels`] and
+    /// `app.kubernetes.io/managed-by`, the operator's name — which changes when the operator is
+    /// renamed, so it belongs in no selector.
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
     }
 
-    /// The namespace of the owner and its children.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
+    /// The namespace of the owner, and of its namespaced children; `None` when the owner is
+    /// cluster-scoped (its namespaced children then name their namespace).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
 
     /// Adds a kind for [`Children::prune`] to look at, besides the controller's owned kinds — for
@@ -239,7 +273,7 @@ impl Children {
     /// Applies one desired child (see the module documentation) and returns the live object.
     pub async fn apply<C>(&mut self, mut desired: C) -> Result<(C, ApplyOutcome), ChildError>
     where
-        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        C: Resource<DynamicType = (), Scope: ObjectScope>
             + Clone
             + Debug
             + Serialize
@@ -251,14 +285,25 @@ impl Children {
             .name
             .clone()
             .ok_or(ChildError::UnnamedChild { kind: kind.clone() })?;
+        let namespace = child_namespace(
+            scope::is_namespaced::<C>(),
+            self.namespace.as_deref(),
+            desired.meta().namespace.as_deref(),
+        )
+        .map_err(|reason| ChildError::Placement {
+            kind: kind.clone(),
+            name: name.clone(),
+            reason,
+        })?;
         let meta = desired.meta_mut();
-        meta.namespace = Some(self.namespace.clone());
+        meta.namespace = namespace.clone();
         let labels = meta.labels.get_or_insert_with(BTreeMap::new);
         for (key, value) in &self.labels {
             labels.entry(key.clone()).or_insert_with(|| value.clone());
         }
         meta.owner_references = Some(vec![self.owner_reference.clone()]);
-        self.applied.insert((api_version_kind::<C>(), name.clone()));
+        self.applied
+            .insert((api_version_kind::<C>(), namespace.clone(), name.clone()));
 
         let mut desired_value =
             serde_json::to_value(&desired).map_err(|source| ChildError::Serialize {
@@ -284,7 +329,7 @@ impl Children {
                 annotations.insert(APPLIED_HASH_ANNOTATION.to_owned(), Value::String(hash));
             }
         }
-        let api = Api::<C>::namespaced(self.client.clone(), &self.namespace);
+        let api = scope::api::<C>(self.client.clone(), namespace.as_deref());
         let api_error = |verb, source| ChildError::Api {
             verb,
             kind: kind.clone(),
@@ -295,14 +340,16 @@ impl Children {
             .get_opt(&name)
             .await
             .map_err(|source| api_error("get", source))?;
+        let mut previous_managers = Vec::new();
         if let Some(live) = &live {
             if let Some(holder) = self.holder_other_than_us(live.meta()) {
                 return Err(ChildError::NameConflict { kind, name, holder });
             }
+            previous_managers = previous_field_managers(live.meta(), &self.field_manager);
             // The desired object carries its hash as an annotation, so this comparison also
             // tells a child applied from another desired object (a field since removed).
             let live_value = serde_json::to_value(live).unwrap_or(Value::Null);
-            if is_subset(&desired_value, &live_value) {
+            if previous_managers.is_empty() && is_subset(&desired_value, &live_value) {
                 return Ok((live.clone(), ApplyOutcome::Unchanged));
             }
             // The apply must land on the object just judged ours: if it was deleted and made
@@ -317,11 +364,31 @@ impl Children {
             }
         }
         let params = PatchParams::apply(&self.field_manager).force();
-        let applied = api
+        let mut applied = api
             .patch(&name, &params, &Patch::Apply(&desired_value))
             .await
             .map_err(|source| api_error("apply", source))?;
         self.writes += 1;
+        // The operator was renamed: what its earlier name applied is ours now (the apply above
+        // took every field we still set), and an empty apply under the earlier name gives up
+        // the rest, so that a field neither name sets any more is removed, as it would have
+        // been without the rename.
+        for manager in previous_managers {
+            let release = json!({
+                "apiVersion": C::api_version(&()),
+                "kind": kind,
+                "metadata": { "name": name, "namespace": namespace, "uid": applied.meta().uid },
+            });
+            applied = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(&manager),
+                    &Patch::Apply(&release),
+                )
+                .await
+                .map_err(|source| api_error("release the fields of an earlier name of", source))?;
+            self.writes += 1;
+        }
         Ok((applied, ApplyOutcome::Applied))
     }
 
@@ -354,9 +421,10 @@ impl Children {
             });
         }
         let labels = live.labels.as_ref();
-        let label = |key: &str| labels.and_then(|labels| labels.get(key));
-        let ours = label(MANAGED_BY_LABEL) == self.labels.get(MANAGED_BY_LABEL)
-            && label(INSTANCE_LABEL) == self.labels.get(INSTANCE_LABEL);
+        let ours = self
+            .selector_labels
+            .iter()
+            .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value));
         if ours {
             None
         } else {
@@ -367,20 +435,29 @@ impl Children {
         }
     }
 
+    /// The [`Children::selector_labels`] as a label selector.
+    fn label_selector(&self) -> String {
+        self.selector_labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Deletes the children of the owned kinds that carry this owner's labels and owner
     /// reference but were not applied during this reconcile. Returns how many were deleted.
     pub async fn prune(&mut self) -> Result<usize, ChildError> {
-        let selector = format!(
-            "{MANAGED_BY_LABEL}={},{INSTANCE_LABEL}={}",
-            self.field_manager, self.owner_reference.name
-        );
+        let selector = self.label_selector();
         let mut deleted = 0;
         for resource in self.owned_kinds.clone() {
-            let api = Api::<DynamicObject>::namespaced_with(
-                self.client.clone(),
-                &self.namespace,
-                &resource,
-            );
+            // A namespaced owner's children are in its namespace; a cluster-scoped owner's
+            // are anywhere (the list asks every namespace, or none for a cluster-scoped kind).
+            let api = match &self.namespace {
+                Some(namespace) => {
+                    Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource)
+                }
+                None => Api::<DynamicObject>::all_with(self.client.clone(), &resource),
+            };
             let list_error = |source| ChildError::List {
                 kind: resource.kind.clone(),
                 selector: selector.clone(),
@@ -398,6 +475,7 @@ impl Children {
                     .any(|owner| owner.uid == self.owner_reference.uid);
                 let key = (
                     format!("{}/{}", resource.api_version, resource.kind),
+                    object.metadata.namespace.clone(),
                     name.clone(),
                 );
                 if !owned
@@ -406,6 +484,14 @@ impl Children {
                 {
                     continue;
                 }
+                let api = match (&self.namespace, &object.metadata.namespace) {
+                    (None, Some(namespace)) => Api::<DynamicObject>::namespaced_with(
+                        self.client.clone(),
+                        namespace,
+                        &resource,
+                    ),
+                    _ => api.clone(),
+                };
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => deleted += 1,
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -424,8 +510,9 @@ impl Children {
         Ok(deleted)
     }
 
-    /// Makes the owner an additional owner of every object of kind `C` in its namespace that
-    /// carries all of [`Children::labels`] and whose name `belongs` accepts when `owned` is
+    /// Makes the owner an additional owner of every object of kind `C` (in its namespace, when it
+    /// has one) that
+    /// carries all of [`Children::selector_labels`] and whose name `belongs` accepts when `owned` is
     /// true, and takes that reference away when it is false. Returns how many objects were
     /// changed; converged objects cost one list.
     ///
@@ -450,19 +537,11 @@ impl Children {
         belongs: impl Fn(&str) -> bool,
     ) -> Result<usize, ChildError>
     where
-        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + DeserializeOwned,
+        C: Resource<DynamicType = (), Scope: ObjectScope> + Clone + Debug + DeserializeOwned,
     {
         let kind = C::kind(&()).into_owned();
-        let selector = self
-            .labels
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let api = Api::<C>::namespaced(self.client.clone(), &self.namespace);
+        let selector = self.label_selector();
+        let api = scope::api::<C>(self.client.clone(), self.namespace.as_deref());
         let list = api
             .list_metadata(&ListParams::default().labels(&selector))
             .await
@@ -482,6 +561,7 @@ impl Children {
             if !belongs(&name) {
                 continue;
             }
+            let api = scope::api::<C>(self.client.clone(), object.metadata.namespace.as_deref());
             let mut meta = object.metadata;
             // A `test` fails (422) only when the list changed between our read and the patch,
             // such as the StatefulSet controller adding its own reference at that moment: read
@@ -574,6 +654,60 @@ fn ownership_patch(meta: &ObjectMeta, reference: &OwnerReference, owned: bool) -
         ])),
         _ => None,
     }
+}
+
+/// The namespace of a child: `Ok(None)` for a cluster-scoped one. A namespaced owner's children
+/// are in its namespace (a desired object may repeat it, not name another); a cluster-scoped
+/// owner's namespaced children name theirs.
+pub fn child_namespace(
+    child_namespaced: bool,
+    owner_namespace: Option<&str>,
+    desired_namespace: Option<&str>,
+) -> Result<Option<String>, String> {
+    match (child_namespaced, owner_namespace, desired_namespace) {
+        (true, Some(owner), None) => Ok(Some(owner.to_owned())),
+        (true, Some(owner), Some(desired)) if desired == owner => Ok(Some(owner.to_owned())),
+        (true, Some(owner), Some(desired)) => Err(format!(
+            "it is in namespace {desired:?}, and an owner in namespace {owner:?} can own objects of its own namespace only"
+        )),
+        (true, None, Some(desired)) => Ok(Some(desired.to_owned())),
+        (true, None, None) => Err(
+            "it has no metadata.namespace, which a namespaced child of a cluster-scoped owner needs"
+                .to_owned(),
+        ),
+        (false, None, _) => Ok(None),
+        (false, Some(owner), _) => Err(format!(
+            "it is cluster-scoped, and an owner in namespace {owner:?} cannot own it (the garbage collector would delete it)"
+        )),
+    }
+}
+
+/// The earlier names of this operator that applied the object: field managers, other than
+/// `ours`, of server-side applies that set the [`APPLIED_HASH_ANNOTATION`] — only operator-kit
+/// sets it, and only the object's controller, so they are this operator before a rename.
+/// (Other appliers, such as `kubectl apply --server-side` adding a label, are not touched.)
+pub fn previous_field_managers(live: &ObjectMeta, ours: &str) -> Vec<String> {
+    let hash_field = format!("f:{APPLIED_HASH_ANNOTATION}");
+    let mut managers: Vec<String> = live
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.operation.as_deref() == Some("Apply"))
+        .filter(|entry| entry.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .and_then(|fields| fields.0.pointer("/f:metadata/f:annotations"))
+                .and_then(|annotations| annotations.get(&hash_field))
+                .is_some()
+        })
+        .filter_map(|entry| entry.manager.clone())
+        .filter(|manager| manager != ours)
+        .collect();
+    managers.sort();
+    managers.dedup();
+    managers
 }
 
 /// A short hash of the desired object (serialized with its keys sorted), for the
@@ -699,7 +833,125 @@ fn is_empty(value: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
     use super::*;
+
+    fn managed(
+        manager: &str,
+        operation: &str,
+        subresource: &str,
+        fields: Value,
+    ) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.to_owned()),
+            operation: Some(operation.to_owned()),
+            subresource: (!subresource.is_empty()).then(|| subresource.to_owned()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        }
+    }
+
+    fn children_of_cache(selector: &[(&str, &str)]) -> Children {
+        // Never connects: only the labels are looked at.
+        let offline = kube::Config::new(http::Uri::from_static("https://127.0.0.1:9"));
+        let owner = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("cache".to_owned()),
+                namespace: Some("shop".to_owned()),
+                uid: Some("uid-1".to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        let selector = selector
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Children::new(
+            Client::try_from(offline).expect("offline client"),
+            "renamed-operator",
+            &selector,
+            &owner,
+            Vec::new(),
+        )
+        .expect("children")
+    }
+
+    #[tokio::test]
+    async fn selector_labels_never_carry_the_operators_name() {
+        let children = children_of_cache(&[(NAME_LABEL, "redis")]);
+        let selector = BTreeMap::from([
+            (NAME_LABEL.to_owned(), "redis".to_owned()),
+            (INSTANCE_LABEL.to_owned(), "cache".to_owned()),
+        ]);
+        assert_eq!(children.selector_labels(), &selector);
+        let mut labels = selector;
+        labels.insert(MANAGED_BY_LABEL.to_owned(), "renamed-operator".to_owned());
+        assert_eq!(children.labels(), &labels);
+
+        // Selectors fixed in code as an earlier release derived them (ours: name and
+        // managed-by set to "redis-operator") stay exactly so under any operator name, and
+        // the managed-by label with them.
+        let pinned = [
+            (NAME_LABEL, "redis-operator"),
+            (MANAGED_BY_LABEL, "redis-operator"),
+        ];
+        let children = children_of_cache(&pinned);
+        let earlier = BTreeMap::from([
+            (NAME_LABEL.to_owned(), "redis-operator".to_owned()),
+            (INSTANCE_LABEL.to_owned(), "cache".to_owned()),
+            (MANAGED_BY_LABEL.to_owned(), "redis-operator".to_owned()),
+        ]);
+        assert_eq!(children.selector_labels(), &earlier);
+        assert_eq!(children.labels(), &earlier);
+    }
+
+    #[test]
+    fn children_are_placed_where_owner_references_allow() {
+        let place = child_namespace;
+        assert_eq!(place(true, Some("shop"), None), Ok(Some("shop".to_owned())));
+        assert_eq!(
+            place(true, Some("shop"), Some("shop")),
+            Ok(Some("shop".to_owned()))
+        );
+        assert_eq!(
+            place(true, None, Some("team-a")),
+            Ok(Some("team-a".to_owned()))
+        );
+        assert_eq!(place(false, None, None), Ok(None));
+        let error = place(true, Some("shop"), Some("other")).unwrap_err();
+        assert!(
+            error.contains("\"other\"") && error.contains("\"shop\""),
+            "{error}"
+        );
+        let error = place(true, None, None).unwrap_err();
+        assert!(error.contains("metadata.namespace"), "{error}");
+        let error = place(false, Some("shop"), None).unwrap_err();
+        assert!(error.contains("cluster-scoped"), "{error}");
+    }
+
+    #[test]
+    fn only_earlier_names_of_the_operator_are_previous_field_managers() {
+        let hash =
+            json!({ "f:metadata": { "f:annotations": { "f:operator-kit.io/applied-hash": {} } } });
+        let label = json!({ "f:metadata": { "f:labels": { "f:team": {} } } });
+        let live = ObjectMeta {
+            managed_fields: Some(vec![
+                managed("new-name", "Apply", "", hash.clone()),
+                managed("old-name", "Apply", "", hash.clone()),
+                // A person's `kubectl apply --server-side` of a label of their own.
+                managed("kubectl", "Apply", "", label),
+                // Status writes and updates are not applies of the object.
+                managed("older-name", "Apply", "status", hash.clone()),
+                managed("kube-controller-manager", "Update", "", hash),
+            ]),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(previous_field_managers(&live, "new-name"), ["old-name"]);
+        assert!(previous_field_managers(&ObjectMeta::default(), "new-name").is_empty());
+    }
 
     fn claim_owner(uid: &str) -> OwnerReference {
         OwnerReference {

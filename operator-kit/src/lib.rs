@@ -47,6 +47,7 @@ pub mod crd;
 pub mod leader;
 pub mod rbac;
 pub mod runtime;
+pub mod scope;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tutorial;

@@ -15,7 +15,7 @@
 //! - on SIGTERM stops taking work, lets running reconciles finish within the grace period,
 //!   releases the Lease and returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
 use futures::stream::BoxStream;
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
@@ -43,10 +42,11 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::admin::{AdminError, AdminServer, Health, Metrics, ReconcileResult};
 use crate::backoff::{BackoffPolicy, FailureCounts};
-use crate::children::{ChildError, Children};
+use crate::children::{ChildError, Children, NAME_LABEL};
 use crate::config::OperatorArgs;
 use crate::leader::{self, LeaderError};
 use crate::rbac::Permissions;
+use crate::scope::{self, ObjectScope};
 use crate::watch::WatchName;
 
 /// How the runtime treats a failed reconcile.
@@ -76,7 +76,8 @@ pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
 /// The logic of one controller: make the cluster match one object's spec.
 pub trait Reconciler: Send + Sync + 'static {
     /// The custom resource kind this controller reconciles.
-    type Resource: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    /// Namespaced (`#[kube(namespaced)]`) or cluster-scoped (without it).
+    type Resource: Resource<DynamicType = (), Scope: ObjectScope>
         + Clone
         + Debug
         + Serialize
@@ -166,7 +167,7 @@ pub struct Context {
     client: Client,
     metrics: Arc<Metrics>,
     field_manager: String,
-    application: String,
+    selector_labels: BTreeMap<String, String>,
     owned_kinds: Vec<ApiResource>,
     recorder: Recorder,
 }
@@ -191,12 +192,12 @@ impl Context {
     /// The children of `owner` (see [`Children`]); pruning covers the controller's owned kinds.
     pub fn children<K>(&self, owner: &K) -> Result<Children, ChildError>
     where
-        K: Resource<DynamicType = ()>,
+        K: Resource<DynamicType = (), Scope: ObjectScope>,
     {
         Children::new(
             self.client.clone(),
             &self.field_manager,
-            &self.application,
+            &self.selector_labels,
             owner,
             self.owned_kinds.clone(),
         )
@@ -206,7 +207,7 @@ impl Context {
     /// it differs from the status the object already has. Returns whether it wrote.
     pub async fn patch_status<K, S>(&self, object: &K, status: &S) -> Result<bool, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        K: Resource<DynamicType = (), Scope: ObjectScope>
             + Clone
             + Debug
             + Serialize
@@ -218,8 +219,7 @@ impl Context {
         if current.get("status") == Some(&desired) {
             return Ok(false);
         }
-        let api =
-            Api::<K>::namespaced(self.client.clone(), &object.namespace().unwrap_or_default());
+        let api = scope::api::<K>(self.client.clone(), object.namespace().as_deref());
         let patch =
             json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": desired });
         api.patch_status(
@@ -269,13 +269,15 @@ struct WatchSetup {
 }
 
 impl WatchSetup {
-    /// An API handle of `K` in the watched namespace, or in all namespaces.
+    /// An API handle of `K` in the watched namespace, or in all namespaces (always, for a
+    /// cluster-scoped kind).
     fn api<K>(&self) -> Api<K>
     where
-        K: Resource<Scope = NamespaceResourceScope>,
+        K: Resource,
+        K::Scope: ObjectScope,
         K::DynamicType: Default,
     {
-        scoped_api(&self.client, self.namespace.as_deref())
+        scope::api(self.client.clone(), self.namespace.as_deref())
     }
 
     /// A watch of `K` that recovers on its own (see [`crate::watch`]).
@@ -308,6 +310,7 @@ pub struct Controller<R: Reconciler> {
     backoff: BackoffPolicy,
     event_dedup_window: Duration,
     permissions: Permissions,
+    selector_labels: BTreeMap<String, String>,
 }
 
 /// The group and plural of `K`, as RBAC names them.
@@ -316,7 +319,9 @@ fn rbac_name<K: Resource<DynamicType = ()>>() -> (String, String) {
 }
 
 impl<R: Reconciler> Controller<R> {
-    /// A controller named `name` (the `controller` label of its metrics).
+    /// A controller named `name`: the `controller` label of its metrics, and the
+    /// `app.kubernetes.io/name` label of its children, in their selectors (see
+    /// [`Controller::selector_labels`]). Choose it once: a workload's selector cannot change.
     pub fn new(name: &str, reconciler: R) -> Self {
         // Its own resource: read and watched, its status written, and it owns children with
         // `blockOwnerDeletion`, which the API server allows only to who may update its
@@ -336,7 +341,25 @@ impl<R: Reconciler> Controller<R> {
             backoff: BackoffPolicy::default(),
             event_dedup_window: Duration::from_secs(300),
             permissions,
+            selector_labels: BTreeMap::from([(NAME_LABEL.to_owned(), name.to_owned())]),
         }
+    }
+
+    /// Replaces the labels that, with `app.kubernetes.io/instance`, tell the children of one
+    /// object apart (by default `app.kubernetes.io/name` set to the controller's name). They
+    /// are written in code, never derived from the operator's name, so that renaming the
+    /// operator changes no selector ([`Children::selector_labels`]). Set them to keep the
+    /// selectors of workloads an earlier release made: ours keep
+    /// `app.kubernetes.io/name` and `managed-by` as the operator's name before this existed.
+    pub fn selector_labels<'a>(
+        mut self,
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        self.selector_labels = labels
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        self
     }
 
     /// Declares what the reconciler does with a kind besides owning or watching it — reading a
@@ -361,9 +384,11 @@ impl<R: Reconciler> Controller<R> {
 
     /// Declares a child kind: changes to children of this kind trigger a reconcile of their
     /// owner, and [`Children::prune`] deletes children of this kind that are no longer desired.
+    /// A namespaced resource owns namespaced children in its own namespace; a cluster-scoped one
+    /// may own namespaced children in any namespace and cluster-scoped ones.
     pub fn owns<C>(mut self) -> Self
     where
-        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        C: Resource<DynamicType = (), Scope: ObjectScope>
             + Clone
             + Debug
             + DeserializeOwned
@@ -386,7 +411,11 @@ impl<R: Reconciler> Controller<R> {
             let children = setup
                 .recovering::<C, _, _>(move |config| watcher(api.clone(), config))
                 .touched_objects();
-            controller.owns_stream(children)
+            // Not kube-runtime's `owns_stream`: it names a cluster-scoped owner with the
+            // child's namespace. The store still finds the owner, but the queue takes that name
+            // for another object than the owner's own watch queues, so two reconciles of one
+            // owner could run at once (and its failures be counted apart).
+            controller.watches_stream(children, |child| owners_of::<R::Resource>(child.meta()))
         }));
         self
     }
@@ -397,7 +426,7 @@ impl<R: Reconciler> Controller<R> {
     /// its own resources.
     pub fn watches_metadata<C, F>(mut self, mapper: F) -> Self
     where
-        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        C: Resource<DynamicType = (), Scope: ObjectScope>
             + Clone
             + Debug
             + DeserializeOwned
@@ -482,7 +511,7 @@ impl<R: Reconciler> Controller<R> {
                 recorder: Recorder::new(client.clone(), reporter),
                 client,
                 field_manager: operator_name.clone(),
-                application: operator_name,
+                selector_labels: self.selector_labels,
                 owned_kinds: self.owned_kinds,
             },
             finalizer: self.finalizer,
@@ -553,16 +582,28 @@ impl<R: Reconciler> Controller<R> {
     }
 }
 
-/// An API handle for the watched namespace, or for all namespaces.
-fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// The objects of kind `K` among the owners of a child with metadata `child`: in the child's
+/// namespace when `K` is namespaced (owner references never cross namespaces), cluster-wide when
+/// it is cluster-scoped.
+fn owners_of<K>(child: &kube::api::ObjectMeta) -> Vec<ObjectRef<K>>
 where
-    K: Resource<Scope = NamespaceResourceScope>,
-    K::DynamicType: Default,
+    K: Resource<DynamicType = ()>,
+    K::Scope: ObjectScope,
 {
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
+    let (api_version, kind) = (K::api_version(&()), K::kind(&()));
+    child
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|owner| owner.api_version == api_version && owner.kind == kind)
+        .map(|owner| {
+            let owner_ref = ObjectRef::new(&owner.name);
+            match &child.namespace {
+                Some(namespace) if scope::is_namespaced::<K>() => owner_ref.within(namespace),
+                _ => owner_ref,
+            }
+        })
+        .collect()
 }
 
 /// The part of the operator every controller task gets.
@@ -703,9 +744,9 @@ fn reconcile<R: Reconciler>(
                     .await
                     .map_err(RuntimeError::Reconcile),
                 Some(name) => {
-                    let api = Api::<R::Resource>::namespaced(
+                    let api = scope::api::<R::Resource>(
                         shared.context.client.clone(),
-                        &object.namespace().unwrap_or_default(),
+                        object.namespace().as_deref(),
                     );
                     finalizer(&api, name, object.clone(), |event| async {
                         match event {
@@ -1115,6 +1156,38 @@ mod tests {
         /// An operator's own flag.
         #[arg(long, default_value = "nginx:1.27")]
         image: String,
+    }
+
+    #[test]
+    fn a_childs_owner_is_named_as_its_own_watch_names_it() {
+        use k8s_openapi::api::core::v1::Namespace;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owner = |api_version: &str, kind: &str, name: &str| OwnerReference {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            ..OwnerReference::default()
+        };
+        let child = ObjectMeta {
+            namespace: Some("shop".to_owned()),
+            owner_references: Some(vec![
+                owner("v1", "Namespace", "team"),
+                owner("v1", "ConfigMap", "settings"),
+                owner("apps/v1", "Deployment", "web"),
+            ]),
+            ..ObjectMeta::default()
+        };
+        // A cluster-scoped owner: without the child's namespace.
+        assert_eq!(
+            owners_of::<Namespace>(&child),
+            [ObjectRef::<Namespace>::new("team")]
+        );
+        // A namespaced owner: in the child's namespace.
+        assert_eq!(
+            owners_of::<ConfigMap>(&child),
+            [ObjectRef::<ConfigMap>::new("settings").within("shop")]
+        );
     }
 
     #[test]

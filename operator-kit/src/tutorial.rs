@@ -27,7 +27,9 @@
 //!   worth a retry ([`ChildError::class`](crate::ChildError::class) knows for children) and
 //!   gives each Warning event its reason.
 //! - **Build.** A pure function from the resource to its children, from typed k8s-openapi
-//!   structs. The Deployment selects its pods by [`Children::labels`](crate::Children::labels).
+//!   structs. The Deployment selects its pods by
+//!   [`Children::selector_labels`](crate::Children::selector_labels): the controller's name and
+//!   the Greeting's, never the operator's name, so renaming the operator rolls nothing.
 //! - **Reconcile.** [`Children::apply`](crate::Children::apply) sends only what differs,
 //!   refuses to take over objects it did not make, and reverts hand edits;
 //!   [`Children::prune`](crate::Children::prune) deletes children no longer wanted;

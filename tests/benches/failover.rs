@@ -122,7 +122,7 @@ async fn main() -> Result<()> {
         let stream = DirectResolver
             .connect(&listener.host, listener.sentinel_port)
             .await?;
-        let mut subscription = Connection::open(stream, None).await?;
+        let mut subscription = Connection::open(stream, Some(support::PASSWORD)).await?;
         subscription.send(&["SUBSCRIBE", "+switch-master"]).await?;
         subscription.read().await?;
         let switched = tokio::spawn(async move {

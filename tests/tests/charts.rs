@@ -28,13 +28,14 @@ fn chart(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The value sets the tests render: defaults, and namespace-scoped with leader election.
+/// The value sets the tests render: defaults, and namespace-scoped with leader election and
+/// the NetworkPolicy.
 fn value_sets(watch_namespace: &str) -> [Vec<String>; 2] {
     [
         Vec::new(),
         vec![
             "--set".to_owned(),
-            format!("watchNamespace={watch_namespace},replicaCount=2"),
+            format!("watchNamespace={watch_namespace},replicaCount=2,networkPolicy.enabled=true"),
         ],
     ]
 }

@@ -133,6 +133,138 @@ async fn website_becomes_ready_with_owned_and_labelled_children() -> Result<()> 
     Ok(())
 }
 
+/// Whether `object` was applied under the field manager `manager` (status writes aside).
+fn applied_by(object: &impl ResourceExt, manager: &str) -> bool {
+    object.managed_fields().iter().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.is_none()
+    })
+}
+
+/// Waits until the renamed operator has applied `name` under its new name, labelled it so, and
+/// released what it applied under the old one.
+async fn wait_handed_over<K>(
+    namespace: &TestNamespace,
+    api: &kube::Api<K>,
+    name: &str,
+) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + 'static,
+{
+    namespace
+        .wait_for(
+            api,
+            name,
+            "applied under the new name only",
+            TIMEOUT,
+            |object: &K| {
+                object.labels().get(MANAGED_BY_LABEL).map(String::as_str)
+                    == Some("renamed-operator")
+                    && applied_by(object, "renamed-operator")
+                    && !applied_by(object, "test-operator")
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_renamed_operator_adopts_its_children_without_a_rollout() -> Result<()> {
+    let namespace = TestNamespace::create("kit-rename").await?;
+    let operator = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        website_controller(),
+    );
+    create_website(&namespace, "blog", 2, true).await?;
+    wait_ready(&namespace, "blog").await?;
+    let deployments = namespace.api::<Deployment>();
+    let before = deployments.get("blog").await?;
+    let pods = namespace.api::<k8s_openapi::api::core::v1::Pod>();
+    let pod_uids = |list: kube::core::ObjectList<k8s_openapi::api::core::v1::Pod>| {
+        let mut uids: Vec<String> = list.items.iter().filter_map(|pod| pod.uid()).collect();
+        uids.sort();
+        uids
+    };
+    // (The Deployment's generation does move: the API server counts a changed annotation, our
+    // applied hash, as a new generation of a Deployment. Its ReplicaSets tell a rollout.)
+    let replica_sets = || async {
+        let list = namespace
+            .api::<k8s_openapi::api::apps::v1::ReplicaSet>()
+            .list(&ListParams::default())
+            .await?;
+        let mut uids: Vec<String> = list.items.iter().filter_map(|set| set.uid()).collect();
+        uids.sort();
+        anyhow::Ok(uids)
+    };
+    let pods_before = pod_uids(pods.list(&ListParams::default()).await?);
+    ensure!(pods_before.len() == 2, "{pods_before:?}");
+    let replica_sets_before = replica_sets().await?;
+    // A label a person added with their own server-side apply: not the operator's to release.
+    let team_label = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "blog", "labels": { "team": "web" } },
+    });
+    deployments
+        .patch(
+            "blog",
+            &PatchParams::apply("kubectl"),
+            &Patch::Apply(&team_label),
+        )
+        .await?;
+    operator.stop().await?;
+
+    // The same operator under another name.
+    let renamed = RunningOperator::spawn(
+        Operator::new(
+            "renamed-operator",
+            namespace.client().clone(),
+            args_for(&namespace),
+        )
+        .with_controller(website_controller()),
+    );
+    wait_handed_over(&namespace, &deployments, "blog").await?;
+    wait_handed_over(&namespace, &namespace.api::<Service>(), "blog").await?;
+    wait_handed_over(&namespace, &namespace.api::<ConfigMap>(), "blog-html").await?;
+    let after = deployments.get("blog").await?;
+    let spec = |deployment: &Deployment| {
+        (
+            deployment.spec.selector.clone(),
+            deployment.spec.template.clone(),
+        )
+    };
+    // No rollout: the same selector and pod template, the same ReplicaSet and pods.
+    ensure!(
+        spec(&after) == spec(&before),
+        "{:?} became {:?}",
+        spec(&before),
+        spec(&after)
+    );
+    ensure!(
+        replica_sets().await? == replica_sets_before,
+        "a new ReplicaSet: a rollout"
+    );
+    ensure!(pod_uids(pods.list(&ListParams::default()).await?) == pods_before);
+    ensure!(
+        after.labels().get("team").map(String::as_str) == Some("web")
+            && applied_by(&after, "kubectl"),
+        "the label another field manager applied was released: {:?}",
+        after.labels()
+    );
+    let site = wait_ready(&namespace, "blog").await?;
+    ensure!(site.status.is_some());
+    renamed.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
     let namespace = TestNamespace::create("kit-zero-writes").await?;

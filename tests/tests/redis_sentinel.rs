@@ -158,17 +158,19 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
             .and_then(|spec| spec.publish_not_ready_addresses)
             == Some(true)
     );
-    let client_ports: Vec<i32> = namespace
-        .api::<Service>()
-        .get("cache")
-        .await?
-        .spec
-        .and_then(|spec| spec.ports)
-        .into_iter()
-        .flatten()
-        .map(|port| port.port)
-        .collect();
-    ensure!(client_ports == [6379, 26379], "{client_ports:?}");
+    // Redis on the client Service; Sentinel only on a ClusterIP Service of its own.
+    let ports = |service: Service| {
+        let spec = service.spec.unwrap_or_default();
+        let ports: Vec<i32> = spec.ports.iter().flatten().map(|port| port.port).collect();
+        (spec.type_, ports)
+    };
+    let client = ports(namespace.api::<Service>().get("cache").await?);
+    ensure!(client.1 == [6379], "{client:?}");
+    let sentinel = ports(namespace.api::<Service>().get("cache-sentinel").await?);
+    ensure!(
+        sentinel == (Some("ClusterIP".to_owned()), vec![26379]),
+        "{sentinel:?}"
+    );
     let budget = namespace
         .api::<PodDisruptionBudget>()
         .get("cache-node")

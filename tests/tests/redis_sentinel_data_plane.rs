@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use redis_operator::sentinel::data_plane::{Choice, Observation, Role};
-use support::{LocalSet, cli, sentinel_cli, wait_until};
+use support::{LocalSet, anonymous_cli, cli, sentinel_cli, wait_until};
 
 /// Short, so the tests run quickly; the benchmark uses the default 5000.
 const DOWN_AFTER_MILLISECONDS: u64 = 1000;
@@ -80,6 +80,49 @@ async fn bootstrap_failover_and_rejoin_lose_no_acknowledged_write() -> Result<()
         role_of(&observation, 0),
         Some(Role::Replica { .. })
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sentinels_refuse_whoever_lacks_the_password_and_the_operator_still_heals() -> Result<()> {
+    let set = LocalSet::new("sentinel-auth", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let sentinel = set.sentinel_port(1);
+    let master_set = set.settings().master_set;
+    // What someone who reaches port 26379 would try: send Sentinel-aware clients, and their
+    // password, to a host of theirs. Refused, and nothing changed.
+    for attack in [
+        vec!["SENTINEL", "REMOVE", master_set.as_str()],
+        vec!["SENTINEL", "MONITOR", "theirs", "127.0.0.1", "1", "1"],
+        vec!["SENTINEL", "SET", master_set.as_str(), "quorum", "1"],
+    ] {
+        let answer = anonymous_cli(sentinel, &attack)?;
+        ensure!(
+            answer.starts_with("NOAUTH"),
+            "{attack:?} answered {answer:?}"
+        );
+    }
+    let answer = sentinel_cli(
+        sentinel,
+        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &master_set],
+    )?;
+    ensure!(
+        answer.ends_with(&set.port(master).to_string()),
+        "the sentinel's master became {answer:?}"
+    );
+    // With the password, a change is taken; the operator, which authenticates, puts the
+    // sentinel right again.
+    let removed = sentinel_cli(sentinel, &["SENTINEL", "REMOVE", &master_set])?;
+    ensure!(removed == "OK", "{removed}");
+    let (healed, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    ensure!(
+        healed == master,
+        "the master moved from {master} to {healed}"
+    );
     Ok(())
 }
 

@@ -117,8 +117,13 @@ async fn operator(
 /// The node the sentinels name as master, asked of the first that answers.
 async fn named_master(nodes: &[Node], settings: &Settings) -> Option<usize> {
     for node in nodes {
-        let Ok(mut sentinel) =
-            data_plane::connect(&DirectResolver, &node.host, node.sentinel_port, None).await
+        let Ok(mut sentinel) = data_plane::connect(
+            &DirectResolver,
+            &node.host,
+            node.sentinel_port,
+            Some(PASSWORD),
+        )
+        .await
         else {
             continue;
         };

@@ -10,6 +10,8 @@ use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use operator_kit::conditions::{READY, find_condition};
@@ -258,6 +260,74 @@ async fn the_exporter_comes_and_goes_and_drift_is_reverted() -> Result<()> {
             TIMEOUT,
             |stateful_set: &StatefulSet| stateful_set.spec.replicas == Some(1),
         )
+        .await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_network_policy_comes_and_goes() -> Result<()> {
+    let namespace = TestNamespace::create("redis-network-policy").await?;
+    let operator = start(&namespace).await?;
+    let mut redis = seed()?;
+    redis.metadata.name = Some("cache".to_owned());
+    redis.spec.pod.storage = None;
+    namespace
+        .api::<Redis>()
+        .create(&PostParams::default(), &redis)
+        .await?;
+    wait_ready(&namespace, "cache").await?;
+    let policies = namespace.api::<NetworkPolicy>();
+    ensure!(
+        policies.get_opt("cache").await?.is_none(),
+        "a NetworkPolicy by default"
+    );
+    patch_spec(
+        &namespace,
+        "cache",
+        json!({ "networkPolicy": { "enabled": true, "clientPodLabels": { "role": "web" } } }),
+    )
+    .await?;
+    // The API server took it as the operator built it: Redis for the client pods, the
+    // Redis's own pods and the operator.
+    let policy = namespace
+        .wait_for(
+            &policies,
+            "cache",
+            "created",
+            TIMEOUT,
+            |_: &NetworkPolicy| true,
+        )
+        .await?;
+    let spec = policy.spec.context("no spec")?;
+    let rule = &spec.ingress.as_deref().unwrap_or_default()[0];
+    let peers = rule.from.as_deref().unwrap_or_default();
+    ensure!(peers.len() == 3, "{peers:?}");
+    ensure!(
+        peers[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|selector| selector.match_labels.as_ref())
+            == Some(&BTreeMap::from([("role".to_owned(), "web".to_owned())])),
+        "{peers:?}"
+    );
+    let ports: Vec<_> = rule
+        .ports
+        .iter()
+        .flatten()
+        .map(|port| port.port.clone())
+        .collect();
+    ensure!(ports == [Some(IntOrString::Int(6379))], "{ports:?}");
+    wait_ready(&namespace, "cache").await?;
+    patch_spec(
+        &namespace,
+        "cache",
+        json!({ "networkPolicy": { "enabled": false } }),
+    )
+    .await?;
+    namespace
+        .wait_for_deletion(&policies, "cache", TIMEOUT)
         .await?;
     operator.stop().await?;
     namespace.delete().await?;

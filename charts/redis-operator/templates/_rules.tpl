@@ -21,6 +21,9 @@
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 # Data claims (created by the StatefulSet controller) get the resource as a second owner
 # unless storage.keepAfterDelete is set, so they are deleted with it (get: re-read a claim
 # whose owner references changed under the patch).

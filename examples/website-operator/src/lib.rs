@@ -172,7 +172,7 @@ impl Reconciler for WebsiteReconciler {
 
     async fn reconcile(&self, site: Arc<Website>, context: &Context) -> Result<Action, Error> {
         let mut children = context.children(&*site)?;
-        let (page, deployment, service) = build(&site, children.labels());
+        let (page, deployment, service) = build(&site, children.selector_labels());
         children.apply(page).await?;
         let (deployment, _) = children.apply(deployment).await?;
         if let Some(service) = service {

@@ -19,6 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ApiResource;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use operator_kit::api_error::describe;
+use operator_kit::children::{MANAGED_BY_LABEL, NAME_LABEL};
 use operator_kit::conditions::{ConditionUpdate, DEGRADED, PROGRESSING, READY, set_condition};
 use operator_kit::{
     Action, ChildError, Context, Controller, ErrorClass, ReconcileError, Reconciler,
@@ -30,6 +31,15 @@ use crate::v1beta1::{App, AppStatus, Route};
 /// The operator's name: its field manager, event reporter and Lease name.
 pub const OPERATOR_NAME: &str = "app-operator";
 
+/// The labels that, with the instance label, select the pods of a resource: fixed here, so that
+/// renaming the operator changes no selector. They are what releases before
+/// `Controller::selector_labels` derived from the operator's name; selectors are immutable, so
+/// the workloads those releases made keep them, without a rollout.
+pub const SELECTOR_LABELS: [(&str, &str); 2] = [
+    (NAME_LABEL, "app-operator"),
+    (MANAGED_BY_LABEL, "app-operator"),
+];
+
 /// The operator's CRDs, as committed in `crds/app-operator.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![App::crd()]
@@ -38,6 +48,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// The App controller with the kinds it owns.
 pub fn app_controller() -> Controller<AppReconciler> {
     Controller::new("app", AppReconciler)
+        .selector_labels(SELECTOR_LABELS)
         .owns::<Deployment>()
         .owns::<Service>()
         .owns::<Ingress>()
@@ -276,7 +287,7 @@ impl ReconcileError for Error {
 /// the API server has it.
 async fn apply_children(app: &App, context: &Context) -> Result<Deployment, Error> {
     let mut children = context.children(app)?;
-    let labels = children.labels().clone();
+    let labels = children.selector_labels().clone();
     let (deployment, _) = children.apply(build_deployment(app, &labels)).await?;
     children.apply(build_service(app, &labels)).await?;
     // Asked even when not exposed, so that a Route left from an earlier `expose` is pruned.

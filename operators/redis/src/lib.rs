@@ -15,15 +15,26 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use operator_kit::Controller;
+use operator_kit::children::{MANAGED_BY_LABEL, NAME_LABEL};
 
 /// The operator's name: its field manager, event reporter and Lease name.
 pub const OPERATOR_NAME: &str = "redis-operator";
+
+/// The labels that, with the instance label, select the pods of a resource: fixed here, so that
+/// renaming the operator changes no selector. They are what releases before
+/// `Controller::selector_labels` derived from the operator's name; selectors are immutable, so
+/// the workloads those releases made keep them, without a rollout.
+pub const SELECTOR_LABELS: [(&str, &str); 2] = [
+    (NAME_LABEL, "redis-operator"),
+    (MANAGED_BY_LABEL, "redis-operator"),
+];
 
 /// Every CRD of the operator, as committed in `crds/redis-operator.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -33,9 +44,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// The `Redis` controller with the kinds it owns and the Secrets it watches.
 pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
     Controller::new("redis", standalone::RedisReconciler)
+        .selector_labels(SELECTOR_LABELS)
         .owns::<ConfigMap>()
         .owns::<Service>()
         .owns::<StatefulSet>()
+        .owns::<NetworkPolicy>()
         .watches_metadata::<Secret, _>(resources_using_secret)
         // The password Secret's key is checked; the data claims get the Redis as an owner
         // (get: a claim re-read when its owner references changed under the patch).
@@ -71,10 +84,12 @@ pub fn redis_sentinel_controller_with(
 ) -> Controller<sentinel::RedisSentinelReconciler> {
     let (reconciler, triggers) = sentinel::RedisSentinelReconciler::new(access, addresses);
     Controller::new("redis-sentinel", reconciler)
+        .selector_labels(SELECTOR_LABELS)
         .owns::<ConfigMap>()
         .owns::<Service>()
         .owns::<StatefulSet>()
         .owns::<PodDisruptionBudget>()
+        .owns::<NetworkPolicy>()
         .watches_metadata::<Secret, _>(resources_using_secret)
         .reconcile_on(triggers)
         // The password is read to authenticate to Redis (kept in memory only); the claims as

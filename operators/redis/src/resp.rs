@@ -95,14 +95,26 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Whether an `AUTH` error says the server has no password configured (Redis 6 and later:
+/// "ERR AUTH <password> called without any password configured for the default user").
+fn is_without_password(message: &str) -> bool {
+    message.contains("without any password configured")
+}
+
 impl Connection {
-    /// Wraps a stream, authenticating with `password` when one is set.
+    /// Wraps a stream, authenticating with `password` when one is set. A server that has no
+    /// password at all (a sentinel started before sentinels asked for one, during an upgrade)
+    /// is used as it is, as redis-cli does: it has nothing to protect.
     pub async fn open(stream: Box<dyn Stream>, password: Option<&str>) -> Result<Self, RespError> {
         let mut connection = Self {
             stream: BufReader::new(stream),
         };
         if let Some(password) = password {
-            connection.command(&["AUTH", password]).await?;
+            match connection.command(&["AUTH", password]).await {
+                Ok(_) => {}
+                Err(RespError::Server { message, .. }) if is_without_password(&message) => {}
+                Err(error) => return Err(error),
+            }
         }
         Ok(connection)
     }
@@ -225,6 +237,34 @@ mod tests {
         server.write_all(wire).await.unwrap();
         let mut connection = Connection::open(Box::new(client), None).await.unwrap();
         connection.read().await
+    }
+
+    #[tokio::test]
+    async fn a_server_without_a_password_is_used_a_wrong_password_is_not() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        server
+            .write_all(b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n+PONG\r\n")
+            .await
+            .unwrap();
+        let mut connection = Connection::open(Box::new(client), Some("secret"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.read().await.unwrap(),
+            Value::Status("PONG".into())
+        );
+
+        let (client, mut server) = tokio::io::duplex(1024);
+        server
+            .write_all(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+            .await
+            .unwrap();
+        let error = Connection::open(Box::new(client), Some("secret"))
+            .await
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("WRONGPASS"), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
     }
 
     #[test]

@@ -12,6 +12,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
@@ -345,6 +351,91 @@ pub(crate) fn exporter_service_port(exporter: Option<&RedisExporter>) -> Option<
     Some(json!({ "name": "metrics", "port": port, "targetPort": "metrics" }))
 }
 
+/// The labels of the chart's operator pods: the NetworkPolicy's default for who the operator is.
+const OPERATOR_POD_LABELS: [(&str, &str); 1] = [("app.kubernetes.io/name", crate::OPERATOR_NAME)];
+
+/// The NetworkPolicy `name` of the pods `labels` select, when the spec asks for one: `ports`
+/// (Redis, and Sentinel for a RedisSentinel) only for client pods, the resource's own pods (a
+/// replica, a sentinel) and the operator's pods; the exporter's port, if any, for anyone (a
+/// Prometheus wherever it runs). Egress is left alone: the pods resolve and reach each other.
+pub(crate) fn network_policy(
+    name: &str,
+    pod: &RedisPodSpec,
+    labels: &BTreeMap<String, String>,
+    ports: &[i32],
+) -> Option<NetworkPolicy> {
+    let settings = pod
+        .network_policy
+        .as_ref()
+        .filter(|settings| settings.enabled)?;
+    let selector = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    let owned = |labels: &[(&str, &str)]| {
+        labels
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let clients = NetworkPolicyPeer {
+        pod_selector: Some(selector(
+            settings
+                .client_pod_labels
+                .clone()
+                .unwrap_or_else(|| owned(&[(&format!("{name}-client"), "true")])),
+        )),
+        namespace_selector: settings.client_namespace_labels.clone().map(selector),
+        ..NetworkPolicyPeer::default()
+    };
+    let own_pods = NetworkPolicyPeer {
+        pod_selector: Some(selector(labels.clone())),
+        ..NetworkPolicyPeer::default()
+    };
+    let operator = NetworkPolicyPeer {
+        pod_selector: Some(selector(
+            settings
+                .operator_pod_labels
+                .clone()
+                .unwrap_or_else(|| owned(&OPERATOR_POD_LABELS)),
+        )),
+        // In any namespace: the operator's is not known here.
+        namespace_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    let tcp = |port: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![clients, own_pods, operator]),
+        ports: Some(ports.iter().copied().map(tcp).collect()),
+    }];
+    if let Some(exporter) = pod
+        .redis_exporter
+        .as_ref()
+        .filter(|exporter| exporter.enabled)
+    {
+        ingress.push(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(vec![tcp(exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT))]),
+        });
+    }
+    Some(NetworkPolicy {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(labels.clone())),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(ingress),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
 /// The client Service, of the spec's type; it also exposes the exporter's port when enabled.
 pub fn client_service(
     spec: &RedisSpec,
@@ -610,7 +701,7 @@ impl Reconciler for RedisReconciler {
 async fn apply_children(redis: &Redis, context: &Context) -> Result<StatefulSet, Error> {
     let names = Names::of(&redis.name_any());
     let mut children = context.children(redis)?;
-    let labels = children.labels().clone();
+    let labels = children.selector_labels().clone();
     let conf = redis_conf(&redis.spec);
     let hash = config_hash(&conf);
     children.apply(config_map(&names, &conf)).await?;
@@ -618,6 +709,9 @@ async fn apply_children(redis: &Redis, context: &Context) -> Result<StatefulSet,
     children
         .apply(client_service(&redis.spec, &names, &labels))
         .await?;
+    if let Some(policy) = network_policy(&names.server, &redis.spec.pod, &labels, &[REDIS_PORT]) {
+        children.apply(policy).await?;
+    }
     let (stateful_set, _) = children
         .apply(stateful_set(redis, &names, &labels, &hash))
         .await?;
@@ -733,6 +827,63 @@ mod tests {
             headless_service(&names, &labels()),
             client_service(&redis.spec, &names, &labels()),
         )
+    }
+
+    #[test]
+    fn the_network_policy_admits_clients_own_pods_and_the_operator() {
+        let mut redis = seed();
+        assert!(network_policy("cache", &redis.spec.pod, &labels(), &[6379]).is_none());
+        redis.spec.pod.network_policy = Some(crate::v1beta1::NetworkPolicySettings {
+            enabled: true,
+            ..Default::default()
+        });
+        redis.spec.pod.redis_exporter = Some(RedisExporter {
+            enabled: true,
+            ..Default::default()
+        });
+        let policy = network_policy("cache", &redis.spec.pod, &labels(), &[6379, 26379]).unwrap();
+        let value = serde_json::to_value(&policy).unwrap();
+        assert_eq!(
+            value["spec"],
+            json!({
+                "podSelector": { "matchLabels": labels() },
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            // Client pods of this namespace.
+                            { "podSelector": { "matchLabels": { "cache-client": "true" } } },
+                            { "podSelector": { "matchLabels": labels() } },
+                            // The operator, wherever it runs.
+                            {
+                                "namespaceSelector": {},
+                                "podSelector": { "matchLabels": { "app.kubernetes.io/name": "redis-operator" } },
+                            },
+                        ],
+                        "ports": [
+                            { "port": 6379, "protocol": "TCP" },
+                            { "port": 26379, "protocol": "TCP" },
+                        ],
+                    },
+                    // The exporter, for any Prometheus.
+                    { "ports": [{ "port": 9121, "protocol": "TCP" }] },
+                ],
+            })
+        );
+        // Chosen client labels and namespaces.
+        let settings = redis.spec.pod.network_policy.as_mut().unwrap();
+        settings.client_pod_labels = Some(BTreeMap::from([("role".to_owned(), "web".to_owned())]));
+        settings.client_namespace_labels =
+            Some(BTreeMap::from([("team".to_owned(), "shop".to_owned())]));
+        let policy = network_policy("cache", &redis.spec.pod, &labels(), &[6379]).unwrap();
+        let value = serde_json::to_value(&policy).unwrap();
+        assert_eq!(
+            value["spec"]["ingress"][0]["from"][0],
+            json!({
+                "namespaceSelector": { "matchLabels": { "team": "shop" } },
+                "podSelector": { "matchLabels": { "role": "web" } },
+            })
+        );
     }
 
     #[test]

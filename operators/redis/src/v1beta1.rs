@@ -99,6 +99,32 @@ pub struct RedisPodSpec {
     /// 20/5/5/5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<ProbeSettings>,
+    /// Who may connect to the pods, as a NetworkPolicy `<name>` (enforced by the cluster's
+    /// network plugin, when it supports NetworkPolicies). Off by default: anyone in the
+    /// cluster may connect, and the password is the only gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySettings>,
+}
+
+/// The NetworkPolicy of the pods: Redis (and Sentinel) only for client pods, the resource's
+/// own pods and the operator; the exporter's port for anyone.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySettings {
+    /// Create the NetworkPolicy.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The labels of client pods, all required. Default `<name>-client: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_pod_labels: Option<BTreeMap<String, String>>,
+    /// The labels of the namespaces client pods may be in, all required. Default: the
+    /// resource's own namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_namespace_labels: Option<BTreeMap<String, String>>,
+    /// The labels of the operator's pods, in any namespace. Default
+    /// `app.kubernetes.io/name: redis-operator`, as its chart labels them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_pod_labels: Option<BTreeMap<String, String>>,
 }
 
 /// How the Redis pod runs.
@@ -422,8 +448,9 @@ pub struct RedisSentinelStatus {
     /// The pod that is master now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<String>,
-    /// Where clients connect: the master Service `<name>-master.<namespace>.svc:6379`, or the
-    /// sentinels at `<name>.<namespace>.svc:26379`.
+    /// Where clients connect: the master Service `<name>-master.<namespace>.svc:6379`.
+    /// Sentinel-aware clients in the cluster ask the sentinels at
+    /// `<name>-sentinel.<namespace>.svc:26379` instead (with the same password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// The last failover.

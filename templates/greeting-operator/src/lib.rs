@@ -103,8 +103,9 @@ impl ReconcileError for Error {
 // 2. Build: pure, typed structs, no API calls.
 
 /// The ConfigMap with the message and the Deployment serving it with `image` (an HTTP server
-/// that serves `/usr/share/nginx/html`). `labels` are the children's labels; the Deployment
-/// selects its pods by them.
+/// that serves `/usr/share/nginx/html`). `labels` are the children's selector labels
+/// (`Children::selector_labels`: they never change, not even when the operator is renamed); the
+/// Deployment selects its pods by them.
 pub fn build(
     greeting: &Greeting,
     image: &str,
@@ -187,7 +188,7 @@ impl Reconciler for GreetingReconciler {
 
     async fn reconcile(&self, greeting: Arc<Greeting>, context: &Context) -> Result<Action, Error> {
         let mut children = context.children(&*greeting)?;
-        let (config_map, deployment) = build(&greeting, &self.image, children.labels());
+        let (config_map, deployment) = build(&greeting, &self.image, children.selector_labels());
         children.apply(config_map).await?;
         let (deployment, _) = children.apply(deployment).await?;
         children.prune().await?;

@@ -324,6 +324,10 @@ impl LocalSet {
         self.nodes[index].redis_port
     }
 
+    pub fn sentinel_port(&self, index: usize) -> u16 {
+        self.nodes[index].sentinel_port
+    }
+
     /// The first `count` nodes, the data plane of a resource with `count` replicas.
     pub fn first(&self, count: usize) -> Vec<Node> {
         self.nodes[..count].to_vec()
@@ -479,15 +483,27 @@ pub fn cli(port: u16, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// redis-cli to a sentinel, which has no password.
+/// redis-cli to a sentinel, which asks for the same password as Redis.
 pub fn sentinel_cli(port: u16, args: &[&str]) -> Result<String> {
+    cli(port, args)
+}
+
+/// redis-cli without a password: what anyone who reaches the port can do. Its whole answer,
+/// errors included.
+pub fn anonymous_cli(port: u16, args: &[&str]) -> Result<String> {
     let output = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .env_remove("REDISCLI_AUTH")
         .output()
         .context("failed to run redis-cli")?;
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+    .trim()
+    .to_owned())
 }
 
 /// Polls a condition every 100 ms until it holds or `timeout` passes. It sleeps

@@ -17,7 +17,7 @@ use crate::standalone::{
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
-/// Sentinel's port, in the containers and on the client Service.
+/// Sentinel's port, in the containers and on the sentinel Service.
 pub const SENTINEL_PORT: i32 = 26379;
 /// The pod label the operator sets to `master` or `replica`; the master Service selects
 /// `master`.
@@ -38,8 +38,10 @@ pub struct Names {
     pub nodes: String,
     /// The headless Service that gives each pod its DNS name.
     pub headless: String,
-    /// The client Service (Redis 6379 and Sentinel 26379): `<name>`.
+    /// The client Service (Redis 6379, of the spec's type): `<name>`.
     pub client: String,
+    /// The sentinel Service (26379, always ClusterIP): `<name>-sentinel`.
+    pub sentinel: String,
     /// The Service that always selects the master: `<name>-master`.
     pub master: String,
     /// The ConfigMap with the configuration and scripts.
@@ -53,6 +55,7 @@ impl Names {
             nodes: format!("{name}-node"),
             headless: format!("{name}-headless"),
             client: name.to_owned(),
+            sentinel: format!("{name}-sentinel"),
             master: format!("{name}-master"),
             config: format!("{name}-config"),
         }
@@ -160,7 +163,7 @@ fn environment(resource: &RedisSentinel, names: &Names) -> Vec<Value> {
         value("HEADLESS_SERVICE", names.headless.clone()),
         value(
             "SENTINEL_HOSTS",
-            format!("{}:{SENTINEL_PORT}", names.client),
+            format!("{}:{SENTINEL_PORT}", names.sentinel),
         ),
         value("MASTER_SET", settings.master_set),
         value(
@@ -304,17 +307,16 @@ pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Ser
     }))
 }
 
-/// The client Service `<name>`: Redis on 6379 (any node) and Sentinel on 26379, of the spec's
-/// type, plus the exporter's port when enabled.
+/// The client Service `<name>`: Redis on 6379 (any node), of the spec's type, plus the
+/// exporter's port when enabled. Not Sentinel's port: whoever reaches a sentinel can name the
+/// master clients are sent to, so 26379 is never exposed by `serviceType` (see
+/// [`sentinel_service`]).
 pub fn client_service(
     spec: &RedisSentinelSpec,
     names: &Names,
     labels: &BTreeMap<String, String>,
 ) -> Service {
-    let mut ports = vec![
-        json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" }),
-        json!({ "name": "sentinel", "port": SENTINEL_PORT, "targetPort": "sentinel" }),
-    ];
+    let mut ports = vec![json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" })];
     ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
     service(json!({
         "metadata": { "name": names.client },
@@ -322,6 +324,20 @@ pub fn client_service(
             "type": spec.pod.kubernetes_config.service_type.as_str(),
             "selector": labels,
             "ports": ports,
+        },
+    }))
+}
+
+/// The sentinel Service `<name>-sentinel`: Sentinel on 26379, inside the cluster only
+/// (ClusterIP, whatever the spec's `serviceType`), for Sentinel-aware clients and the pods'
+/// own scripts.
+pub fn sentinel_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
+    service(json!({
+        "metadata": { "name": names.sentinel },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels,
+            "ports": [{ "name": "sentinel", "port": SENTINEL_PORT, "targetPort": "sentinel" }],
         },
     }))
 }
@@ -469,16 +485,33 @@ mod tests {
 
     #[test]
     fn services_and_budget() {
-        let resource = resource(json!({ "kubernetesConfig": {} }));
         let names = Names::of("cache");
         let master = master_service(&names, &labels());
         let selector = master.spec.unwrap().selector.unwrap();
         assert_eq!(selector.get(ROLE_LABEL).map(String::as_str), Some("master"));
+        // A NodePort client Service exposes Redis (which asks for the password), never a
+        // sentinel: that one is ClusterIP whatever the spec says.
+        let resource = resource(json!({ "kubernetesConfig": { "serviceType": "NodePort" } }));
         let client = client_service(&resource.spec, &names, &labels())
             .spec
             .unwrap();
         let ports: Vec<_> = client.ports.unwrap().iter().map(|port| port.port).collect();
-        assert_eq!(ports, [6379, 26379]);
+        assert_eq!(
+            (client.type_.as_deref(), ports),
+            (Some("NodePort"), vec![6379])
+        );
+        let sentinel = sentinel_service(&names, &labels()).spec.unwrap();
+        let ports: Vec<_> = sentinel
+            .ports
+            .unwrap()
+            .iter()
+            .map(|port| port.port)
+            .collect();
+        assert_eq!(
+            (sentinel.type_.as_deref(), ports),
+            (Some("ClusterIP"), vec![26379])
+        );
+        assert_eq!(names.sentinel, "cache-sentinel");
         let headless = headless_service(&names, &labels()).spec.unwrap();
         assert_eq!(headless.publish_not_ready_addresses, Some(true));
         let budget = pod_disruption_budget(&names, &labels()).spec.unwrap();

@@ -334,8 +334,10 @@ async fn observe_sentinel(
     node: &Node,
     resolver: &dyn Resolver,
     settings: &Settings,
+    password: Option<&str>,
 ) -> Result<SentinelState, RespError> {
-    let mut connection = connect(resolver, &node.host, node.sentinel_port, None).await?;
+    // Sentinels ask for the same password as Redis.
+    let mut connection = connect(resolver, &node.host, node.sentinel_port, password).await?;
     let reply = connection
         .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &settings.master_set])
         .await?;
@@ -435,11 +437,11 @@ pub async fn observe(
             .iter()
             .map(|node| async move { observe_redis(node, resolver, password).await.ok() }),
     );
-    let sentinels = futures::future::join_all(
-        nodes
-            .iter()
-            .map(|node| async move { observe_sentinel(node, resolver, settings).await.ok() }),
-    );
+    let sentinels = futures::future::join_all(nodes.iter().map(|node| async move {
+        observe_sentinel(node, resolver, settings, password)
+            .await
+            .ok()
+    }));
     let (redis, sentinels) = futures::join!(redis, sentinels);
     Observation { redis, sentinels }
 }
@@ -1035,7 +1037,7 @@ pub async fn heal(
             Action::Reset(index) => {
                 let sentinel = &nodes[index];
                 let mut connection =
-                    connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
+                    connect(resolver, &sentinel.host, sentinel.sentinel_port, password).await?;
                 connection
                     .command(&["SENTINEL", "RESET", &settings.master_set])
                     .await?;
@@ -1043,7 +1045,7 @@ pub async fn heal(
             Action::Quorum(index) => {
                 let sentinel = &nodes[index];
                 let mut connection =
-                    connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
+                    connect(resolver, &sentinel.host, sentinel.sentinel_port, password).await?;
                 connection
                     .command(&[
                         "SENTINEL",
@@ -1057,7 +1059,7 @@ pub async fn heal(
             Action::Monitor { sentinel, master } => {
                 let (sentinel, master) = (&nodes[sentinel], &nodes[master]);
                 let mut connection =
-                    connect(resolver, &sentinel.host, sentinel.sentinel_port, None).await?;
+                    connect(resolver, &sentinel.host, sentinel.sentinel_port, password).await?;
                 monitor(&mut connection, master, settings, password).await?;
             }
         }

@@ -180,25 +180,48 @@ pub async fn next_message(connection: &mut Connection, idle: Duration) -> Result
     }
 }
 
+/// The sentinels one subscriber listens to.
+pub struct Sentinels {
+    /// The resource they belong to.
+    pub object: ObjectRef<RedisSentinel>,
+    /// Its nodes, each with a sentinel.
+    pub nodes: Vec<Node>,
+    /// The master set they monitor.
+    pub master_set: String,
+    /// The password they ask for, as the last reconcile read it from the Secret.
+    pub password: tokio::sync::watch::Receiver<Option<String>>,
+}
+
 /// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
 /// at a time, moving to the next when the connection breaks.
 pub async fn subscribe(
-    object: ObjectRef<RedisSentinel>,
-    nodes: Vec<Node>,
-    master_set: String,
+    sentinels: Sentinels,
     resolver: Arc<dyn Resolver>,
     logs: FailoverLogs,
     trigger: UnboundedSender<ObjectRef<RedisSentinel>>,
     keep_running: impl Fn() -> futures::future::BoxFuture<'static, bool> + Send,
 ) {
+    let Sentinels {
+        object,
+        nodes,
+        master_set,
+        password,
+    } = sentinels;
     // Retries back off from 1 s to 30 s while no sentinel answers (pods starting, or a set
     // the operator cannot reach), so an unreachable set costs an existence check every 30 s,
     // not every second.
     let mut retry = RETRY_MIN;
     loop {
         for node in &nodes {
-            let Ok(mut connection) =
-                connect(resolver.as_ref(), &node.host, node.sentinel_port, None).await
+            // Sentinels ask for the Redis password: the current one, as the last reconcile read it.
+            let current = password.borrow().clone();
+            let Ok(mut connection) = connect(
+                resolver.as_ref(),
+                &node.host,
+                node.sentinel_port,
+                current.as_deref(),
+            )
+            .await
             else {
                 continue;
             };

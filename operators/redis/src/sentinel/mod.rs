@@ -103,12 +103,19 @@ impl ReconcileError for Error {
 /// ([`build::nodes`]). Tests map them to local processes.
 pub type NodeAddresses = Arc<dyn Fn(&RedisSentinel) -> Vec<Node> + Send + Sync>;
 
+/// The Sentinel subscriber of one resource, and the password it authenticates with (the
+/// reconcile keeps it current).
+struct Subscriber {
+    handle: tokio::task::JoinHandle<()>,
+    password: tokio::sync::watch::Sender<Option<String>>,
+}
+
 /// The `RedisSentinel` reconciler and the state its Sentinel subscribers share with it.
 pub struct RedisSentinelReconciler {
     access: Access,
     addresses: NodeAddresses,
     logs: FailoverLogs,
-    subscribers: Mutex<HashMap<ObjectRef<RedisSentinel>, tokio::task::JoinHandle<()>>>,
+    subscribers: Mutex<HashMap<ObjectRef<RedisSentinel>, Subscriber>>,
     /// The reason of each resource's Ready condition as its last reconcile computed it.
     ready_reasons: Mutex<HashMap<ObjectRef<RedisSentinel>, String>>,
     trigger: mpsc::UnboundedSender<ObjectRef<RedisSentinel>>,
@@ -140,12 +147,13 @@ impl RedisSentinelReconciler {
         (reconciler, triggers)
     }
 
-    /// Starts the Sentinel subscriber of `resource` unless one runs.
+    /// Starts the Sentinel subscriber of `resource` unless one runs, and gives it `password`.
     fn ensure_subscriber(
         &self,
         resource: &RedisSentinel,
         nodes: &[Node],
         resolver: Arc<dyn data_plane::Resolver>,
+        password: Option<&str>,
         context: &Context,
     ) {
         let object = ObjectRef::from_obj(resource);
@@ -153,11 +161,15 @@ impl RedisSentinelReconciler {
             return;
         };
         // Subscribers of deleted resources end on their own; forget their handles.
-        subscribers.retain(|_, handle| !handle.is_finished());
-        if subscribers
-            .get(&object)
-            .is_some_and(|handle| !handle.is_finished())
-        {
+        subscribers.retain(|_, subscriber| !subscriber.handle.is_finished());
+        if let Some(subscriber) = subscribers.get(&object) {
+            subscriber.password.send_if_modified(|current| {
+                let changed = current.as_deref() != password;
+                if changed {
+                    *current = password.map(str::to_owned);
+                }
+                changed
+            });
             return;
         }
         let api = Api::<RedisSentinel>::namespaced(
@@ -177,16 +189,22 @@ impl RedisSentinelReconciler {
                 }
             }) as futures::future::BoxFuture<'static, bool>
         };
+        let (password, password_receiver) =
+            tokio::sync::watch::channel(password.map(str::to_owned));
+        let sentinels = events::Sentinels {
+            object: object.clone(),
+            nodes: nodes.to_vec(),
+            master_set: build::settings(&resource.spec).master_set,
+            password: password_receiver,
+        };
         let handle = tokio::spawn(events::subscribe(
-            object.clone(),
-            nodes.to_vec(),
-            build::settings(&resource.spec).master_set,
+            sentinels,
             resolver,
             self.logs.clone(),
             self.trigger.clone(),
             keep_running,
         ));
-        subscribers.insert(object, handle);
+        subscribers.insert(object, Subscriber { handle, password });
     }
 
     /// Records `reason` as the resource's Ready reason; returns the one recorded before.
@@ -219,8 +237,8 @@ impl RedisSentinelReconciler {
 impl Drop for RedisSentinelReconciler {
     fn drop(&mut self) {
         if let Ok(subscribers) = self.subscribers.lock() {
-            for handle in subscribers.values() {
-                handle.abort();
+            for subscriber in subscribers.values() {
+                subscriber.handle.abort();
             }
         }
     }
@@ -420,9 +438,9 @@ impl Reconciler for RedisSentinelReconciler {
     /// A deleted resource's subscriber stops, and its failover log and metric series go.
     fn deleted(&self, object: &ObjectRef<RedisSentinel>, context: &Context) {
         if let Ok(mut subscribers) = self.subscribers.lock()
-            && let Some(handle) = subscribers.remove(object)
+            && let Some(subscriber) = subscribers.remove(object)
         {
-            handle.abort();
+            subscriber.handle.abort();
         }
         if let Ok(mut logs) = self.logs.lock() {
             logs.remove(object);
@@ -470,7 +488,7 @@ impl Reconciler for RedisSentinelReconciler {
         // the end.
         let names = Names::of(&resource.name_any());
         let mut children = context.children(&*resource)?;
-        let labels = children.labels().clone();
+        let labels = children.selector_labels().clone();
         let applied = apply_children(&resource, &names, &mut children).await;
         if let Err(error) = &applied {
             warn!(%error, "failed to apply the children; checking the data plane all the same");
@@ -480,7 +498,13 @@ impl Reconciler for RedisSentinelReconciler {
         let nodes = (self.addresses)(&resource);
         let settings = build::settings(&resource.spec);
         let resolver = self.access.resolver(context.client());
-        self.ensure_subscriber(&resource, &nodes, resolver.clone(), context);
+        self.ensure_subscriber(
+            &resource,
+            &nodes,
+            resolver.clone(),
+            password.as_deref(),
+            context,
+        );
         let observation =
             data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
         let memory = memory(&resource, &nodes, &observation);
@@ -655,12 +679,16 @@ async fn apply_children(
     names: &Names,
     children: &mut operator_kit::Children,
 ) -> Result<StatefulSet, Error> {
-    let labels = children.labels().clone();
+    let labels = children.selector_labels().clone();
     let config = build::config_map(names, &build::redis_conf(&resource.spec));
     let hash = build::config_hash(&config);
     children.apply(config).await?;
     children
         .apply(build::headless_service(names, &labels))
+        .await?;
+    // Before the client Service gives up 26379 and the pods are told to ask this one.
+    children
+        .apply(build::sentinel_service(names, &labels))
         .await?;
     children
         .apply(build::client_service(&resource.spec, names, &labels))
@@ -668,6 +696,12 @@ async fn apply_children(
     children
         .apply(build::master_service(names, &labels))
         .await?;
+    let ports = [REDIS_PORT, build::SENTINEL_PORT];
+    if let Some(policy) =
+        standalone::network_policy(&names.client, &resource.spec.pod, &labels, &ports)
+    {
+        children.apply(policy).await?;
+    }
     children
         .apply(build::pod_disruption_budget(names, &labels))
         .await?;
