@@ -292,6 +292,34 @@ pub async fn recent_events(client: &Client, namespace: &str, limit: usize) -> St
     text
 }
 
+/// Waits until `count` (a metric, such as a reconcile count) stops moving: the same value on
+/// two reads `interval` apart. Returns that value. For "the reconciles a write caused have
+/// ended", which no single condition tells; fails after `timeout`.
+pub async fn wait_until_settled(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    count: impl Fn() -> u64,
+) -> Result<u64, HarnessError> {
+    let started = std::time::Instant::now();
+    let mut settled = count();
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = count();
+        if now == settled {
+            return Ok(now);
+        }
+        if started.elapsed() >= timeout {
+            return Err(HarnessError::Timeout {
+                what: what.to_owned(),
+                timeout,
+                diagnostics: format!("still moving: {settled} then {now}"),
+            });
+        }
+        settled = now;
+    }
+}
+
 /// Polls `check` every 20 ms until it holds and returns how long that took: for conditions on
 /// the operator's own state ([`RunningOperator::metrics`], [`RunningOperator::health`]) that no
 /// watch can wait for. It sleeps asynchronously, because the operator of a test runs on the

@@ -266,9 +266,11 @@ async fn a_watch_that_keeps_failing_makes_the_operator_unready_until_it_recovers
     // so its Secret watch is refused (403) until the rule is added.
     let account = "limited-operator";
     let allowed = json!([
-        { "apiGroups": ["", "apps", "policy", "redis.operator-kit.io"], "verbs": ["*"],
+        { "apiGroups": ["", "apps", "policy", "networking.k8s.io", "redis.operator-kit.io"],
+          "verbs": ["*"],
           "resources": ["redises", "redises/status", "statefulsets", "configmaps", "services",
-                        "persistentvolumeclaims", "pods", "poddisruptionbudgets"] },
+                        "persistentvolumeclaims", "pods", "poddisruptionbudgets",
+                        "networkpolicies"] },
         { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] },
     ]);
     let role: Role = serde_json::from_value(json!({

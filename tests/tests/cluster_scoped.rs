@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the reconcile count must hold still to count as settled.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// A team's space: a ConfigMap in the team's namespace and, when asked, a ClusterRole.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -187,15 +189,7 @@ async fn a_cluster_scoped_resource_owns_namespaced_and_cluster_scoped_children()
             .metrics()
             .reconcile_count("teamspace", ReconcileResult::Success)
     };
-    let mut settled = reconciles();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = reconciles();
-        if now == settled {
-            break;
-        }
-        settled = now;
-    }
+    testing::wait_until_settled("the reconciles to end", TIMEOUT, SETTLE, reconciles).await?;
     let edit = json!({ "data": { "team": "someone else" } });
     config_maps
         .patch("team", &PatchParams::default(), &Patch::Merge(&edit))

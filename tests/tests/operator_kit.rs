@@ -278,15 +278,13 @@ async fn converged_website_costs_no_writes_on_resync() -> Result<()> {
             .metrics()
             .reconcile_count("website", ReconcileResult::Success)
     };
-    let mut settled = reconciles();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = reconciles();
-        if now == settled {
-            break;
-        }
-        settled = now;
-    }
+    let settled = testing::wait_until_settled(
+        "the reconciles to end",
+        TIMEOUT,
+        Duration::from_millis(500),
+        reconciles,
+    )
+    .await?;
     let writes_before = requests.mutating();
     // Each annotation change is a resync: a full reconcile of a converged object.
     for round in 0..5 {

@@ -162,10 +162,8 @@ async fn the_seed_manifest_becomes_ready_and_changes_roll_out() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn the_exporter_comes_and_goes_and_drift_is_reverted() -> Result<()> {
-    let namespace = TestNamespace::create("redis-exporter").await?;
-    let operator = start(&namespace).await?;
+/// The seed's Redis as `cache`, without storage, once Ready.
+async fn create_ready_cache(namespace: &TestNamespace) -> Result<Redis> {
     let mut redis = seed()?;
     redis.metadata.name = Some("cache".to_owned());
     redis.spec.pod.storage = None;
@@ -173,7 +171,14 @@ async fn the_exporter_comes_and_goes_and_drift_is_reverted() -> Result<()> {
         .api::<Redis>()
         .create(&PostParams::default(), &redis)
         .await?;
-    wait_ready(&namespace, "cache").await?;
+    wait_ready(namespace, "cache").await
+}
+
+#[tokio::test]
+async fn the_exporter_comes_and_goes_and_drift_is_reverted() -> Result<()> {
+    let namespace = TestNamespace::create("redis-exporter").await?;
+    let operator = start(&namespace).await?;
+    create_ready_cache(&namespace).await?;
     let stateful_sets = namespace.api::<StatefulSet>();
     let services = namespace.api::<Service>();
     let has_sidecar = |stateful_set: &StatefulSet| {
@@ -270,14 +275,7 @@ async fn the_exporter_comes_and_goes_and_drift_is_reverted() -> Result<()> {
 async fn the_network_policy_comes_and_goes() -> Result<()> {
     let namespace = TestNamespace::create("redis-network-policy").await?;
     let operator = start(&namespace).await?;
-    let mut redis = seed()?;
-    redis.metadata.name = Some("cache".to_owned());
-    redis.spec.pod.storage = None;
-    namespace
-        .api::<Redis>()
-        .create(&PostParams::default(), &redis)
-        .await?;
-    wait_ready(&namespace, "cache").await?;
+    create_ready_cache(&namespace).await?;
     let policies = namespace.api::<NetworkPolicy>();
     ensure!(
         policies.get_opt("cache").await?.is_none(),
