@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use operator_kit::conditions::{READY, find_condition};
 use operator_kit::testing::{self, RunningOperator, TestNamespace};
-use redis_operator::standalone::CONFIG_HASH_ANNOTATION;
+use redis_operator::pod::CONFIG_HASH_ANNOTATION;
 use redis_operator::v1beta1::{Phase, Redis};
 use serde_json::{Value, json};
 

@@ -6,7 +6,9 @@
 //!   heals the replication topology through [`resp`], a small Redis client.
 #![forbid(unsafe_code)]
 
+pub mod pod;
 pub mod resp;
+pub mod secret;
 pub mod sentinel;
 pub mod standalone;
 pub mod v1beta1;
@@ -58,12 +60,12 @@ pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
 
 /// The resources of kind `K` to reconcile when `secret` changes: those reading their password
 /// from it.
-fn resources_using_secret<K: standalone::PasswordSecret + Clone + 'static>(
+fn resources_using_secret<K: secret::PasswordSecret + Clone + 'static>(
     secret: &PartialObjectMeta<Secret>,
     store: &Store<K>,
 ) -> Vec<ObjectRef<K>> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    standalone::referring_to_secret(secret.metadata.namespace.as_deref(), &name, store.state())
+    secret::referring_to_secret(secret.metadata.namespace.as_deref(), &name, store.state())
         .collect()
 }
 

@@ -11,33 +11,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::events::EventType;
 use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
-use operator_kit::{Action, ChildError, Children, Context, ErrorClass, ReconcileError, Reconciler};
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
+use serde_json::json;
 
-use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
-
-use crate::v1beta1::{
-    DEFAULT_EXPORTER_IMAGE, DEFAULT_EXPORTER_PORT, Phase, ProbeSettings, Redis, RedisExporter,
-    RedisPodSpec, RedisSpec, RedisStatus, SecretKeyReference,
+use crate::pod::{
+    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, container_security, data_storage,
+    exporter_container, exporter_service_port, network_policy, own_data_claims, password_env,
+    pod_security, probe, short_hash,
 };
+use crate::secret::{SecretError, read_password};
+use crate::v1beta1::{Phase, Redis, RedisSpec, RedisStatus};
 
-/// The Redis port, in the container and on both Services.
-pub const REDIS_PORT: i32 = 6379;
-/// The pod template annotation that changes whenever the configuration does.
-pub const CONFIG_HASH_ANNOTATION: &str = "redis.operator-kit.io/config-hash";
 /// The script every Redis container starts with; see [`START_SCRIPT`].
 pub const START_SCRIPT_KEY: &str = "start.sh";
 
@@ -112,15 +101,7 @@ pub fn redis_conf(spec: &RedisSpec) -> String {
 
 /// A short hash of everything in the ConfigMap, for the pod template annotation.
 pub fn config_hash(conf: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(conf)
-        .chain_update(START_SCRIPT)
-        .finalize();
-    digest
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    short_hash([conf, START_SCRIPT])
 }
 
 /// The ConfigMap with `redis.conf` and the start script.
@@ -140,129 +121,6 @@ pub fn config_map(names: &Names, conf: &str) -> ConfigMap {
 
 /// The check of the standalone server's probes.
 const PING: &str = "redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG";
-
-/// An exec probe running `command` with the spec's timing, or `defaults` (initial delay,
-/// period, timeout, failure threshold).
-pub(crate) fn probe(
-    command: &str,
-    settings: Option<&ProbeSettings>,
-    defaults: (i32, i32, i32, i32),
-) -> Value {
-    let settings = settings.cloned().unwrap_or_default();
-    json!({
-        // REDISCLI_AUTH carries the password, so it never shows in the probe's arguments.
-        "exec": { "command": ["sh", "-c", command] },
-        "initialDelaySeconds": settings.initial_delay_seconds.unwrap_or(defaults.0),
-        "periodSeconds": settings.period_seconds.unwrap_or(defaults.1),
-        "timeoutSeconds": settings.timeout_seconds.unwrap_or(defaults.2),
-        "failureThreshold": settings.failure_threshold.unwrap_or(defaults.3),
-    })
-}
-
-/// Environment variables `names`, each read from the password Secret's key.
-pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) -> Vec<Value> {
-    let Some(secret) = secret else {
-        return Vec::new();
-    };
-    names
-        .iter()
-        .map(|name| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } } }))
-        .collect()
-}
-
-/// The `/data` volume: a claim template (and the claims' retention policy) with storage, or
-/// an `emptyDir` added to `volumes` without.
-pub(crate) fn data_storage(
-    pod: &RedisPodSpec,
-    labels: &BTreeMap<String, String>,
-    volumes: &mut Vec<Value>,
-) -> (Vec<Value>, Value) {
-    let keep = pod
-        .storage
-        .as_ref()
-        .is_some_and(|storage| storage.keep_after_delete);
-    let retention = json!({
-        "whenDeleted": if keep { "Retain" } else { "Delete" },
-        "whenScaled": "Retain",
-    });
-    let claim_templates = match &pod.storage {
-        Some(storage) => vec![json!({
-            "metadata": { "name": DATA_VOLUME, "labels": labels },
-            "spec": storage.volume_claim_template.spec,
-        })],
-        None => {
-            volumes.push(json!({ "name": DATA_VOLUME, "emptyDir": {} }));
-            Vec::new()
-        }
-    };
-    (claim_templates, retention)
-}
-
-/// The data volume, and the claim template its claims are named after.
-pub(crate) const DATA_VOLUME: &str = "data";
-
-/// Makes the resource an owner of its data claims unless `storage.keepAfterDelete` is set (and
-/// no longer one when it is), so the garbage collector deletes them with the resource even
-/// when the StatefulSet's retention policy lost its race (see [`Children::own_labelled`]).
-pub(crate) async fn own_data_claims(
-    children: &mut Children,
-    pod: &RedisPodSpec,
-    stateful_set: &str,
-) -> Result<(), ChildError> {
-    let Some(storage) = &pod.storage else {
-        return Ok(());
-    };
-    children
-        .own_labelled::<PersistentVolumeClaim>(!storage.keep_after_delete, |name| {
-            operator_kit::children::is_claim_of(name, DATA_VOLUME, stateful_set)
-        })
-        .await
-        .map(drop)
-}
-
-/// The exporter sidecar, when enabled.
-pub(crate) fn exporter_container(
-    exporter: Option<&RedisExporter>,
-    pull_policy: &str,
-    secret: Option<&SecretKeyReference>,
-) -> Option<Value> {
-    let exporter = exporter.filter(|exporter| exporter.enabled)?;
-    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
-    let mut env = vec![
-        json!({ "name": "REDIS_ADDR", "value": "redis://127.0.0.1:6379" }),
-        json!({ "name": "REDIS_EXPORTER_WEB_LISTEN_ADDRESS", "value": format!(":{port}") }),
-    ];
-    env.extend(password_env(secret, &["REDIS_PASSWORD"]));
-    Some(json!({
-        "name": "redis-exporter",
-        "image": exporter.image.as_deref().unwrap_or(DEFAULT_EXPORTER_IMAGE),
-        "imagePullPolicy": pull_policy,
-        "env": env,
-        "ports": [{ "name": "metrics", "containerPort": port }],
-        "resources": exporter.resources,
-        "securityContext": container_security(None),
-    }))
-}
-
-/// The containers' security context: the spec's, or no privilege escalation, no
-/// capabilities and a read-only root filesystem.
-pub(crate) fn container_security(context: Option<&SecurityContext>) -> Value {
-    context.map_or_else(
-        || {
-            json!({ "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                    "capabilities": { "drop": ["ALL"] } })
-        },
-        |context| json!(context),
-    )
-}
-
-/// The pod's security context: the spec's, or non-root user, group and fsGroup 1000.
-pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> Value {
-    context.map_or_else(
-        || json!({ "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000 }),
-        |context| json!(context),
-    )
-}
 
 /// The StatefulSet running the server (and the exporter when enabled).
 pub fn stateful_set(
@@ -344,98 +202,6 @@ pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Ser
     serde_json::from_value(value).unwrap_or_default()
 }
 
-/// The Service port of the exporter's metrics, when enabled.
-pub(crate) fn exporter_service_port(exporter: Option<&RedisExporter>) -> Option<Value> {
-    let exporter = exporter.filter(|exporter| exporter.enabled)?;
-    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
-    Some(json!({ "name": "metrics", "port": port, "targetPort": "metrics" }))
-}
-
-/// The labels of the chart's operator pods: the NetworkPolicy's default for who the operator is.
-const OPERATOR_POD_LABELS: [(&str, &str); 1] = [("app.kubernetes.io/name", crate::OPERATOR_NAME)];
-
-/// The NetworkPolicy `name` of the pods `labels` select, when the spec asks for one: `ports`
-/// (Redis, and Sentinel for a RedisSentinel) only for client pods, the resource's own pods (a
-/// replica, a sentinel) and the operator's pods; the exporter's port, if any, for anyone (a
-/// Prometheus wherever it runs). Egress is left alone: the pods resolve and reach each other.
-pub(crate) fn network_policy(
-    name: &str,
-    pod: &RedisPodSpec,
-    labels: &BTreeMap<String, String>,
-    ports: &[i32],
-) -> Option<NetworkPolicy> {
-    let settings = pod
-        .network_policy
-        .as_ref()
-        .filter(|settings| settings.enabled)?;
-    let selector = |labels: BTreeMap<String, String>| LabelSelector {
-        match_labels: Some(labels),
-        ..LabelSelector::default()
-    };
-    let owned = |labels: &[(&str, &str)]| {
-        labels
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let clients = NetworkPolicyPeer {
-        pod_selector: Some(selector(
-            settings
-                .client_pod_labels
-                .clone()
-                .unwrap_or_else(|| owned(&[(&format!("{name}-client"), "true")])),
-        )),
-        namespace_selector: settings.client_namespace_labels.clone().map(selector),
-        ..NetworkPolicyPeer::default()
-    };
-    let own_pods = NetworkPolicyPeer {
-        pod_selector: Some(selector(labels.clone())),
-        ..NetworkPolicyPeer::default()
-    };
-    let operator = NetworkPolicyPeer {
-        pod_selector: Some(selector(
-            settings
-                .operator_pod_labels
-                .clone()
-                .unwrap_or_else(|| owned(&OPERATOR_POD_LABELS)),
-        )),
-        // In any namespace: the operator's is not known here.
-        namespace_selector: Some(LabelSelector::default()),
-        ..NetworkPolicyPeer::default()
-    };
-    let tcp = |port: i32| NetworkPolicyPort {
-        port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".to_owned()),
-        ..NetworkPolicyPort::default()
-    };
-    let mut ingress = vec![NetworkPolicyIngressRule {
-        from: Some(vec![clients, own_pods, operator]),
-        ports: Some(ports.iter().copied().map(tcp).collect()),
-    }];
-    if let Some(exporter) = pod
-        .redis_exporter
-        .as_ref()
-        .filter(|exporter| exporter.enabled)
-    {
-        ingress.push(NetworkPolicyIngressRule {
-            from: None,
-            ports: Some(vec![tcp(exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT))]),
-        });
-    }
-    Some(NetworkPolicy {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(selector(labels.clone())),
-            policy_types: Some(vec!["Ingress".to_owned()]),
-            ingress: Some(ingress),
-            ..NetworkPolicySpec::default()
-        }),
-    })
-}
-
 /// The client Service, of the spec's type; it also exposes the exporter's port when enabled.
 pub fn client_service(
     spec: &RedisSpec,
@@ -508,38 +274,9 @@ pub fn status_for(
 /// Errors of the Redis controller.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The password Secret does not exist.
-    #[error("failed to find Secret {name:?} named in kubernetesConfig.redisSecret")]
-    SecretNotFound {
-        /// The Secret's name.
-        name: String,
-    },
-    /// The password Secret has no such key.
-    #[error("failed to find key {key:?} in Secret {name:?} named in kubernetesConfig.redisSecret")]
-    SecretKeyNotFound {
-        /// The Secret's name.
-        name: String,
-        /// The missing key.
-        key: String,
-    },
-    /// The password cannot work as it is (never shown: only what is wrong with it).
-    #[error("failed to use the password in key {key:?} of Secret {name:?}: it {problem}")]
-    PasswordUnusable {
-        /// The Secret's name.
-        name: String,
-        /// The key.
-        key: String,
-        /// What is wrong, from [`password_problem`].
-        problem: &'static str,
-    },
-    /// Reading the Secret failed.
-    #[error("failed to read Secret {name:?}: {}", describe(.source))]
-    ReadSecret {
-        /// The Secret's name.
-        name: String,
-        /// The API error.
-        source: Box<kube::Error>,
-    },
+    /// The password Secret or its key is missing, unreadable or unusable.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// Applying or pruning a child object failed.
     #[error(transparent)]
     Child(#[from] ChildError),
@@ -551,10 +288,7 @@ pub enum Error {
 impl ReconcileError for Error {
     fn class(&self) -> ErrorClass {
         match self {
-            // The Secret watch reconciles the resource again once the Secret changes.
-            Self::SecretNotFound { .. }
-            | Self::SecretKeyNotFound { .. }
-            | Self::PasswordUnusable { .. } => ErrorClass::WaitForChange,
+            Self::Secret(error) => error.class(),
             Self::Child(error) => error.class(),
             _ => ErrorClass::Transient,
         }
@@ -562,10 +296,7 @@ impl ReconcileError for Error {
 
     fn reason(&self) -> &str {
         match self {
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
-            Self::PasswordUnusable { .. } => "PasswordUnusable",
-            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::Secret(error) => error.reason(),
             Self::Child(error) => error.reason(),
             Self::Status(_) => "StatusFailed",
         }
@@ -580,75 +311,7 @@ async fn validate(redis: &Redis, context: &Context) -> Result<(), Error> {
     read_password(reference, &namespace, context.client())
         .await
         .map(drop)
-}
-
-/// The password from the Secret key `reference` names, if any; an error when the Secret or the
-/// key is missing. The value is kept in memory only, never logged or written.
-pub(crate) async fn read_password(
-    reference: Option<&SecretKeyReference>,
-    namespace: &str,
-    client: &kube::Client,
-) -> Result<Option<String>, Error> {
-    let Some(reference) = reference else {
-        return Ok(None);
-    };
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let secret = secrets
-        .get_opt(&reference.name)
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: reference.name.clone(),
-            source: Box::new(source),
-        })?;
-    let Some(secret) = secret else {
-        return Err(Error::SecretNotFound {
-            name: reference.name.clone(),
-        });
-    };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
-        .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|data| data.get(&reference.key).cloned())
-        });
-    match value {
-        Some(value) => match password_problem(&value) {
-            None => Ok(Some(value)),
-            Some(problem) => Err(Error::PasswordUnusable {
-                name: reference.name.clone(),
-                key: reference.key.clone(),
-                problem,
-            }),
-        },
-        None => Err(Error::SecretKeyNotFound {
-            name: reference.name.clone(),
-            key: reference.key.clone(),
-        }),
-    }
-}
-
-/// What makes a password unusable, if anything. A line break cannot go into `redis.conf` (the
-/// pod's start script refuses it, and the pod would only crash-loop); a trailing one is nearly
-/// always `echo pw | base64` instead of `echo -n`. An empty one would turn authentication off.
-pub fn password_problem(password: &str) -> Option<&'static str> {
-    if password.is_empty() {
-        Some("is empty, which would turn authentication off")
-    } else if password.trim_end_matches(['\r', '\n']).len() < password.len()
-        && !password
-            .trim_end_matches(['\r', '\n'])
-            .contains(['\r', '\n'])
-    {
-        Some("ends with a line break (encoded with `echo` without `-n`?)")
-    } else if password.contains(['\r', '\n']) {
-        Some("contains a line break, which redis.conf cannot hold")
-    } else {
-        None
-    }
+        .map_err(Error::from)
 }
 
 /// The `Redis` reconciler.
@@ -740,65 +403,12 @@ async fn report_failure(redis: &Redis, context: &Context, error: &Error) -> Resu
     Ok(())
 }
 
-/// A resource whose pods read their password from a Secret key.
-pub trait PasswordSecret: kube::Resource<DynamicType = ()> {
-    /// The Secret key holding the password, if any.
-    fn password_secret(&self) -> Option<&SecretKeyReference>;
-}
-
-impl PasswordSecret for Redis {
-    fn password_secret(&self) -> Option<&SecretKeyReference> {
-        self.spec.pod.kubernetes_config.redis_secret.as_ref()
-    }
-}
-
-/// The resources that refer to a Secret, to reconcile them when it changes.
-pub fn referring_to_secret<'a, K: PasswordSecret + 'a>(
-    secret_namespace: Option<&'a str>,
-    secret_name: &'a str,
-    all: impl IntoIterator<Item = Arc<K>> + 'a,
-) -> impl Iterator<Item = kube::runtime::reflector::ObjectRef<K>> + 'a {
-    all.into_iter()
-        .filter(move |resource| {
-            resource.namespace().as_deref() == secret_namespace
-                && resource
-                    .password_secret()
-                    .is_some_and(|secret| secret.name == secret_name)
-        })
-        .map(|resource| kube::runtime::reflector::ObjectRef::from_obj(&*resource))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn passwords_that_cannot_work_are_told_without_being_shown() {
-        assert_eq!(password_problem("hunter2"), None);
-        assert_eq!(password_problem("with \"quotes\" and \\"), None);
-        let trailing = password_problem("hunter2\n").unwrap();
-        assert!(trailing.contains("ends with a line break"), "{trailing}");
-        assert!(
-            password_problem("hunter2\r\n")
-                .unwrap()
-                .contains("ends with")
-        );
-        assert!(
-            password_problem("a\nb")
-                .unwrap()
-                .contains("contains a line break")
-        );
-        assert!(password_problem("").unwrap().contains("empty"));
-        let error = Error::PasswordUnusable {
-            name: "auth".to_owned(),
-            key: "password".to_owned(),
-            problem: trailing,
-        };
-        assert!(!error.to_string().contains("hunter2"));
-        assert_eq!(error.class(), ErrorClass::WaitForChange);
-        assert_eq!(error.reason(), "PasswordUnusable");
-    }
-    use crate::v1beta1::{RedisConfig, RedisExporter, SecretKeyReference};
+    use crate::secret::referring_to_secret;
+    use crate::v1beta1::{DEFAULT_EXPORTER_IMAGE, RedisConfig, RedisExporter, SecretKeyReference};
 
     /// The seed document's manifest, as users bring it over.
     const SEED: &str = include_str!("../../../examples/redis-standalone.yaml");

@@ -7,13 +7,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::data_plane::{Node, Settings};
 use super::scripts;
-use crate::standalone::{
-    CONFIG_HASH_ANNOTATION, REDIS_PORT, container_security, data_storage, exporter_container,
-    exporter_service_port, password_env, pod_security, probe,
+use crate::pod::{
+    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, container_security, data_storage,
+    exporter_container, exporter_service_port, password_env, pod_security, probe, short_hash,
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
@@ -139,17 +138,13 @@ pub fn config_map(names: &Names, conf: &str) -> ConfigMap {
 
 /// A short hash of the ConfigMap's content, for the pod template annotation.
 pub fn config_hash(config: &ConfigMap) -> String {
-    let mut hasher = Sha256::new();
-    for (key, value) in config.data.iter().flatten() {
-        hasher.update(key);
-        hasher.update(value);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    short_hash(
+        config
+            .data
+            .iter()
+            .flatten()
+            .flat_map(|(key, value)| [key.as_str(), value.as_str()]),
+    )
 }
 
 /// The environment both containers share.
@@ -194,7 +189,7 @@ pub fn stateful_set(
     let security = container_security(spec.pod.container_security_context.as_ref());
     let script = |name: &str, arguments: &str| format!("sh /etc/redis/{name} {arguments}");
     let mounts = json!([
-        { "name": crate::standalone::DATA_VOLUME, "mountPath": "/data" },
+        { "name": DATA_VOLUME, "mountPath": "/data" },
         { "name": "config", "mountPath": "/etc/redis" },
         { "name": "run", "mountPath": "/run/redis" },
     ]);

@@ -40,15 +40,10 @@ use self::access::Access;
 use self::build::{Names, ROLE_LABEL};
 use self::data_plane::{KEEP_DATA_OF, Memory, Node, Observation, Plan, Undecided};
 use self::events::{FailoverLog, FailoverLogs};
+use crate::pod::{self, REDIS_PORT};
 use crate::resp::RespError;
-use crate::standalone::{self, PasswordSecret, REDIS_PORT, read_password};
+use crate::secret::{PasswordSecret, SecretError, read_password};
 use crate::v1beta1::{Failover, Phase, RedisSentinel, RedisSentinelStatus};
-
-impl PasswordSecret for RedisSentinel {
-    fn password_secret(&self) -> Option<&crate::v1beta1::SecretKeyReference> {
-        self.spec.pod.kubernetes_config.redis_secret.as_ref()
-    }
-}
 
 /// How often a healthy set is checked when nothing else triggers a reconcile.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -63,7 +58,7 @@ pub const FAILOVER_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Error {
     /// The password Secret or its key is missing or unreadable.
     #[error(transparent)]
-    Secret(#[from] standalone::Error),
+    Secret(#[from] SecretError),
     /// Applying or pruning a child object failed.
     #[error(transparent)]
     Child(#[from] ChildError),
@@ -697,9 +692,7 @@ async fn apply_children(
         .apply(build::master_service(names, &labels))
         .await?;
     let ports = [REDIS_PORT, build::SENTINEL_PORT];
-    if let Some(policy) =
-        standalone::network_policy(&names.client, &resource.spec.pod, &labels, &ports)
-    {
+    if let Some(policy) = pod::network_policy(&names.client, &resource.spec.pod, &labels, &ports) {
         children.apply(policy).await?;
     }
     children
@@ -709,7 +702,7 @@ async fn apply_children(
         .apply(build::stateful_set(resource, names, &labels, &hash))
         .await?;
     children.prune().await?;
-    standalone::own_data_claims(children, &resource.spec.pod, &names.nodes).await?;
+    pod::own_data_claims(children, &resource.spec.pod, &names.nodes).await?;
     Ok(stateful_set)
 }
 

@@ -1,0 +1,269 @@
+//! What the pods of both Redis kinds share: the Redis port, probes, the password in the
+//! environment, the data volume and its claims, the exporter sidecar, security contexts, the
+//! NetworkPolicy, and the hash that rolls the pods when their configuration changes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodSecurityContext, SecurityContext};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use operator_kit::{ChildError, Children};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::v1beta1::{
+    DEFAULT_EXPORTER_IMAGE, DEFAULT_EXPORTER_PORT, ProbeSettings, RedisExporter, RedisPodSpec,
+    SecretKeyReference,
+};
+
+/// The Redis port, in the container and on both Services.
+pub const REDIS_PORT: i32 = 6379;
+/// The pod template annotation that changes whenever the configuration does.
+pub const CONFIG_HASH_ANNOTATION: &str = "redis.operator-kit.io/config-hash";
+
+/// A short hash of `parts`, for [`CONFIG_HASH_ANNOTATION`]: the first 8 bytes of their SHA-256,
+/// in hex. Each kind hashes what its pods read at start; a different choice of parts would
+/// change the annotation of every existing pod template, and so restart every pod on upgrade.
+pub fn short_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// An exec probe running `command` with the spec's timing, or `defaults` (initial delay,
+/// period, timeout, failure threshold).
+pub(crate) fn probe(
+    command: &str,
+    settings: Option<&ProbeSettings>,
+    defaults: (i32, i32, i32, i32),
+) -> Value {
+    let settings = settings.cloned().unwrap_or_default();
+    json!({
+        // REDISCLI_AUTH carries the password, so it never shows in the probe's arguments.
+        "exec": { "command": ["sh", "-c", command] },
+        "initialDelaySeconds": settings.initial_delay_seconds.unwrap_or(defaults.0),
+        "periodSeconds": settings.period_seconds.unwrap_or(defaults.1),
+        "timeoutSeconds": settings.timeout_seconds.unwrap_or(defaults.2),
+        "failureThreshold": settings.failure_threshold.unwrap_or(defaults.3),
+    })
+}
+
+/// Environment variables `names`, each read from the password Secret's key.
+pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) -> Vec<Value> {
+    let Some(secret) = secret else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .map(|name| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } } }))
+        .collect()
+}
+
+/// The `/data` volume: a claim template (and the claims' retention policy) with storage, or
+/// an `emptyDir` added to `volumes` without.
+pub(crate) fn data_storage(
+    pod: &RedisPodSpec,
+    labels: &BTreeMap<String, String>,
+    volumes: &mut Vec<Value>,
+) -> (Vec<Value>, Value) {
+    let keep = pod
+        .storage
+        .as_ref()
+        .is_some_and(|storage| storage.keep_after_delete);
+    let retention = json!({
+        "whenDeleted": if keep { "Retain" } else { "Delete" },
+        "whenScaled": "Retain",
+    });
+    let claim_templates = match &pod.storage {
+        Some(storage) => vec![json!({
+            "metadata": { "name": DATA_VOLUME, "labels": labels },
+            "spec": storage.volume_claim_template.spec,
+        })],
+        None => {
+            volumes.push(json!({ "name": DATA_VOLUME, "emptyDir": {} }));
+            Vec::new()
+        }
+    };
+    (claim_templates, retention)
+}
+
+/// The data volume, and the claim template its claims are named after.
+pub(crate) const DATA_VOLUME: &str = "data";
+
+/// Makes the resource an owner of its data claims unless `storage.keepAfterDelete` is set (and
+/// no longer one when it is), so the garbage collector deletes them with the resource even
+/// when the StatefulSet's retention policy lost its race (see [`Children::own_labelled`]).
+pub(crate) async fn own_data_claims(
+    children: &mut Children,
+    pod: &RedisPodSpec,
+    stateful_set: &str,
+) -> Result<(), ChildError> {
+    let Some(storage) = &pod.storage else {
+        return Ok(());
+    };
+    children
+        .own_labelled::<PersistentVolumeClaim>(!storage.keep_after_delete, |name| {
+            operator_kit::children::is_claim_of(name, DATA_VOLUME, stateful_set)
+        })
+        .await
+        .map(drop)
+}
+
+/// The exporter sidecar, when enabled.
+pub(crate) fn exporter_container(
+    exporter: Option<&RedisExporter>,
+    pull_policy: &str,
+    secret: Option<&SecretKeyReference>,
+) -> Option<Value> {
+    let exporter = exporter.filter(|exporter| exporter.enabled)?;
+    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
+    let mut env = vec![
+        json!({ "name": "REDIS_ADDR", "value": "redis://127.0.0.1:6379" }),
+        json!({ "name": "REDIS_EXPORTER_WEB_LISTEN_ADDRESS", "value": format!(":{port}") }),
+    ];
+    env.extend(password_env(secret, &["REDIS_PASSWORD"]));
+    Some(json!({
+        "name": "redis-exporter",
+        "image": exporter.image.as_deref().unwrap_or(DEFAULT_EXPORTER_IMAGE),
+        "imagePullPolicy": pull_policy,
+        "env": env,
+        "ports": [{ "name": "metrics", "containerPort": port }],
+        "resources": exporter.resources,
+        "securityContext": container_security(None),
+    }))
+}
+
+/// The containers' security context: the spec's, or no privilege escalation, no
+/// capabilities and a read-only root filesystem.
+pub(crate) fn container_security(context: Option<&SecurityContext>) -> Value {
+    context.map_or_else(
+        || {
+            json!({ "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                    "capabilities": { "drop": ["ALL"] } })
+        },
+        |context| json!(context),
+    )
+}
+
+/// The pod's security context: the spec's, or non-root user, group and fsGroup 1000.
+pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> Value {
+    context.map_or_else(
+        || json!({ "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000 }),
+        |context| json!(context),
+    )
+}
+
+/// The Service port of the exporter's metrics, when enabled.
+pub(crate) fn exporter_service_port(exporter: Option<&RedisExporter>) -> Option<Value> {
+    let exporter = exporter.filter(|exporter| exporter.enabled)?;
+    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
+    Some(json!({ "name": "metrics", "port": port, "targetPort": "metrics" }))
+}
+
+/// The labels of the chart's operator pods: the NetworkPolicy's default for who the operator is.
+const OPERATOR_POD_LABELS: [(&str, &str); 1] = [("app.kubernetes.io/name", crate::OPERATOR_NAME)];
+
+/// The NetworkPolicy `name` of the pods `labels` select, when the spec asks for one: `ports`
+/// (Redis, and Sentinel for a RedisSentinel) only for client pods, the resource's own pods (a
+/// replica, a sentinel) and the operator's pods; the exporter's port, if any, for anyone (a
+/// Prometheus wherever it runs). Egress is left alone: the pods resolve and reach each other.
+pub(crate) fn network_policy(
+    name: &str,
+    pod: &RedisPodSpec,
+    labels: &BTreeMap<String, String>,
+    ports: &[i32],
+) -> Option<NetworkPolicy> {
+    let settings = pod
+        .network_policy
+        .as_ref()
+        .filter(|settings| settings.enabled)?;
+    let selector = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    let owned = |labels: &[(&str, &str)]| {
+        labels
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let clients = NetworkPolicyPeer {
+        pod_selector: Some(selector(
+            settings
+                .client_pod_labels
+                .clone()
+                .unwrap_or_else(|| owned(&[(&format!("{name}-client"), "true")])),
+        )),
+        namespace_selector: settings.client_namespace_labels.clone().map(selector),
+        ..NetworkPolicyPeer::default()
+    };
+    let own_pods = NetworkPolicyPeer {
+        pod_selector: Some(selector(labels.clone())),
+        ..NetworkPolicyPeer::default()
+    };
+    let operator = NetworkPolicyPeer {
+        pod_selector: Some(selector(
+            settings
+                .operator_pod_labels
+                .clone()
+                .unwrap_or_else(|| owned(&OPERATOR_POD_LABELS)),
+        )),
+        // In any namespace: the operator's is not known here.
+        namespace_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    let tcp = |port: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![clients, own_pods, operator]),
+        ports: Some(ports.iter().copied().map(tcp).collect()),
+    }];
+    if let Some(exporter) = pod
+        .redis_exporter
+        .as_ref()
+        .filter(|exporter| exporter.enabled)
+    {
+        ingress.push(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(vec![tcp(exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT))]),
+        });
+    }
+    Some(NetworkPolicy {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(labels.clone())),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(ingress),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_hash_is_sha256_of_the_parts_in_a_row() {
+        // Pinned: changing it would restart every pod of every resource on upgrade.
+        assert_eq!(short_hash(["abc"]), "ba7816bf8f01cfea");
+        assert_eq!(short_hash(["a", "bc"]), short_hash(["ab", "c"]));
+    }
+}
