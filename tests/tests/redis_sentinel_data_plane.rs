@@ -9,7 +9,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use redis_operator::sentinel::data_plane::{Choice, Observation, Role};
+use redis_operator::sentinel;
+use redis_operator::sentinel::data_plane::{self, Choice, DirectResolver, Observation, Role};
 use support::{LocalSet, anonymous_cli, cli, sentinel_cli, wait_until};
 
 /// Short, so the tests run quickly; the benchmark uses the default 5000.
@@ -123,6 +124,38 @@ async fn sentinels_refuse_whoever_lacks_the_password_and_the_operator_still_heal
         healed == master,
         "the master moved from {master} to {healed}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_password_is_reported_and_nothing_is_healed() -> Result<()> {
+    let set = LocalSet::new("password-changed", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    // The Secret now holds another password than the running pods: every Redis and Sentinel
+    // refuses it. The operator sees that, not "unreachable", and plans nothing.
+    let nodes = set.first(3);
+    let settings = set.settings();
+    let observation =
+        data_plane::observe(&nodes, &DirectResolver, &settings, Some("the new password")).await;
+    let pods: Vec<String> = nodes.iter().map(|node| node.pod.clone()).collect();
+    ensure!(observation.password_refused == pods, "{observation:?}");
+    let plan = data_plane::plan(&nodes, &observation, &settings, &set.memory(3));
+    ensure!(plan.master.is_none() && plan.actions.is_empty(), "{plan:?}");
+    let condition = sentinel::readiness(("test", "set"), &nodes, (3, 3, true), &observation, &plan);
+    ensure!(condition.reason == "PasswordRefused", "{condition:?}");
+    ensure!(
+        !condition.message.contains("the new password"),
+        "{condition:?}"
+    );
+    // With the pods' own password, all is as it was.
+    let observation = set.observe(3).await;
+    ensure!(observation.password_refused.is_empty(), "{observation:?}");
+    let (still, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    ensure!(still == master);
     Ok(())
 }
 

@@ -235,6 +235,9 @@ pub struct Observation {
     pub redis: Vec<Option<RedisState>>,
     /// Each node's Sentinel.
     pub sentinels: Vec<Option<SentinelState>>,
+    /// The pods whose Redis or Sentinel refused the operator's password (the Secret changed
+    /// since they started): they answer, but nothing can be asked of them.
+    pub password_refused: Vec<String>,
 }
 
 impl Observation {
@@ -435,15 +438,39 @@ pub async fn observe(
     let redis = futures::future::join_all(
         nodes
             .iter()
-            .map(|node| async move { observe_redis(node, resolver, password).await.ok() }),
+            .map(|node| observe_redis(node, resolver, password)),
     );
-    let sentinels = futures::future::join_all(nodes.iter().map(|node| async move {
-        observe_sentinel(node, resolver, settings, password)
-            .await
-            .ok()
-    }));
+    let sentinels = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|node| observe_sentinel(node, resolver, settings, password)),
+    );
     let (redis, sentinels) = futures::join!(redis, sentinels);
-    Observation { redis, sentinels }
+    let password_refused = nodes
+        .iter()
+        .zip(redis.iter().zip(&sentinels))
+        .filter(|(_, (redis, sentinel))| {
+            [redis.as_ref().err(), sentinel.as_ref().err()]
+                .into_iter()
+                .flatten()
+                .any(refuses_password)
+        })
+        .map(|(node, _)| node.pod.clone())
+        .collect();
+    Observation {
+        redis: redis.into_iter().map(Result::ok).collect(),
+        sentinels: sentinels.into_iter().map(Result::ok).collect(),
+        password_refused,
+    }
+}
+
+/// Whether an error is a server refusing our password: a wrong one (`WRONGPASS`, or
+/// `invalid password` before Redis 6), or none accepted where one is required (`NOAUTH`).
+pub fn refuses_password(error: &RespError) -> bool {
+    matches!(error, RespError::Server { message, .. }
+        if message.starts_with("WRONGPASS")
+            || message.starts_with("NOAUTH")
+            || message.contains("invalid password"))
 }
 
 /// One step of healing.
@@ -588,6 +615,23 @@ pub fn plan(
     settings: &Settings,
     memory: &Memory,
 ) -> Plan {
+    if !observation.password_refused.is_empty() {
+        // Pods that refuse the password are as good as unseen, and acting on the others alone
+        // could demote the node that holds the newest writes, or record the wrong master for
+        // the next cold start: no master, no command, wait and report.
+        return Plan {
+            master: None,
+            choice: None,
+            actions: Vec::new(),
+            warnings: Vec::new(),
+            failover_in_progress: false,
+            waiting: Some(format!(
+                "{:?} refuse the operator's password",
+                observation.password_refused
+            )),
+            undecided: None,
+        };
+    }
     let majority = nodes.len() / 2 + 1;
     let sentinels: Vec<&SentinelState> = observation.sentinels.iter().flatten().collect();
     let named_by = |state: &SentinelState| {
@@ -1233,6 +1277,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![sentinel_on(Some(0)); 3],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
@@ -1291,6 +1336,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(0, 0), master(0, 0), master(0, 0)],
             sentinels: vec![sentinel_on(None); 3],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
@@ -1321,6 +1367,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(0, 0), replica_of(9, 500), replica_of(9, 800)],
             sentinels: vec![None, None, sentinel_on(None)],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(2));
@@ -1345,6 +1392,7 @@ mod tests {
                 sentinel_on(Some(0)),
                 sentinel_on(Some(1)),
             ],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
@@ -1371,6 +1419,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(100, 5), master(300, 9), replica_of(0, 100)],
             sentinels: vec![None, None, None],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(1));
@@ -1386,6 +1435,7 @@ mod tests {
         let observation = Observation {
             redis: vec![None, replica_of(0, 100), replica_of(0, 90)],
             sentinels: vec![None, sentinel_on(Some(0)), sentinel_on(Some(0))],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.failover_in_progress);
@@ -1404,6 +1454,7 @@ mod tests {
         let mut observation = Observation {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![remembering.clone(); 3],
+            password_refused: Vec::new(),
         };
         let first = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(first.actions, vec![Action::Reset(0)]);
@@ -1439,6 +1490,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
             sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.actions.is_empty(), "{plan:?}");
@@ -1458,6 +1510,7 @@ mod tests {
         let observation = Observation {
             redis: vec![None, master(500, 9), replica_of(1, 500)],
             sentinels: vec![sentinel_on(Some(1)), sentinel_on(Some(1)), leader],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(1));
@@ -1475,6 +1528,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(500, 9), master(500, 9), replica_of(0, 500)],
             sentinels: vec![leader, sentinel_on(Some(0)), sentinel_on(Some(0))],
+            password_refused: Vec::new(),
         };
         let announcing = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(announcing.actions.is_empty(), "{announcing:?}");
@@ -1488,6 +1542,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(500, 9), replica_of(0, 500), replica_of(0, 500)],
             sentinels: vec![sentinel_on(Some(0)), sentinel_on(Some(0)), stale],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(
@@ -1506,6 +1561,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(100, 5), replica_of(0, 120), replica_of(0, 110)],
             sentinels: vec![None, None, sentinel_on(Some(0))],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
@@ -1530,6 +1586,7 @@ mod tests {
         let observation = Observation {
             redis: vec![replica_of(4, 900), replica_of(4, 900), replica_of(4, 880)],
             sentinels: vec![outside.clone(), outside.clone(), outside],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.actions.is_empty(), "{plan:?}");
@@ -1563,6 +1620,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(10, 1), replica_of(0, 10), replica_of(0, 10)],
             sentinels: vec![sentinel_on(Some(0)); 3],
+            password_refused: Vec::new(),
         };
         let five = Settings {
             quorum: 3,
@@ -1586,6 +1644,7 @@ mod tests {
         let observation = Observation {
             redis: vec![master(0, 3), loading, master(0, 2)],
             sentinels: vec![sentinel_on(None); 3],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(plan.actions.is_empty(), "{plan:?}");
@@ -1601,6 +1660,7 @@ mod tests {
         let observation = Observation {
             redis: vec![None; 3],
             sentinels: vec![None; 3],
+            password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, None);
@@ -1678,6 +1738,7 @@ mod tests {
                 restarted(100, "fresh-2"),
             ],
             sentinels: vec![sentinel_on(None); 3],
+            password_refused: Vec::new(),
         };
         let last_master = Memory {
             last_master: Some(2),
@@ -1712,6 +1773,7 @@ mod tests {
                 restarted(100, "fresh-2"),
             ],
             sentinels: vec![sentinel_on(None); 3],
+            password_refused: Vec::new(),
         };
         let memory = Memory {
             last_master: Some(0),
@@ -1784,6 +1846,7 @@ mod tests {
                 replica_of(0, 800),
             ],
             sentinels: vec![None, None, sentinel_on(None)],
+            password_refused: Vec::new(),
         };
         let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());
         assert!(planned.actions.is_empty(), "{planned:?}");
@@ -1805,6 +1868,7 @@ mod tests {
                 }),
             ],
             sentinels: vec![None, None, sentinel_on(None)],
+            password_refused: Vec::new(),
         };
         let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(planned.master, Some(1));

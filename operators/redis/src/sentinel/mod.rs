@@ -321,6 +321,9 @@ pub fn undecided_condition(
     )
 }
 
+/// The Ready reason while pods refuse the password the Secret now holds.
+pub const PASSWORD_REFUSED: &str = "PasswordRefused";
+
 /// The Ready condition from the StatefulSet's progress and the data plane's state.
 pub fn readiness(
     resource: (&str, &str),
@@ -330,6 +333,21 @@ pub fn readiness(
     plan: &Plan,
 ) -> ConditionUpdate<'static> {
     let (ready, wanted, rolled_out) = progress;
+    if !observation.password_refused.is_empty() {
+        // Told before anything else: it explains every other symptom (no node answers, the
+        // roles cannot be labelled), and the way out is the person's.
+        return ConditionUpdate::fails(
+            READY,
+            PASSWORD_REFUSED,
+            format!(
+                "{:?} refuse the password now in the Secret named by kubernetesConfig.redisSecret: \
+                 it changed after they started, and running pods cannot take a new password yet. \
+                 Nothing is healed meanwhile. Put the previous value back; restarting pods with the \
+                 new one would split the set by password",
+                observation.password_refused
+            ),
+        );
+    }
     let reachable = observation.redis.iter().flatten().count();
     if reachable == 0 && ready < wanted {
         return ConditionUpdate::fails(
@@ -503,6 +521,8 @@ impl Reconciler for RedisSentinelReconciler {
         let observation =
             data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
         let memory = memory(&resource, &nodes, &observation);
+        // (Pods that refuse the password get no plan at all: no command, role label or
+        // status.master; see `data_plane::plan`.)
         let plan = data_plane::plan(&nodes, &observation, &settings, &memory);
         data_plane::heal(
             &nodes,
@@ -620,7 +640,8 @@ impl Reconciler for RedisSentinelReconciler {
         // The status read may be stale (a reconcile can start before the watch delivers the
         // status the previous one wrote), so the reason last seen is also kept in memory.
         let last_seen = self.last_reason(&resource, update.reason);
-        let needs_person = [HISTORY_DIVERGED, NEWEST_DATA_UNKNOWN].contains(&update.reason)
+        let needs_person = [HISTORY_DIVERGED, NEWEST_DATA_UNKNOWN, PASSWORD_REFUSED]
+            .contains(&update.reason)
             && previous_reason.as_deref() != Some(update.reason)
             && last_seen.as_deref() != Some(update.reason);
         let needs_person_note = needs_person.then(|| update.message.to_string());
@@ -736,6 +757,7 @@ mod tests {
                 restarted(10, "fedcba0987654321"),
             ],
             sentinels: vec![None; 3],
+            password_refused: Vec::new(),
         };
         let undecided = Undecided {
             nodes: vec![1, 2],
@@ -786,10 +808,46 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_password_is_told_before_anything_else() {
+        let observation = Observation {
+            redis: vec![None; 3],
+            sentinels: vec![None; 3],
+            password_refused: vec!["cache-node-0".to_owned(), "cache-node-2".to_owned()],
+        };
+        let plan = Plan {
+            master: None,
+            choice: None,
+            actions: Vec::new(),
+            warnings: Vec::new(),
+            failover_in_progress: false,
+            waiting: None,
+            undecided: None,
+        };
+        let condition = readiness(
+            ("shop", "cache"),
+            &nodes(),
+            (1, 3, false),
+            &observation,
+            &plan,
+        );
+        assert!(!condition.status);
+        assert_eq!(condition.reason, PASSWORD_REFUSED);
+        assert!(
+            condition
+                .message
+                .contains(r#"["cache-node-0", "cache-node-2"] refuse the password"#),
+            "{}",
+            condition.message
+        );
+        assert!(condition.message.contains("Put the previous value back"));
+    }
+
+    #[test]
     fn memory_comes_from_the_status_and_a_matching_annotation() {
         let observation = Observation {
             redis: vec![restarted(1, "aaaaaaaaaa"), restarted(1, "bbbbbbbbbb"), None],
             sentinels: vec![None; 3],
+            password_refused: Vec::new(),
         };
         let mut resource: RedisSentinel = serde_json::from_value(json!({
             "apiVersion": "redis.operator-kit.io/v1beta1",
