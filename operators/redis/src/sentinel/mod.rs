@@ -30,7 +30,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use operator_kit::api_error::describe;
-use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
+use operator_kit::conditions::{ConditionUpdate, READY, set_condition, set_condition_at};
 use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -406,6 +406,102 @@ pub fn readiness(
     )
 }
 
+/// What one reconcile found, for [`next_status`].
+pub struct Observed<'a> {
+    /// The resource's `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Where clients connect.
+    pub endpoint: String,
+    /// The master pod the plan settled on; `None` when it could not tell (the previous one is
+    /// kept).
+    pub master: Option<String>,
+    /// The failover the sentinels announced since the last reconcile.
+    pub switch: Option<events::Switch>,
+    /// The Ready condition.
+    pub ready: ConditionUpdate<'a>,
+}
+
+/// The status after one reconcile, as of `now`: pure. The master is the one observed, else the
+/// previous one; the last failover is the one the sentinels announced, else, when the master
+/// moved while no subscriber listened (an operator restart), one inferred without a duration;
+/// the phase is `Ready` exactly when the Ready condition holds.
+pub fn next_status(
+    previous: &RedisSentinelStatus,
+    observed: Observed<'_>,
+    now: SystemTime,
+) -> RedisSentinelStatus {
+    let Observed {
+        generation,
+        endpoint,
+        master,
+        switch,
+        ready,
+    } = observed;
+    let mut status = RedisSentinelStatus {
+        observed_generation: generation,
+        endpoint: Some(endpoint),
+        ..previous.clone()
+    };
+    if let Some(switch) = switch {
+        status.last_failover = Some(Failover {
+            from: switch.from,
+            to: switch.to,
+            started_at: timestamp(switch.started_at),
+            duration_ms: switch
+                .finished_at
+                .duration_since(switch.started_at)
+                .ok()
+                .and_then(|duration| i64::try_from(duration.as_millis()).ok()),
+        });
+    } else if let (Some(old), Some(new)) = (&previous.master, &master)
+        && old != new
+    {
+        status.last_failover = Some(Failover {
+            from: old.clone(),
+            to: new.clone(),
+            started_at: timestamp(now),
+            duration_ms: None,
+        });
+    }
+    if master.is_some() {
+        status.master = master;
+    }
+    status.phase = if ready.status {
+        Phase::Ready
+    } else {
+        Phase::Pending
+    };
+    let now = Timestamp::try_from(now).unwrap_or_else(|_| Timestamp::now());
+    set_condition_at(&mut status.conditions, ready.observed(generation), now);
+    status
+}
+
+/// Counts a failover the sentinels announced, and how long it took.
+fn record_failover_metrics(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+    switch: &events::Switch,
+) {
+    let labels = [("namespace", namespace), ("name", name)];
+    context.metrics().count(
+        "redis_sentinel_failovers_total",
+        "Failovers announced by the sentinels (+switch-master)",
+        &labels,
+    );
+    let seconds = switch
+        .finished_at
+        .duration_since(switch.started_at)
+        .unwrap_or_default()
+        .as_secs_f64();
+    context.metrics().observe(
+        "redis_sentinel_failover_duration_seconds",
+        "Time from the sentinels agreeing the master is down to the new master",
+        &labels,
+        seconds,
+    );
+}
+
 fn timestamp(at: SystemTime) -> String {
     Timestamp::try_from(at)
         .map(|timestamp| timestamp.to_string())
@@ -569,56 +665,9 @@ impl Reconciler for RedisSentinelReconciler {
                 .await;
         }
         let previous = resource.status.clone().unwrap_or_default();
-        let mut status = RedisSentinelStatus {
-            observed_generation: generation,
-            endpoint: Some(format!("{}.{namespace}.svc:{REDIS_PORT}", names.master)),
-            ..previous.clone()
-        };
         let current_master = plan.master.map(|master| nodes[master].pod.clone());
         if let Some(switch) = &log.switch {
-            let name = resource.name_any();
-            let labels = [("namespace", namespace.as_str()), ("name", name.as_str())];
-            context.metrics().count(
-                "redis_sentinel_failovers_total",
-                "Failovers announced by the sentinels (+switch-master)",
-                &labels,
-            );
-            let seconds = switch
-                .finished_at
-                .duration_since(switch.started_at)
-                .unwrap_or_default()
-                .as_secs_f64();
-            context.metrics().observe(
-                "redis_sentinel_failover_duration_seconds",
-                "Time from the sentinels agreeing the master is down to the new master",
-                &labels,
-                seconds,
-            );
-        }
-        if let Some(switch) = log.switch {
-            status.last_failover = Some(Failover {
-                from: switch.from,
-                to: switch.to,
-                started_at: timestamp(switch.started_at),
-                duration_ms: switch
-                    .finished_at
-                    .duration_since(switch.started_at)
-                    .ok()
-                    .and_then(|duration| i64::try_from(duration.as_millis()).ok()),
-            });
-        } else if let (Some(old), Some(new)) = (&previous.master, &current_master)
-            && old != new
-        {
-            // The master moved while no subscriber listened (operator restarted, healed).
-            status.last_failover = Some(Failover {
-                from: old.clone(),
-                to: new.clone(),
-                started_at: timestamp(SystemTime::now()),
-                duration_ms: None,
-            });
-        }
-        if current_master.is_some() {
-            status.master = current_master;
+            record_failover_metrics(context, &namespace, &resource.name_any(), switch);
         }
         let update = match &applied {
             Ok(stateful_set) => readiness(
@@ -631,6 +680,7 @@ impl Reconciler for RedisSentinelReconciler {
             Err(error) => ConditionUpdate::fails(READY, error.reason(), error.to_string()),
         };
         let healthy = update.status;
+        let endpoint = format!("{}.{namespace}.svc:{REDIS_PORT}", names.master);
         let previous_reason = previous
             .conditions
             .iter()
@@ -646,12 +696,17 @@ impl Reconciler for RedisSentinelReconciler {
             && last_seen.as_deref() != Some(update.reason);
         let needs_person_note = needs_person.then(|| update.message.to_string());
         let needs_person_reason = update.reason;
-        set_condition(&mut status.conditions, update.observed(generation));
-        status.phase = if healthy {
-            Phase::Ready
-        } else {
-            Phase::Pending
-        };
+        let status = next_status(
+            &previous,
+            Observed {
+                generation,
+                endpoint,
+                master: current_master,
+                switch: log.switch,
+                ready: update,
+            },
+            SystemTime::now(),
+        );
         let became_ready = healthy && previous.phase != Phase::Ready;
         context
             .patch_status(&*resource, &status)
@@ -805,6 +860,82 @@ mod tests {
             &diverged,
         );
         assert_eq!(condition.reason, HISTORY_DIVERGED);
+    }
+
+    fn observed(
+        master: Option<&str>,
+        switch: Option<events::Switch>,
+        ready: bool,
+    ) -> Observed<'static> {
+        Observed {
+            generation: Some(4),
+            endpoint: "cache-master.shop.svc:6379".to_owned(),
+            master: master.map(str::to_owned),
+            switch,
+            ready: if ready {
+                ConditionUpdate::holds(READY, "Healthy", "fine")
+            } else {
+                ConditionUpdate::fails(READY, "Degraded", "not yet")
+            },
+        }
+    }
+
+    #[test]
+    fn the_status_follows_the_master_and_tells_the_last_failover() {
+        let at = |seconds| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+        let previous = RedisSentinelStatus {
+            master: Some("cache-node-0".to_owned()),
+            ..RedisSentinelStatus::default()
+        };
+        // Nothing moved: the master stays, no failover, Ready.
+        let status = next_status(
+            &previous,
+            observed(Some("cache-node-0"), None, true),
+            at(100),
+        );
+        assert_eq!(status.master.as_deref(), Some("cache-node-0"));
+        assert_eq!(status.last_failover, None);
+        assert_eq!(status.phase, Phase::Ready);
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.conditions[0].observed_generation, Some(4));
+
+        // The sentinels announced a switch: it is the last failover, with its duration.
+        let switch = events::Switch {
+            from: "cache-node-0".to_owned(),
+            to: "cache-node-1".to_owned(),
+            started_at: at(100),
+            finished_at: at(100) + Duration::from_millis(6_320),
+        };
+        let status = next_status(
+            &previous,
+            observed(Some("cache-node-1"), Some(switch), false),
+            at(107),
+        );
+        let failover = status.last_failover.clone().unwrap();
+        assert_eq!(
+            (failover.from.as_str(), failover.to.as_str()),
+            ("cache-node-0", "cache-node-1")
+        );
+        assert_eq!(failover.duration_ms, Some(6_320));
+        assert_eq!(status.phase, Phase::Pending);
+
+        // The master moved while nobody listened: inferred, without a duration.
+        let status = next_status(
+            &previous,
+            observed(Some("cache-node-2"), None, true),
+            at(200),
+        );
+        let failover = status.last_failover.unwrap();
+        assert_eq!(
+            (failover.to.as_str(), failover.duration_ms),
+            ("cache-node-2", None)
+        );
+        assert_eq!(failover.started_at, "1970-01-01T00:03:20Z");
+
+        // No master known (pods refuse the password): the recorded one is kept, untouched.
+        let status = next_status(&previous, observed(None, None, false), at(300));
+        assert_eq!(status.master.as_deref(), Some("cache-node-0"));
+        assert_eq!(status.last_failover, None);
     }
 
     #[test]
