@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodSecurityContext, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PodSecurityContext, SecurityContext, Service, ServicePort, ServiceSpec,
+};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
@@ -165,10 +167,34 @@ pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> Value {
 }
 
 /// The Service port of the exporter's metrics, when enabled.
-pub(crate) fn exporter_service_port(exporter: Option<&RedisExporter>) -> Option<Value> {
+pub(crate) fn exporter_service_port(exporter: Option<&RedisExporter>) -> Option<ServicePort> {
     let exporter = exporter.filter(|exporter| exporter.enabled)?;
-    let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
-    Some(json!({ "name": "metrics", "port": port, "targetPort": "metrics" }))
+    Some(service_port(
+        "metrics",
+        exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT),
+    ))
+}
+
+/// A Service port `name` on `port`, to the container port of the same name.
+pub fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        ..ServicePort::default()
+    }
+}
+
+/// The Service `name` with `spec`.
+pub fn service(name: &str, spec: ServiceSpec) -> Service {
+    Service {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Service::default()
+    }
 }
 
 /// The labels of the chart's operator pods: the NetworkPolicy's default for who the operator is.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use operator_kit::api_error::describe;
@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::pod::{
     CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, container_security, data_storage,
     exporter_container, exporter_service_port, network_policy, own_data_claims, password_env,
-    pod_security, probe, short_hash,
+    pod_security, probe, service, service_port, short_hash,
 };
 use crate::secret::{SecretError, read_password};
 use crate::v1beta1::{Phase, Redis, RedisSpec, RedisStatus};
@@ -190,16 +190,16 @@ pub fn stateful_set(
 
 /// The headless Service that gives the pod a stable DNS name.
 pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
-    let value = json!({
-        "metadata": { "name": names.headless },
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": true,
-            "selector": labels,
-            "ports": [{ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" }],
+    service(
+        &names.headless,
+        ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(labels.clone()),
+            ports: Some(vec![service_port("redis", REDIS_PORT)]),
+            ..ServiceSpec::default()
         },
-    });
-    serde_json::from_value(value).unwrap_or_default()
+    )
 }
 
 /// The client Service, of the spec's type; it also exposes the exporter's port when enabled.
@@ -208,17 +208,17 @@ pub fn client_service(
     names: &Names,
     labels: &BTreeMap<String, String>,
 ) -> Service {
-    let mut ports = vec![json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" })];
+    let mut ports = vec![service_port("redis", REDIS_PORT)];
     ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
-    let value = json!({
-        "metadata": { "name": names.server },
-        "spec": {
-            "type": spec.pod.kubernetes_config.service_type.as_str(),
-            "selector": labels,
-            "ports": ports,
+    service(
+        &names.server,
+        ServiceSpec {
+            type_: Some(spec.pod.kubernetes_config.service_type.as_str().to_owned()),
+            selector: Some(labels.clone()),
+            ports: Some(ports),
+            ..ServiceSpec::default()
         },
-    });
-    serde_json::from_value(value).unwrap_or_default()
+    )
 }
 
 /// The status for a StatefulSet in the given state (`None`: not created yet).

@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -12,7 +14,8 @@ use super::data_plane::{Node, Settings};
 use super::scripts;
 use crate::pod::{
     CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, container_security, data_storage,
-    exporter_container, exporter_service_port, password_env, pod_security, probe, short_hash,
+    exporter_container, exporter_service_port, password_env, pod_security, probe, service,
+    service_port, short_hash,
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
@@ -281,25 +284,22 @@ pub fn stateful_set(
     serde_json::from_value(value).unwrap_or_default()
 }
 
-fn service(value: Value) -> Service {
-    serde_json::from_value(value).unwrap_or_default()
-}
-
 /// The headless Service: stable DNS names for the pods, ready or not (a starting pod must be
 /// resolvable before it is ready).
 pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
-    service(json!({
-        "metadata": { "name": names.headless },
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": true,
-            "selector": labels,
-            "ports": [
-                { "name": "redis", "port": REDIS_PORT, "targetPort": "redis" },
-                { "name": "sentinel", "port": SENTINEL_PORT, "targetPort": "sentinel" },
-            ],
+    service(
+        &names.headless,
+        ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(labels.clone()),
+            ports: Some(vec![
+                service_port("redis", REDIS_PORT),
+                service_port("sentinel", SENTINEL_PORT),
+            ]),
+            ..ServiceSpec::default()
         },
-    }))
+    )
 }
 
 /// The client Service `<name>`: Redis on 6379 (any node), of the spec's type, plus the
@@ -311,30 +311,32 @@ pub fn client_service(
     names: &Names,
     labels: &BTreeMap<String, String>,
 ) -> Service {
-    let mut ports = vec![json!({ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" })];
+    let mut ports = vec![service_port("redis", REDIS_PORT)];
     ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
-    service(json!({
-        "metadata": { "name": names.client },
-        "spec": {
-            "type": spec.pod.kubernetes_config.service_type.as_str(),
-            "selector": labels,
-            "ports": ports,
+    service(
+        &names.client,
+        ServiceSpec {
+            type_: Some(spec.pod.kubernetes_config.service_type.as_str().to_owned()),
+            selector: Some(labels.clone()),
+            ports: Some(ports),
+            ..ServiceSpec::default()
         },
-    }))
+    )
 }
 
 /// The sentinel Service `<name>-sentinel`: Sentinel on 26379, inside the cluster only
 /// (ClusterIP, whatever the spec's `serviceType`), for Sentinel-aware clients and the pods'
 /// own scripts.
 pub fn sentinel_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
-    service(json!({
-        "metadata": { "name": names.sentinel },
-        "spec": {
-            "type": "ClusterIP",
-            "selector": labels,
-            "ports": [{ "name": "sentinel", "port": SENTINEL_PORT, "targetPort": "sentinel" }],
+    service(
+        &names.sentinel,
+        ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(labels.clone()),
+            ports: Some(vec![service_port("sentinel", SENTINEL_PORT)]),
+            ..ServiceSpec::default()
         },
-    }))
+    )
 }
 
 /// The master Service `<name>-master`: selects the pod the operator labelled master, so plain
@@ -342,13 +344,14 @@ pub fn sentinel_service(names: &Names, labels: &BTreeMap<String, String>) -> Ser
 pub fn master_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
     let mut selector = labels.clone();
     selector.insert(ROLE_LABEL.to_owned(), "master".to_owned());
-    service(json!({
-        "metadata": { "name": names.master },
-        "spec": {
-            "selector": selector,
-            "ports": [{ "name": "redis", "port": REDIS_PORT, "targetPort": "redis" }],
+    service(
+        &names.master,
+        ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![service_port("redis", REDIS_PORT)]),
+            ..ServiceSpec::default()
         },
-    }))
+    )
 }
 
 /// At most one pod down by choice (drain, upgrade), so a sentinel majority always remains.
@@ -356,11 +359,21 @@ pub fn pod_disruption_budget(
     names: &Names,
     labels: &BTreeMap<String, String>,
 ) -> PodDisruptionBudget {
-    serde_json::from_value(json!({
-        "metadata": { "name": names.nodes },
-        "spec": { "maxUnavailable": 1, "selector": { "matchLabels": labels } },
-    }))
-    .unwrap_or_default()
+    PodDisruptionBudget {
+        metadata: kube::api::ObjectMeta {
+            name: Some(names.nodes.clone()),
+            ..Default::default()
+        },
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
 }
 
 #[cfg(test)]
@@ -476,6 +489,60 @@ mod tests {
         assert_eq!(nodes[4].pod, "cache-node-4");
         assert_eq!(nodes[4].host, "cache-node-4.cache-headless.shop.svc");
         assert_eq!((nodes[0].redis_port, nodes[0].sentinel_port), (6379, 26379));
+    }
+
+    /// What the json-built objects of earlier releases applied, for the typed builders to
+    /// match exactly (so upgrading applies nothing new).
+    fn as_applied<K: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> Value {
+        serde_json::to_value(serde_json::from_value::<K>(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn typed_services_and_budget_are_what_the_json_ones_applied() {
+        let names = Names::of("cache");
+        let labels = labels();
+        let resource =
+            resource(json!({ "kubernetesConfig": {}, "redisExporter": { "enabled": true } }));
+        let mut master_selector = labels.clone();
+        master_selector.insert(ROLE_LABEL.to_owned(), "master".to_owned());
+        let cases = [
+            (
+                serde_json::to_value(headless_service(&names, &labels)).unwrap(),
+                as_applied::<Service>(json!({
+                    "metadata": { "name": "cache-headless" },
+                    "spec": { "clusterIP": "None", "publishNotReadyAddresses": true, "selector": labels,
+                              "ports": [{ "name": "redis", "port": 6379, "targetPort": "redis" },
+                                        { "name": "sentinel", "port": 26379, "targetPort": "sentinel" }] },
+                })),
+            ),
+            (
+                serde_json::to_value(client_service(&resource.spec, &names, &labels)).unwrap(),
+                as_applied::<Service>(json!({
+                    "metadata": { "name": "cache" },
+                    "spec": { "type": "ClusterIP", "selector": labels,
+                              "ports": [{ "name": "redis", "port": 6379, "targetPort": "redis" },
+                                        { "name": "metrics", "port": 9121, "targetPort": "metrics" }] },
+                })),
+            ),
+            (
+                serde_json::to_value(master_service(&names, &labels)).unwrap(),
+                as_applied::<Service>(json!({
+                    "metadata": { "name": "cache-master" },
+                    "spec": { "selector": master_selector,
+                              "ports": [{ "name": "redis", "port": 6379, "targetPort": "redis" }] },
+                })),
+            ),
+            (
+                serde_json::to_value(pod_disruption_budget(&names, &labels)).unwrap(),
+                as_applied::<PodDisruptionBudget>(json!({
+                    "metadata": { "name": "cache-node" },
+                    "spec": { "maxUnavailable": 1, "selector": { "matchLabels": labels } },
+                })),
+            ),
+        ];
+        for (typed, json) in cases {
+            assert_eq!(typed, json);
+        }
     }
 
     #[test]
