@@ -4,17 +4,22 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PodSecurityContext, SecurityContext, Service, ServicePort, ServiceSpec,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, LocalObjectReference, PersistentVolumeClaim, PodSecurityContext,
+    Probe, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
 use operator_kit::{ChildError, Children};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::v1beta1::{
@@ -49,27 +54,112 @@ pub(crate) fn probe(
     command: &str,
     settings: Option<&ProbeSettings>,
     defaults: (i32, i32, i32, i32),
-) -> Value {
+) -> Probe {
     let settings = settings.cloned().unwrap_or_default();
-    json!({
+    Probe {
         // REDISCLI_AUTH carries the password, so it never shows in the probe's arguments.
-        "exec": { "command": ["sh", "-c", command] },
-        "initialDelaySeconds": settings.initial_delay_seconds.unwrap_or(defaults.0),
-        "periodSeconds": settings.period_seconds.unwrap_or(defaults.1),
-        "timeoutSeconds": settings.timeout_seconds.unwrap_or(defaults.2),
-        "failureThreshold": settings.failure_threshold.unwrap_or(defaults.3),
-    })
+        exec: Some(exec(&["sh", "-c", command])),
+        initial_delay_seconds: Some(settings.initial_delay_seconds.unwrap_or(defaults.0)),
+        period_seconds: Some(settings.period_seconds.unwrap_or(defaults.1)),
+        timeout_seconds: Some(settings.timeout_seconds.unwrap_or(defaults.2)),
+        failure_threshold: Some(settings.failure_threshold.unwrap_or(defaults.3)),
+        ..Probe::default()
+    }
+}
+
+/// A command run in the container.
+pub(crate) fn exec(command: &[&str]) -> ExecAction {
+    ExecAction {
+        command: Some(command.iter().map(|part| (*part).to_owned()).collect()),
+    }
+}
+
+/// An environment variable with a value.
+pub(crate) fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
 }
 
 /// Environment variables `names`, each read from the password Secret's key.
-pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) -> Vec<Value> {
+pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) -> Vec<EnvVar> {
     let Some(secret) = secret else {
         return Vec::new();
     };
     names
         .iter()
-        .map(|name| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } } }))
+        .map(|name| EnvVar {
+            name: (*name).to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        })
         .collect()
+}
+
+/// A named container port.
+pub(crate) fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        ..ContainerPort::default()
+    }
+}
+
+/// A volume mounted at `path`.
+pub(crate) fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+/// The volume of the ConfigMap `config_map`, named `name`.
+pub(crate) fn config_volume(name: &str, config_map: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// A small memory volume for files written at start (the effective configuration).
+pub(crate) fn memory_volume(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity("1Mi".to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The image pull Secrets of the spec, as the pod names them.
+pub(crate) fn image_pull_secrets(
+    secrets: Option<&Vec<crate::v1beta1::LocalObjectReference>>,
+) -> Option<Vec<LocalObjectReference>> {
+    secrets.map(|secrets| {
+        secrets
+            .iter()
+            .map(|secret| LocalObjectReference {
+                name: secret.name.clone(),
+            })
+            .collect()
+    })
 }
 
 /// The `/data` volume: a claim template (and the claims' retention policy) with storage, or
@@ -77,23 +167,35 @@ pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) 
 pub(crate) fn data_storage(
     pod: &RedisPodSpec,
     labels: &BTreeMap<String, String>,
-    volumes: &mut Vec<Value>,
-) -> (Vec<Value>, Value) {
+    volumes: &mut Vec<Volume>,
+) -> (
+    Vec<PersistentVolumeClaim>,
+    StatefulSetPersistentVolumeClaimRetentionPolicy,
+) {
     let keep = pod
         .storage
         .as_ref()
         .is_some_and(|storage| storage.keep_after_delete);
-    let retention = json!({
-        "whenDeleted": if keep { "Retain" } else { "Delete" },
-        "whenScaled": "Retain",
-    });
+    let retention = StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(if keep { "Retain" } else { "Delete" }.to_owned()),
+        when_scaled: Some("Retain".to_owned()),
+    };
     let claim_templates = match &pod.storage {
-        Some(storage) => vec![json!({
-            "metadata": { "name": DATA_VOLUME, "labels": labels },
-            "spec": storage.volume_claim_template.spec,
-        })],
+        Some(storage) => vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(DATA_VOLUME.to_owned()),
+                labels: Some(labels.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(storage.volume_claim_template.spec.clone()),
+            ..PersistentVolumeClaim::default()
+        }],
         None => {
-            volumes.push(json!({ "name": DATA_VOLUME, "emptyDir": {} }));
+            volumes.push(Volume {
+                name: DATA_VOLUME.to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
             Vec::new()
         }
     };
@@ -127,43 +229,55 @@ pub(crate) fn exporter_container(
     exporter: Option<&RedisExporter>,
     pull_policy: &str,
     secret: Option<&SecretKeyReference>,
-) -> Option<Value> {
+) -> Option<Container> {
     let exporter = exporter.filter(|exporter| exporter.enabled)?;
     let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
     let mut env = vec![
-        json!({ "name": "REDIS_ADDR", "value": "redis://127.0.0.1:6379" }),
-        json!({ "name": "REDIS_EXPORTER_WEB_LISTEN_ADDRESS", "value": format!(":{port}") }),
+        env_value("REDIS_ADDR", "redis://127.0.0.1:6379"),
+        env_value("REDIS_EXPORTER_WEB_LISTEN_ADDRESS", format!(":{port}")),
     ];
     env.extend(password_env(secret, &["REDIS_PASSWORD"]));
-    Some(json!({
-        "name": "redis-exporter",
-        "image": exporter.image.as_deref().unwrap_or(DEFAULT_EXPORTER_IMAGE),
-        "imagePullPolicy": pull_policy,
-        "env": env,
-        "ports": [{ "name": "metrics", "containerPort": port }],
-        "resources": exporter.resources,
-        "securityContext": container_security(None),
-    }))
+    Some(Container {
+        name: "redis-exporter".to_owned(),
+        image: Some(
+            exporter
+                .image
+                .as_deref()
+                .unwrap_or(DEFAULT_EXPORTER_IMAGE)
+                .to_owned(),
+        ),
+        image_pull_policy: Some(pull_policy.to_owned()),
+        env: Some(env),
+        ports: Some(vec![container_port("metrics", port)]),
+        resources: exporter.resources.clone(),
+        security_context: Some(container_security(None)),
+        ..Container::default()
+    })
 }
 
 /// The containers' security context: the spec's, or no privilege escalation, no
 /// capabilities and a read-only root filesystem.
-pub(crate) fn container_security(context: Option<&SecurityContext>) -> Value {
-    context.map_or_else(
-        || {
-            json!({ "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                    "capabilities": { "drop": ["ALL"] } })
-        },
-        |context| json!(context),
-    )
+pub(crate) fn container_security(context: Option<&SecurityContext>) -> SecurityContext {
+    context.cloned().unwrap_or_else(|| SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    })
 }
 
 /// The pod's security context: the spec's, or non-root user, group and fsGroup 1000.
-pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> Value {
-    context.map_or_else(
-        || json!({ "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000 }),
-        |context| json!(context),
-    )
+pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> PodSecurityContext {
+    context.cloned().unwrap_or_else(|| PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(1000),
+        run_as_group: Some(1000),
+        fs_group: Some(1000),
+        ..PodSecurityContext::default()
+    })
 }
 
 /// The Service port of the exporter's metrics, when enabled.

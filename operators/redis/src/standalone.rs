@@ -10,18 +10,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
+use kube::api::ObjectMeta;
 use kube::runtime::events::EventType;
 use operator_kit::api_error::describe;
 use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
-use serde_json::json;
 
 use crate::pod::{
-    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, container_security, data_storage,
-    exporter_container, exporter_service_port, network_policy, own_data_claims, password_env,
+    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, config_volume, container_port,
+    container_security, data_storage, exporter_container, exporter_service_port,
+    image_pull_secrets, memory_volume, mount, network_policy, own_data_claims, password_env,
     pod_security, probe, service, service_port, short_hash,
 };
 use crate::secret::{SecretError, read_password};
@@ -132,60 +136,83 @@ pub fn stateful_set(
     let spec = &redis.spec;
     let kubernetes = &spec.pod.kubernetes_config;
     let pull_policy = kubernetes.image_pull_policy.unwrap_or_default().as_str();
-    let mut containers = vec![json!({
-        "name": "redis",
-        "image": kubernetes.image,
-        "imagePullPolicy": pull_policy,
-        "command": ["sh", format!("/etc/redis/{START_SCRIPT_KEY}")],
-        "env": password_env(kubernetes.redis_secret.as_ref(), &["REDIS_PASSWORD", "REDISCLI_AUTH"]),
-        "ports": [{ "name": "redis", "containerPort": REDIS_PORT }],
-        "resources": kubernetes.resources,
-        "readinessProbe": probe(PING, spec.pod.readiness_probe.as_ref(), (5, 5, 1, 3)),
-        "livenessProbe": probe(PING, spec.pod.liveness_probe.as_ref(), (15, 10, 5, 3)),
-        "securityContext": container_security(spec.pod.container_security_context.as_ref()),
-        "volumeMounts": [
-            { "name": DATA_VOLUME, "mountPath": "/data" },
-            { "name": "config", "mountPath": "/etc/redis" },
-            { "name": "run", "mountPath": "/run/redis" },
-        ],
-    })];
+    let mut containers = vec![Container {
+        name: "redis".to_owned(),
+        image: Some(kubernetes.image.clone()),
+        image_pull_policy: Some(pull_policy.to_owned()),
+        command: Some(vec![
+            "sh".to_owned(),
+            format!("/etc/redis/{START_SCRIPT_KEY}"),
+        ]),
+        env: Some(password_env(
+            kubernetes.redis_secret.as_ref(),
+            &["REDIS_PASSWORD", "REDISCLI_AUTH"],
+        )),
+        ports: Some(vec![container_port("redis", REDIS_PORT)]),
+        resources: kubernetes.resources.clone(),
+        readiness_probe: Some(probe(PING, spec.pod.readiness_probe.as_ref(), (5, 5, 1, 3))),
+        liveness_probe: Some(probe(
+            PING,
+            spec.pod.liveness_probe.as_ref(),
+            (15, 10, 5, 3),
+        )),
+        security_context: Some(container_security(
+            spec.pod.container_security_context.as_ref(),
+        )),
+        volume_mounts: Some(vec![
+            mount(DATA_VOLUME, "/data"),
+            mount("config", "/etc/redis"),
+            mount("run", "/run/redis"),
+        ]),
+        ..Container::default()
+    }];
     containers.extend(exporter_container(
         spec.pod.redis_exporter.as_ref(),
         pull_policy,
         kubernetes.redis_secret.as_ref(),
     ));
-    let mut volumes = vec![
-        json!({ "name": "config", "configMap": { "name": names.config } }),
-        json!({ "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
-    ];
+    let mut volumes = vec![config_volume("config", &names.config), memory_volume("run")];
     let (claim_templates, retention) = data_storage(&spec.pod, labels, &mut volumes);
-    let pod_security = pod_security(spec.pod.security_context.as_ref());
-    let value = json!({
-        "metadata": { "name": names.server },
-        "spec": {
-            "replicas": 1,
-            "serviceName": names.headless,
-            "selector": { "matchLabels": labels },
-            "persistentVolumeClaimRetentionPolicy": retention,
-            "template": {
-                "metadata": { "labels": labels, "annotations": { CONFIG_HASH_ANNOTATION: hash } },
-                "spec": {
-                    "containers": containers,
-                    "volumes": volumes,
-                    "securityContext": pod_security,
-                    "nodeSelector": spec.pod.node_selector,
-                    "affinity": spec.pod.affinity,
-                    "tolerations": spec.pod.tolerations,
-                    "priorityClassName": spec.pod.priority_class_name,
-                    "imagePullSecrets": kubernetes.image_pull_secrets,
-                    "enableServiceLinks": false,
-                },
-            },
-            "volumeClaimTemplates": claim_templates,
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(names.server.clone()),
+            ..ObjectMeta::default()
         },
-    });
-    // The value is built from typed parts above, so it always matches the StatefulSet schema.
-    serde_json::from_value(value).unwrap_or_default()
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names.headless.clone()),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            persistent_volume_claim_retention_policy: Some(retention),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers,
+                    volumes: Some(volumes),
+                    security_context: Some(pod_security(spec.pod.security_context.as_ref())),
+                    node_selector: spec.pod.node_selector.clone(),
+                    affinity: spec.pod.affinity.clone(),
+                    tolerations: spec.pod.tolerations.clone(),
+                    priority_class_name: spec.pod.priority_class_name.clone(),
+                    image_pull_secrets: image_pull_secrets(kubernetes.image_pull_secrets.as_ref()),
+                    enable_service_links: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(claim_templates),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
 }
 
 /// The headless Service that gives the pod a stable DNS name.
@@ -406,6 +433,7 @@ async fn report_failure(redis: &Redis, context: &Context, error: &Error) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     use crate::secret::referring_to_secret;
     use crate::v1beta1::{DEFAULT_EXPORTER_IMAGE, RedisConfig, RedisExporter, SecretKeyReference};

@@ -2,19 +2,24 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, Container, EnvVar, EnvVarSource, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Service,
+    ServiceSpec, WeightedPodAffinityTerm,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use serde_json::{Value, json};
+use kube::api::ObjectMeta;
 
 use super::data_plane::{Node, Settings};
 use super::scripts;
 use crate::pod::{
-    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, container_security, data_storage,
-    exporter_container, exporter_service_port, password_env, pod_security, probe, service,
+    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, config_volume, container_port,
+    container_security, data_storage, env_value, exec, exporter_container, exporter_service_port,
+    image_pull_secrets, memory_volume, mount, password_env, pod_security, probe, service,
     service_port, short_hash,
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
@@ -151,31 +156,51 @@ pub fn config_hash(config: &ConfigMap) -> String {
 }
 
 /// The environment both containers share.
-fn environment(resource: &RedisSentinel, names: &Names) -> Vec<Value> {
+fn environment(resource: &RedisSentinel, names: &Names) -> Vec<EnvVar> {
     let settings = settings(&resource.spec);
-    let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
-    let value = |name: &str, value: String| json!({ "name": name, "value": value });
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
     let mut env = vec![
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
-        value("HEADLESS_SERVICE", names.headless.clone()),
-        value(
+        env_value("HEADLESS_SERVICE", names.headless.clone()),
+        env_value(
             "SENTINEL_HOSTS",
             format!("{}:{SENTINEL_PORT}", names.sentinel),
         ),
-        value("MASTER_SET", settings.master_set),
-        value(
+        env_value("MASTER_SET", settings.master_set),
+        env_value(
             "DOWN_AFTER_MILLISECONDS",
             settings.down_after_milliseconds.to_string(),
         ),
-        value("FAILOVER_TIMEOUT", settings.failover_timeout.to_string()),
-        value("PARALLEL_SYNCS", settings.parallel_syncs.to_string()),
+        env_value("FAILOVER_TIMEOUT", settings.failover_timeout.to_string()),
+        env_value("PARALLEL_SYNCS", settings.parallel_syncs.to_string()),
     ];
     env.extend(password_env(
         resource.spec.pod.kubernetes_config.redis_secret.as_ref(),
         &["REDIS_PASSWORD", "REDISCLI_AUTH"],
     ));
     env
+}
+
+/// A preStop hook running one of the ConfigMap's scripts.
+fn pre_stop(script: &str) -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            exec: Some(exec(&["sh", &format!("/etc/redis/{script}")])),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
 }
 
 /// The StatefulSet `<name>-node`: each pod runs Redis and Sentinel (and the exporter).
@@ -191,43 +216,44 @@ pub fn stateful_set(
     let env = environment(resource, names);
     let security = container_security(spec.pod.container_security_context.as_ref());
     let script = |name: &str, arguments: &str| format!("sh /etc/redis/{name} {arguments}");
-    let mounts = json!([
-        { "name": DATA_VOLUME, "mountPath": "/data" },
-        { "name": "config", "mountPath": "/etc/redis" },
-        { "name": "run", "mountPath": "/run/redis" },
-    ]);
+    let container = |name: &str, port: i32, probe_script: &str, liveness: &str| Container {
+        name: name.to_owned(),
+        image: Some(kubernetes.image.clone()),
+        image_pull_policy: Some(pull_policy.to_owned()),
+        command: Some(vec!["sh".to_owned(), format!("/etc/redis/start-{name}.sh")]),
+        env: Some(env.clone()),
+        ports: Some(vec![container_port(name, port)]),
+        resources: kubernetes.resources.clone(),
+        readiness_probe: Some(probe(
+            &script(probe_script, "1"),
+            spec.pod.readiness_probe.as_ref(),
+            READINESS_DEFAULTS,
+        )),
+        liveness_probe: Some(probe(
+            &script(probe_script, liveness),
+            spec.pod.liveness_probe.as_ref(),
+            LIVENESS_DEFAULTS,
+        )),
+        lifecycle: Some(pre_stop(&format!("prestop-{name}.sh"))),
+        security_context: Some(security.clone()),
+        ..Container::default()
+    };
     let mut containers = vec![
-        json!({
-            "name": "redis",
-            "image": kubernetes.image,
-            "imagePullPolicy": pull_policy,
-            "command": ["sh", "/etc/redis/start-redis.sh"],
-            "env": env,
-            "ports": [{ "name": "redis", "containerPort": REDIS_PORT }],
-            "resources": kubernetes.resources,
-            "readinessProbe": probe(&script("ping-redis.sh", "1"), spec.pod.readiness_probe.as_ref(), READINESS_DEFAULTS),
-            "livenessProbe": probe(&script("ping-redis.sh", "5 liveness"), spec.pod.liveness_probe.as_ref(), LIVENESS_DEFAULTS),
-            "lifecycle": { "preStop": { "exec": { "command": ["sh", "/etc/redis/prestop-redis.sh"] } } },
-            "securityContext": security,
-            "volumeMounts": mounts,
-        }),
-        json!({
-            "name": "sentinel",
-            "image": kubernetes.image,
-            "imagePullPolicy": pull_policy,
-            "command": ["sh", "/etc/redis/start-sentinel.sh"],
-            "env": env,
-            "ports": [{ "name": "sentinel", "containerPort": SENTINEL_PORT }],
-            "resources": kubernetes.resources,
-            "readinessProbe": probe(&script("ping-sentinel.sh", "1"), spec.pod.readiness_probe.as_ref(), READINESS_DEFAULTS),
-            "livenessProbe": probe(&script("ping-sentinel.sh", "5"), spec.pod.liveness_probe.as_ref(), LIVENESS_DEFAULTS),
-            "lifecycle": { "preStop": { "exec": { "command": ["sh", "/etc/redis/prestop-sentinel.sh"] } } },
-            "securityContext": security,
-            "volumeMounts": [
-                { "name": "config", "mountPath": "/etc/redis" },
-                { "name": "sentinel", "mountPath": "/run/sentinel" },
-            ],
-        }),
+        Container {
+            volume_mounts: Some(vec![
+                mount(DATA_VOLUME, "/data"),
+                mount("config", "/etc/redis"),
+                mount("run", "/run/redis"),
+            ]),
+            ..container("redis", REDIS_PORT, "ping-redis.sh", "5 liveness")
+        },
+        Container {
+            volume_mounts: Some(vec![
+                mount("config", "/etc/redis"),
+                mount("sentinel", "/run/sentinel"),
+            ]),
+            ..container("sentinel", SENTINEL_PORT, "ping-sentinel.sh", "5")
+        },
     ];
     containers.extend(exporter_container(
         spec.pod.redis_exporter.as_ref(),
@@ -235,53 +261,75 @@ pub fn stateful_set(
         kubernetes.redis_secret.as_ref(),
     ));
     let mut volumes = vec![
-        json!({ "name": "config", "configMap": { "name": names.config } }),
-        json!({ "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
-        json!({ "name": "sentinel", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } }),
+        config_volume("config", &names.config),
+        memory_volume("run"),
+        memory_volume("sentinel"),
     ];
     let (claim_templates, retention) = data_storage(&spec.pod, labels, &mut volumes);
-    let affinity = spec.pod.affinity.clone().map_or_else(
-        || {
-            json!({ "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [{
-                "weight": 100,
-                "podAffinityTerm": {
-                    "topologyKey": "kubernetes.io/hostname",
-                    "labelSelector": { "matchLabels": labels },
+    let selector = LabelSelector {
+        match_labels: Some(labels.clone()),
+        ..LabelSelector::default()
+    };
+    let affinity = spec.pod.affinity.clone().unwrap_or_else(|| Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        label_selector: Some(selector.clone()),
+                        ..PodAffinityTerm::default()
+                    },
                 },
-            }] } })
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(names.nodes.clone()),
+            ..ObjectMeta::default()
         },
-        |affinity| json!(affinity),
-    );
-    let value = json!({
-        "metadata": { "name": names.nodes },
-        "spec": {
-            "replicas": spec.replicas,
-            "serviceName": names.headless,
+        spec: StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(names.headless.clone()),
             // Pods start together: each asks the sentinels before choosing its role, and the
             // operator settles a cold start, so ordered start-up would only slow recovery.
-            "podManagementPolicy": "Parallel",
-            "selector": { "matchLabels": labels },
-            "persistentVolumeClaimRetentionPolicy": retention,
-            "template": {
-                "metadata": { "labels": labels, "annotations": { CONFIG_HASH_ANNOTATION: hash } },
-                "spec": {
-                    "containers": containers,
-                    "volumes": volumes,
-                    "securityContext": pod_security(spec.pod.security_context.as_ref()),
-                    "nodeSelector": spec.pod.node_selector,
-                    "affinity": affinity,
-                    "tolerations": spec.pod.tolerations,
-                    "priorityClassName": spec.pod.priority_class_name,
-                    "imagePullSecrets": kubernetes.image_pull_secrets,
-                    "enableServiceLinks": false,
-                    "terminationGracePeriodSeconds": settings(spec).failover_timeout / 1000 + 20,
-                },
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector,
+            persistent_volume_claim_retention_policy: Some(retention),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers,
+                    volumes: Some(volumes),
+                    security_context: Some(pod_security(spec.pod.security_context.as_ref())),
+                    node_selector: spec.pod.node_selector.clone(),
+                    affinity: Some(affinity),
+                    tolerations: spec.pod.tolerations.clone(),
+                    priority_class_name: spec.pod.priority_class_name.clone(),
+                    image_pull_secrets: image_pull_secrets(kubernetes.image_pull_secrets.as_ref()),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(
+                        i64::try_from(settings(spec).failover_timeout / 1000 + 20)
+                            .unwrap_or(i64::MAX),
+                    ),
+                    ..PodSpec::default()
+                }),
             },
-            "volumeClaimTemplates": claim_templates,
+            volume_claim_templates: Some(claim_templates),
+            ..StatefulSetSpec::default()
         },
-    });
-    // Built from typed parts above, so it always matches the StatefulSet schema.
-    serde_json::from_value(value).unwrap_or_default()
+        ..StatefulSet::default()
+    }
 }
 
 /// The headless Service: stable DNS names for the pods, ready or not (a starting pod must be
@@ -380,6 +428,7 @@ pub fn pod_disruption_budget(
 mod tests {
     use super::*;
     use crate::v1beta1::SentinelSettings;
+    use serde_json::{Value, json};
 
     fn resource(spec: serde_json::Value) -> RedisSentinel {
         let mut resource: RedisSentinel = serde_json::from_value(json!({
