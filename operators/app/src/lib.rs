@@ -11,12 +11,26 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ApiResource;
+use kube::api::ObjectMeta;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use operator_kit::api_error::describe;
 use operator_kit::children::{MANAGED_BY_LABEL, NAME_LABEL};
@@ -24,9 +38,10 @@ use operator_kit::conditions::{ConditionUpdate, DEGRADED, PROGRESSING, READY, se
 use operator_kit::{
     Action, ChildError, Context, Controller, ErrorClass, ReconcileError, Reconciler,
 };
-use serde_json::{Value, json};
 
-use crate::v1beta1::{App, AppStatus, Route};
+use crate::v1beta1::{
+    App, AppStatus, Route, RoutePort, RouteSecretReference, RouteSpec, RouteTarget, RouteTls,
+};
 
 /// The operator's name: its field manager, event reporter and Lease name.
 pub const OPERATOR_NAME: &str = "app-operator";
@@ -63,113 +78,209 @@ pub fn app_controller() -> Controller<AppReconciler> {
         .uses_resource("route.openshift.io", "routes/custom-host", &["create"])
 }
 
-fn from_json<T: Default + serde::de::DeserializeOwned>(value: Value) -> T {
-    // The values are built from typed parts in this module, so they always deserialize.
-    serde_json::from_value(value).unwrap_or_default()
+/// The object metadata of a child: its name.
+fn named(name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        ..ObjectMeta::default()
+    }
 }
 
-fn http_probe(port: i32, initial_delay: i32) -> Value {
-    json!({ "httpGet": { "path": "/", "port": port }, "initialDelaySeconds": initial_delay, "periodSeconds": 10 })
+/// The default probe: an HTTP GET of `/` on the application's port.
+fn http_probe(port: i32, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/".to_owned()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        ..Probe::default()
+    }
 }
 
 /// The Deployment. Without autoscaling it sets `replicas`; with it, the field is left to the
 /// autoscaler (server-side apply then leaves it alone).
 pub fn build_deployment(app: &App, labels: &BTreeMap<String, String>) -> Deployment {
     let spec = &app.spec;
-    let mut deployment_spec = json!({
-        "selector": { "matchLabels": labels },
-        "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
-        "template": {
-            "metadata": { "labels": labels },
-            "spec": {
-                "containers": [{
-                    "name": "app",
-                    "image": spec.image,
-                    "ports": [{ "name": "http", "containerPort": spec.port }],
-                    "env": spec.env,
-                    "envFrom": spec.env_from,
-                    "resources": spec.resources,
-                    "readinessProbe": spec.readiness_probe.as_ref().map_or_else(|| http_probe(spec.port, 0), |probe| json!(probe)),
-                    "livenessProbe": spec.liveness_probe.as_ref().map_or_else(|| http_probe(spec.port, 10), |probe| json!(probe)),
-                }],
-                "nodeSelector": spec.node_selector,
-                "affinity": spec.affinity,
-                "tolerations": spec.tolerations,
+    let container = Container {
+        name: "app".to_owned(),
+        image: Some(spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: spec.port,
+            ..ContainerPort::default()
+        }]),
+        env: spec.env.clone(),
+        env_from: spec.env_from.clone(),
+        resources: spec.resources.clone(),
+        readiness_probe: Some(
+            spec.readiness_probe
+                .clone()
+                .unwrap_or_else(|| http_probe(spec.port, 0)),
+        ),
+        liveness_probe: Some(
+            spec.liveness_probe
+                .clone()
+                .unwrap_or_else(|| http_probe(spec.port, 10)),
+        ),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: named(app.name_any()),
+        spec: DeploymentSpec {
+            replicas: spec
+                .autoscaling
+                .is_none()
+                .then(|| spec.replicas.unwrap_or(1)),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
             },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".to_owned())),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    node_selector: spec.node_selector.clone(),
+                    affinity: spec.affinity.clone(),
+                    tolerations: spec.tolerations.clone(),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
         },
-    });
-    if spec.autoscaling.is_none() {
-        deployment_spec["replicas"] = json!(spec.replicas.unwrap_or(1));
+        ..Deployment::default()
     }
-    from_json(json!({ "metadata": { "name": app.name_any() }, "spec": deployment_spec }))
 }
 
 /// The Service, on the application's port (as `oc new-app` creates it).
 pub fn build_service(app: &App, labels: &BTreeMap<String, String>) -> Service {
-    from_json(json!({
-        "metadata": { "name": app.name_any() },
-        "spec": { "selector": labels, "ports": [{ "name": "http", "port": app.spec.port, "targetPort": "http" }] },
-    }))
+    Service {
+        metadata: named(app.name_any()),
+        spec: Some(ServiceSpec {
+            selector: Some(labels.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: app.spec.port,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 /// The Ingress for `expose`, if set.
 pub fn build_ingress(app: &App) -> Option<Ingress> {
     let expose = app.spec.expose.as_ref()?;
-    let tls = expose
-        .tls_secret
-        .as_ref()
-        .map(|secret| json!([{ "hosts": [expose.host], "secretName": secret }]));
-    Some(from_json(json!({
-        "metadata": { "name": app.name_any() },
-        "spec": {
-            "ingressClassName": expose.ingress_class_name,
-            "tls": tls,
-            "rules": [{
-                "host": expose.host,
-                "http": { "paths": [{
-                    "path": expose.path.as_deref().unwrap_or("/"),
-                    "pathType": "Prefix",
-                    "backend": { "service": { "name": app.name_any(), "port": { "name": "http" } } },
-                }] },
-            }],
+    let tls = expose.tls_secret.as_ref().map(|secret| {
+        vec![IngressTLS {
+            hosts: Some(vec![expose.host.clone()]),
+            secret_name: Some(secret.clone()),
+        }]
+    });
+    let path = HTTPIngressPath {
+        path: Some(expose.path.as_deref().unwrap_or("/").to_owned()),
+        path_type: "Prefix".to_owned(),
+        backend: IngressBackend {
+            service: Some(IngressServiceBackend {
+                name: app.name_any(),
+                port: Some(ServiceBackendPort {
+                    name: Some("http".to_owned()),
+                    number: None,
+                }),
+            }),
+            ..IngressBackend::default()
         },
-    })))
+    };
+    Some(Ingress {
+        metadata: named(app.name_any()),
+        spec: Some(IngressSpec {
+            ingress_class_name: expose.ingress_class_name.clone(),
+            tls,
+            rules: Some(vec![IngressRule {
+                host: Some(expose.host.clone()),
+                http: Some(HTTPIngressRuleValue { paths: vec![path] }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
 }
 
 /// The OpenShift Route for `expose`, if set: what `oc expose service` creates.
 pub fn build_route(app: &App) -> Option<Route> {
     let expose = app.spec.expose.as_ref()?;
-    let tls = expose.tls_secret.as_ref().map(|secret| {
-        json!({ "termination": "edge", "insecureEdgeTerminationPolicy": "Redirect",
-                "externalCertificate": { "name": secret } })
+    let tls = expose.tls_secret.as_ref().map(|secret| RouteTls {
+        termination: "edge".to_owned(),
+        insecure_edge_termination_policy: Some("Redirect".to_owned()),
+        external_certificate: Some(RouteSecretReference {
+            name: secret.clone(),
+        }),
     });
-    let value = json!({
-        "apiVersion": "route.openshift.io/v1", "kind": "Route",
-        "metadata": { "name": app.name_any() },
-        "spec": {
-            "host": expose.host,
-            "path": expose.path,
-            "to": { "kind": "Service", "name": app.name_any(), "weight": 100 },
-            "port": { "targetPort": "http" },
-            "tls": tls,
+    let mut route = Route::new(
+        &app.name_any(),
+        RouteSpec {
+            host: Some(expose.host.clone()),
+            path: expose.path.clone(),
+            to: RouteTarget {
+                kind: "Service".to_owned(),
+                name: app.name_any(),
+                weight: Some(100),
+            },
+            port: Some(RoutePort {
+                target_port: "http".to_owned(),
+            }),
+            tls,
         },
-    });
-    serde_json::from_value(value).ok()
+    );
+    route.metadata = named(app.name_any());
+    Some(route)
 }
 
 /// The autoscaler for `autoscaling`, if set.
 pub fn build_autoscaler(app: &App) -> Option<HorizontalPodAutoscaler> {
     let autoscaling = app.spec.autoscaling.as_ref()?;
-    Some(from_json(json!({
-        "metadata": { "name": app.name_any() },
-        "spec": {
-            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": app.name_any() },
-            "minReplicas": autoscaling.min_replicas.unwrap_or(1),
-            "maxReplicas": autoscaling.max_replicas,
-            "metrics": [{ "type": "Resource", "resource": { "name": "cpu", "target": {
-                "type": "Utilization", "averageUtilization": autoscaling.target_cpu_utilization_percentage.unwrap_or(80) } } }],
+    Some(HorizontalPodAutoscaler {
+        metadata: named(app.name_any()),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_owned()),
+                kind: "Deployment".to_owned(),
+                name: app.name_any(),
+            },
+            min_replicas: Some(autoscaling.min_replicas.unwrap_or(1)),
+            max_replicas: autoscaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".to_owned(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".to_owned(),
+                    target: MetricTarget {
+                        type_: "Utilization".to_owned(),
+                        average_utilization: Some(
+                            autoscaling.target_cpu_utilization_percentage.unwrap_or(80),
+                        ),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
         },
-    })))
+        ..HorizontalPodAutoscaler::default()
+    })
 }
 
 /// Where the application answers.
@@ -369,6 +480,7 @@ impl Reconciler for AppReconciler {
 mod tests {
     use super::*;
     use crate::v1beta1::{Autoscaling, Expose};
+    use serde_json::{Value, json};
 
     fn adam_doc() -> App {
         let mut app: App = serde_yaml::from_str(include_str!("../../../examples/adam-doc.yaml"))
@@ -520,6 +632,30 @@ mod tests {
             "charts/app-operator/crds/app-operator.yaml",
         ] {
             operator_kit::crd::check_file(&root.join(path), &crds()).unwrap();
+        }
+    }
+
+    /// The children, built from typed structs, are exactly what the json builders of earlier
+    /// releases applied (`src/testdata`, with the spec each was built from).
+    #[test]
+    fn typed_children_are_what_the_json_builders_applied() {
+        for (name, text) in [
+            ("plain", include_str!("testdata/app-plain.json")),
+            ("full", include_str!("testdata/app-full.json")),
+            ("exposed", include_str!("testdata/app-exposed.json")),
+        ] {
+            let fixture: Value = serde_json::from_str(text).unwrap();
+            let mut app = adam_doc();
+            app.spec = serde_json::from_value(fixture["spec"].clone()).unwrap();
+            let built = json!({
+                "spec": fixture["spec"],
+                "deployment": build_deployment(&app, &labels()),
+                "service": build_service(&app, &labels()),
+                "ingress": build_ingress(&app),
+                "route": build_route(&app),
+                "autoscaler": build_autoscaler(&app),
+            });
+            assert_eq!(built, fixture, "{name}");
         }
     }
 }
