@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, LocalObjectReference, PersistentVolumeClaim, PodSecurityContext,
-    Probe, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -278,6 +278,41 @@ pub(crate) fn pod_security(context: Option<&PodSecurityContext>) -> PodSecurityC
         fs_group: Some(1000),
         ..PodSecurityContext::default()
     })
+}
+
+/// The pod template both kinds share: the selector labels, the configuration hash that rolls
+/// the pods when it changes, and the pod settings of the spec.
+pub(crate) fn pod_template(
+    pod: &RedisPodSpec,
+    labels: &BTreeMap<String, String>,
+    hash: &str,
+    containers: Vec<Container>,
+    volumes: Vec<Volume>,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_owned(),
+                hash.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers,
+            volumes: Some(volumes),
+            security_context: Some(pod_security(pod.security_context.as_ref())),
+            node_selector: pod.node_selector.clone(),
+            affinity: pod.affinity.clone(),
+            tolerations: pod.tolerations.clone(),
+            priority_class_name: pod.priority_class_name.clone(),
+            image_pull_secrets: image_pull_secrets(
+                pod.kubernetes_config.image_pull_secrets.as_ref(),
+            ),
+            enable_service_links: Some(false),
+            ..PodSpec::default()
+        }),
+    }
 }
 
 /// The Service port of the exporter's metrics, when enabled.

@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceSpec,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
@@ -23,10 +21,9 @@ use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
 
 use crate::pod::{
-    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, config_volume, container_port,
-    container_security, data_storage, exporter_container, exporter_service_port,
-    image_pull_secrets, memory_volume, mount, network_policy, own_data_claims, password_env,
-    pod_security, probe, service, service_port, short_hash,
+    DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
+    exporter_container, exporter_service_port, memory_volume, mount, network_policy,
+    own_data_claims, password_env, pod_template, probe, service, service_port, short_hash,
 };
 use crate::secret::{SecretError, read_password};
 use crate::v1beta1::{Phase, Redis, RedisSpec, RedisStatus};
@@ -186,28 +183,7 @@ pub fn stateful_set(
                 ..LabelSelector::default()
             },
             persistent_volume_claim_retention_policy: Some(retention),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_owned(),
-                        hash.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers,
-                    volumes: Some(volumes),
-                    security_context: Some(pod_security(spec.pod.security_context.as_ref())),
-                    node_selector: spec.pod.node_selector.clone(),
-                    affinity: spec.pod.affinity.clone(),
-                    tolerations: spec.pod.tolerations.clone(),
-                    priority_class_name: spec.pod.priority_class_name.clone(),
-                    image_pull_secrets: image_pull_secrets(kubernetes.image_pull_secrets.as_ref()),
-                    enable_service_links: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod_template(&spec.pod, labels, hash, containers, volumes),
             volume_claim_templates: Some(claim_templates),
             ..StatefulSetSpec::default()
         },
@@ -433,6 +409,7 @@ async fn report_failure(redis: &Redis, context: &Context, error: &Error) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pod::CONFIG_HASH_ANNOTATION;
     use serde_json::json;
 
     use crate::secret::referring_to_secret;

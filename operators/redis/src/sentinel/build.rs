@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, Container, EnvVar, EnvVarSource, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Service,
-    ServiceSpec, WeightedPodAffinityTerm,
+    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, Service, ServiceSpec,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -17,10 +17,9 @@ use kube::api::ObjectMeta;
 use super::data_plane::{Node, Settings};
 use super::scripts;
 use crate::pod::{
-    CONFIG_HASH_ANNOTATION, DATA_VOLUME, REDIS_PORT, config_volume, container_port,
-    container_security, data_storage, env_value, exec, exporter_container, exporter_service_port,
-    image_pull_secrets, memory_volume, mount, password_env, pod_security, probe, service,
-    service_port, short_hash,
+    DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
+    env_value, exec, exporter_container, exporter_service_port, memory_volume, mount, password_env,
+    pod_template, probe, service, service_port, short_hash,
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
@@ -286,6 +285,12 @@ pub fn stateful_set(
         }),
         ..Affinity::default()
     });
+    let mut template = pod_template(&spec.pod, labels, hash, containers, volumes);
+    if let Some(pod) = template.spec.as_mut() {
+        pod.affinity = Some(affinity);
+        pod.termination_grace_period_seconds =
+            Some(i64::try_from(settings(spec).failover_timeout / 1000 + 20).unwrap_or(i64::MAX));
+    }
     StatefulSet {
         metadata: ObjectMeta {
             name: Some(names.nodes.clone()),
@@ -299,32 +304,7 @@ pub fn stateful_set(
             pod_management_policy: Some("Parallel".to_owned()),
             selector,
             persistent_volume_claim_retention_policy: Some(retention),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_owned(),
-                        hash.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers,
-                    volumes: Some(volumes),
-                    security_context: Some(pod_security(spec.pod.security_context.as_ref())),
-                    node_selector: spec.pod.node_selector.clone(),
-                    affinity: Some(affinity),
-                    tolerations: spec.pod.tolerations.clone(),
-                    priority_class_name: spec.pod.priority_class_name.clone(),
-                    image_pull_secrets: image_pull_secrets(kubernetes.image_pull_secrets.as_ref()),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(
-                        i64::try_from(settings(spec).failover_timeout / 1000 + 20)
-                            .unwrap_or(i64::MAX),
-                    ),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             volume_claim_templates: Some(claim_templates),
             ..StatefulSetSpec::default()
         },
