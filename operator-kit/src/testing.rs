@@ -39,8 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -449,6 +450,33 @@ impl TestNamespace {
     /// The client configuration, for code under test that builds its own client.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Creates the Secret `name` in this namespace with `value` under `key` — a password, say.
+    pub async fn create_secret(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Secret, HarnessError> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                key.to_owned(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        self.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|source| HarnessError::Api {
+                action: format!("create Secret {name:?}"),
+                source,
+            })
     }
 
     /// An API handle for namespaced objects of kind `K` in this namespace.

@@ -194,17 +194,10 @@ async fn a_pod_on_the_real_node_runs_probes_serves_and_reaches_the_api_server() 
 /// The seed's standalone Redis (`examples/redis-standalone.yaml`) with a password Secret and
 /// pinned to the real node; waits until it is Ready.
 async fn create_seed_redis(namespace: &TestNamespace, password: &str) -> Result<()> {
-    use k8s_openapi::api::core::v1::Secret;
     use redis_operator::v1beta1::{Phase, Redis};
 
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": "redis-auth" },
-        "stringData": { "password": password },
-    }))?;
     namespace
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
+        .create_secret("redis-auth", "password", password)
         .await?;
     let mut redis: Redis =
         serde_yaml::from_str(include_str!("../../examples/redis-standalone.yaml"))?;

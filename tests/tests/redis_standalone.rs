@@ -404,20 +404,8 @@ async fn a_missing_secret_is_reported_once_and_recovered_from() -> Result<()> {
         "a pod was started without its Secret"
     );
 
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("redis-auth".to_owned()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            "password".to_owned(),
-            ByteString(b"hunter2-long-enough".to_vec()),
-        )])),
-        ..Secret::default()
-    };
     namespace
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
+        .create_secret("redis-auth", "password", "hunter2-long-enough")
         .await?;
     wait_ready(&namespace, "guarded").await?;
     // The password is never copied into objects, status or events.

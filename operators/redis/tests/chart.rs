@@ -137,13 +137,8 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
             "127.0.0.1:0",
         ],
     )?;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "redis-auth" },
-        "stringData": { "password": "not-a-real-password" },
-    }))?;
     watched
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
+        .create_secret("redis-auth", "password", "not-a-real-password")
         .await?;
     let redis: Redis = serde_json::from_value(json!({
         "apiVersion": "redis.operator-kit.io/v1beta1",

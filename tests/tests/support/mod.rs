@@ -10,9 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use operator_kit::testing::TestNamespace;
 use redis_operator::resp::Value;
 use redis_operator::sentinel::build::{self, Names};
@@ -26,14 +23,7 @@ pub const PASSWORD: &str = r#"sentinel "test" pass\word"#;
 
 /// Creates the Secret `name` in `namespace`, holding [`PASSWORD`] under the key `password`.
 pub async fn create_password_secret(namespace: &TestNamespace, name: &str) -> Result<()> {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "data": { "password": ByteString(PASSWORD.as_bytes().to_vec()) },
-    }))?;
-    namespace
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await?;
+    namespace.create_secret(name, "password", PASSWORD).await?;
     Ok(())
 }
 
