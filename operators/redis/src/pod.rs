@@ -334,6 +334,45 @@ pub fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
+/// The headless Service `name`: stable DNS names for the pods `labels` select, ready or not (a
+/// starting pod must be resolvable before it is ready), on `ports`.
+pub(crate) fn headless_service(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    ports: Vec<ServicePort>,
+) -> Service {
+    service(
+        name,
+        ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(labels.clone()),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        },
+    )
+}
+
+/// The client Service `name`: Redis on 6379 of the pods `labels` select, of the spec's type,
+/// plus the exporter's port when enabled.
+pub(crate) fn client_service(
+    name: &str,
+    pod: &RedisPodSpec,
+    labels: &BTreeMap<String, String>,
+) -> Service {
+    let mut ports = vec![service_port("redis", REDIS_PORT)];
+    ports.extend(exporter_service_port(pod.redis_exporter.as_ref()));
+    service(
+        name,
+        ServiceSpec {
+            type_: Some(pod.kubernetes_config.service_type.as_str().to_owned()),
+            selector: Some(labels.clone()),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        },
+    )
+}
+
 /// The Service `name` with `spec`.
 pub fn service(name: &str, spec: ServiceSpec) -> Service {
     Service {

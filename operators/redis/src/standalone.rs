@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
@@ -21,9 +21,9 @@ use operator_kit::conditions::{ConditionUpdate, READY, set_condition};
 use operator_kit::{Action, ChildError, Context, ErrorClass, ReconcileError, Reconciler};
 
 use crate::pod::{
-    DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
-    exporter_container, exporter_service_port, memory_volume, mount, network_policy,
-    own_data_claims, password_env, pod_template, probe, service, service_port, short_hash,
+    self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
+    exporter_container, memory_volume, mount, network_policy, own_data_claims, password_env,
+    pod_template, probe, service_port, short_hash,
 };
 use crate::secret::{SecretError, read_password};
 use crate::v1beta1::{Phase, Redis, RedisSpec, RedisStatus};
@@ -193,15 +193,10 @@ pub fn stateful_set(
 
 /// The headless Service that gives the pod a stable DNS name.
 pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
-    service(
+    pod::headless_service(
         &names.headless,
-        ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            publish_not_ready_addresses: Some(true),
-            selector: Some(labels.clone()),
-            ports: Some(vec![service_port("redis", REDIS_PORT)]),
-            ..ServiceSpec::default()
-        },
+        labels,
+        vec![service_port("redis", REDIS_PORT)],
     )
 }
 
@@ -211,17 +206,7 @@ pub fn client_service(
     names: &Names,
     labels: &BTreeMap<String, String>,
 ) -> Service {
-    let mut ports = vec![service_port("redis", REDIS_PORT)];
-    ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
-    service(
-        &names.server,
-        ServiceSpec {
-            type_: Some(spec.pod.kubernetes_config.service_type.as_str().to_owned()),
-            selector: Some(labels.clone()),
-            ports: Some(ports),
-            ..ServiceSpec::default()
-        },
-    )
+    pod::client_service(&names.server, &spec.pod, labels)
 }
 
 /// The status for a StatefulSet in the given state (`None`: not created yet).

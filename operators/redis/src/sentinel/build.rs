@@ -17,9 +17,9 @@ use kube::api::ObjectMeta;
 use super::data_plane::{Node, Settings};
 use super::scripts;
 use crate::pod::{
-    DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
-    env_value, exec, exporter_container, exporter_service_port, memory_volume, mount, password_env,
-    pod_template, probe, service, service_port, short_hash,
+    self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
+    env_value, exec, exporter_container, memory_volume, mount, password_env, pod_template, probe,
+    service, service_port, short_hash,
 };
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
@@ -315,18 +315,13 @@ pub fn stateful_set(
 /// The headless Service: stable DNS names for the pods, ready or not (a starting pod must be
 /// resolvable before it is ready).
 pub fn headless_service(names: &Names, labels: &BTreeMap<String, String>) -> Service {
-    service(
+    pod::headless_service(
         &names.headless,
-        ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            publish_not_ready_addresses: Some(true),
-            selector: Some(labels.clone()),
-            ports: Some(vec![
-                service_port("redis", REDIS_PORT),
-                service_port("sentinel", SENTINEL_PORT),
-            ]),
-            ..ServiceSpec::default()
-        },
+        labels,
+        vec![
+            service_port("redis", REDIS_PORT),
+            service_port("sentinel", SENTINEL_PORT),
+        ],
     )
 }
 
@@ -339,17 +334,7 @@ pub fn client_service(
     names: &Names,
     labels: &BTreeMap<String, String>,
 ) -> Service {
-    let mut ports = vec![service_port("redis", REDIS_PORT)];
-    ports.extend(exporter_service_port(spec.pod.redis_exporter.as_ref()));
-    service(
-        &names.client,
-        ServiceSpec {
-            type_: Some(spec.pod.kubernetes_config.service_type.as_str().to_owned()),
-            selector: Some(labels.clone()),
-            ports: Some(ports),
-            ..ServiceSpec::default()
-        },
-    )
+    pod::client_service(&names.client, &spec.pod, labels)
 }
 
 /// The sentinel Service `<name>-sentinel`: Sentinel on 26379, inside the cluster only

@@ -549,7 +549,7 @@ pub struct Plan {
 
 impl Plan {
     /// A plan that changes nothing and says why.
-    fn wait(failover_in_progress: bool, reason: String) -> Self {
+    pub fn wait(failover_in_progress: bool, reason: String) -> Self {
         Self {
             master: None,
             choice: None,
@@ -619,18 +619,13 @@ pub fn plan(
         // Pods that refuse the password are as good as unseen, and acting on the others alone
         // could demote the node that holds the newest writes, or record the wrong master for
         // the next cold start: no master, no command, wait and report.
-        return Plan {
-            master: None,
-            choice: None,
-            actions: Vec::new(),
-            warnings: Vec::new(),
-            failover_in_progress: false,
-            waiting: Some(format!(
+        return Plan::wait(
+            false,
+            format!(
                 "{:?} refuse the operator's password",
                 observation.password_refused
-            )),
-            undecided: None,
-        };
+            ),
+        );
     }
     let majority = nodes.len() / 2 + 1;
     let sentinels: Vec<&SentinelState> = observation.sentinels.iter().flatten().collect();

@@ -819,13 +819,8 @@ mod tests {
             diverged: false,
         };
         let plan = Plan {
-            master: None,
-            choice: None,
-            actions: Vec::new(),
-            warnings: Vec::new(),
-            failover_in_progress: false,
-            waiting: Some("cannot tell".to_owned()),
             undecided: Some(undecided),
+            ..Plan::wait(false, "cannot tell".to_owned())
         };
         let condition = readiness(
             ("shop", "cache"),
@@ -945,15 +940,7 @@ mod tests {
             sentinels: vec![None; 3],
             password_refused: vec!["cache-node-0".to_owned(), "cache-node-2".to_owned()],
         };
-        let plan = Plan {
-            master: None,
-            choice: None,
-            actions: Vec::new(),
-            warnings: Vec::new(),
-            failover_in_progress: false,
-            waiting: None,
-            undecided: None,
-        };
+        let plan = Plan::wait(false, "pods refuse the password".to_owned());
         let condition = readiness(
             ("shop", "cache"),
             &nodes(),
