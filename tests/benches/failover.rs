@@ -91,6 +91,7 @@ async fn main() -> Result<()> {
         )
         .await?;
     support::create_password_secret(&namespace, "auth").await?;
+    support::create_pod_passwords(&namespace, "bench").await?;
     let resource: RedisSentinel = serde_json::from_value(json!({
         "apiVersion": "redis.operator-kit.io/v1beta1",
         "kind": "RedisSentinel",
@@ -122,7 +123,7 @@ async fn main() -> Result<()> {
         let stream = DirectResolver
             .connect(&listener.host, listener.sentinel_port)
             .await?;
-        let mut subscription = Connection::open(stream, Some(support::PASSWORD)).await?;
+        let mut subscription = Connection::open(stream, &support::as_client()).await?;
         subscription.send(&["SUBSCRIBE", "+switch-master"]).await?;
         subscription.read().await?;
         let switched = tokio::spawn(async move {

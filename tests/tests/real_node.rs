@@ -229,7 +229,7 @@ async fn create_seed_redis(namespace: &TestNamespace, password: &str) -> Result<
 /// to the seed's image name), its claim bound and written, its probes running.
 #[tokio::test]
 async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<()> {
-    use redis_operator::resp::{Connection, Value};
+    use redis_operator::resp::{Connection, Credentials, Value};
 
     let _one_at_a_time = REAL_NODE.lock().await;
 
@@ -253,14 +253,15 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
 
     // A client on the pod network: the password is required, then writes and reads work.
     let stream = tokio::net::TcpStream::connect((pod_ip.as_str(), 6379)).await?;
-    let mut anonymous = Connection::open(Box::new(stream), None).await?;
+    let mut anonymous = Connection::open(Box::new(stream), &Credentials::default()).await?;
     let refused = anonymous.command(&["SET", "k", "v"]).await;
     ensure!(
         refused.is_err(),
         "a write without the password: {refused:?}"
     );
     let stream = tokio::net::TcpStream::connect((pod_ip.as_str(), 6379)).await?;
-    let mut client = Connection::open(Box::new(stream), Some(PASSWORD)).await?;
+    let mut client =
+        Connection::open(Box::new(stream), &Credentials::password(Some(PASSWORD))).await?;
     client
         .command(&["SET", "seed", "written in a real pod"])
         .await?;
@@ -273,7 +274,8 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     // Through the API server's port-forward, as `kubectl port-forward` does.
     let mut forwarder = pods.portforward("redis-standalone-0", &[6379]).await?;
     let forwarded = forwarder.take_stream(6379).context("no forwarded stream")?;
-    let mut forwarded = Connection::open(Box::new(forwarded), Some(PASSWORD)).await?;
+    let mut forwarded =
+        Connection::open(Box::new(forwarded), &Credentials::password(Some(PASSWORD))).await?;
     ensure!(forwarded.command(&["PING"]).await? == Value::Status("PONG".to_owned()));
 
     // And the seed's own command, from the host: `kubectl port-forward svc/redis-standalone`.
@@ -298,7 +300,8 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     .with_context(|| kubectl.log())?;
     kubectl.check_running()?;
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", local_port)).await?;
-    let mut through_kubectl = Connection::open(Box::new(stream), Some(PASSWORD)).await?;
+    let mut through_kubectl =
+        Connection::open(Box::new(stream), &Credentials::password(Some(PASSWORD))).await?;
     ensure!(through_kubectl.command(&["PING"]).await? == Value::Status("PONG".to_owned()));
     ensure!(
         through_kubectl
@@ -502,6 +505,253 @@ async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> R
         ready_master(&namespace, patience).await?;
     }
     operator.check_running()?;
+    drop(operator);
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// What one client of the real pods saw: keys a replica acknowledged, and failed writes with
+/// when they failed.
+#[derive(Default)]
+struct RealClientLog {
+    acknowledged: Vec<String>,
+    errors: Vec<(std::time::Instant, String)>,
+}
+
+/// A client writing with `password` every 20 ms until `stop`, each write on fresh connections
+/// (so that each authenticates again) to the pod that says it is master.
+fn spawn_real_client(
+    ips: Vec<String>,
+    name: &'static str,
+    password: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<RealClientLog> {
+    use redis_operator::resp::Value;
+    tokio::spawn(async move {
+        let mut log = RealClientLog::default();
+        let mut index = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let at = std::time::Instant::now();
+            let key = format!("{name}:{index}");
+            index += 1;
+            let mut outcome = Err(anyhow::anyhow!("no pod said it was master"));
+            for ip in &ips {
+                let attempt = async {
+                    let mut connection =
+                        real_node_support::connect((ip.as_str(), 6379), &password).await?;
+                    let role = connection.command(&["ROLE"]).await?;
+                    if role.items().first().and_then(Value::text).as_deref() != Some("master") {
+                        return Ok(None);
+                    }
+                    connection.command(&["SET", &key, name]).await?;
+                    let replicas = connection.command(&["WAIT", "1", "1000"]).await?;
+                    anyhow::Ok(Some(
+                        matches!(replicas, Value::Integer(count) if count >= 1),
+                    ))
+                };
+                match attempt.await {
+                    Ok(None) => {}
+                    Ok(Some(acknowledged)) => {
+                        outcome = Ok(acknowledged);
+                        break;
+                    }
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
+            }
+            match outcome {
+                Ok(true) => log.acknowledged.push(key),
+                Ok(false) => {}
+                Err(error) => log.errors.push((at, error.to_string())),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        log
+    })
+}
+
+#[tokio::test]
+async fn a_password_rotation_on_real_pods_restarts_nothing_and_loses_no_write() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+    use real_node_support::{SENTINEL_NAME, create_seed_sentinel, ready_master, restart_count};
+    use redis_operator::resp::Value;
+    use redis_operator::v1beta1::RedisSentinel;
+
+    const NEW_PASSWORD: &str = "rotated on the real node";
+    let _one_at_a_time = REAL_NODE.lock().await;
+    let namespace = TestNamespace::create("real-rotation").await?;
+    for crd in redis_operator::crds() {
+        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
+    }
+    let mut operator = operator_kit::testing::tools::OperatorProcess::spawn(
+        &real_node_support::release_binary("redis-operator")?,
+        &operator_kit::testing::tools::kubeconfig_path()?,
+        &[
+            "--watch-namespace",
+            namespace.name(),
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let password = create_seed_sentinel(&namespace).await?;
+    // The example keeps the old password 5 minutes; 10 s is enough to see both work.
+    const GRACE: Duration = Duration::from_secs(10);
+    let sentinels = namespace.api::<RedisSentinel>();
+    sentinels
+        .patch(
+            SENTINEL_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "passwordRotation": {
+                "oldPasswordGraceSeconds": GRACE.as_secs(),
+            } } })),
+        )
+        .await?;
+    let patience = Duration::from_secs(300);
+    ready_master(&namespace, patience).await?;
+    let pods = namespace.api::<Pod>();
+    let restarts = |listed: &[Pod]| -> Vec<i32> {
+        listed
+            .iter()
+            .flat_map(|pod| ["redis", "sentinel"].map(|container| restart_count(pod, container)))
+            .collect()
+    };
+    let listed = pods.list(&kube::api::ListParams::default()).await?.items;
+    let before = restarts(&listed);
+    let ips: Vec<String> = listed
+        .iter()
+        .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+        .collect();
+    ensure!(ips.len() == 3, "{ips:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_client = spawn_real_client(ips.clone(), "old", password.clone(), stop.clone());
+    let new_client = spawn_real_client(ips.clone(), "new", NEW_PASSWORD.to_owned(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let changed = namespace
+        .api::<Secret>()
+        .patch(
+            "redis-ha-auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "password": NEW_PASSWORD } })),
+        )
+        .await?;
+    let changed_at = std::time::Instant::now();
+    let version = changed.metadata.resource_version.context("no version")?;
+    // Followed through the status: when every pod accepted the new password (its
+    // lastTransitionTime, recorded once they all did), and when the old one is gone.
+    let mut accepted_at = None;
+    let done_at = loop {
+        let rotation = sentinels
+            .get(SENTINEL_NAME)
+            .await?
+            .status
+            .and_then(|status| status.password_rotation)
+            .filter(|rotation| rotation.secret_resource_version == version);
+        match rotation.as_ref().map(|rotation| rotation.phase.as_str()) {
+            Some("NewPasswordAccepted") if accepted_at.is_none() => {
+                let recorded: std::time::SystemTime = rotation
+                    .as_ref()
+                    .context("no rotation")?
+                    .last_transition_time
+                    .parse::<k8s_openapi::jiff::Timestamp>()?
+                    .into();
+                let ago = std::time::SystemTime::now()
+                    .duration_since(recorded)
+                    .unwrap_or_default();
+                accepted_at = Some(std::time::Instant::now() - ago);
+            }
+            Some("Done") => break std::time::Instant::now(),
+            _ => {}
+        }
+        ensure!(
+            changed_at.elapsed() < patience,
+            "no rotation: {rotation:?}\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Probes keep passing for two periods after (they use the operator's own user).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (old_log, new_log) = (old_client.await?, new_client.await?);
+    let accepted_at = accepted_at.context("the status never said NewPasswordAccepted")?;
+    // The old password works for the whole grace, the new one from the acceptance on.
+    let old_before: Vec<_> = old_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at < accepted_at + GRACE)
+        .collect();
+    let old_after = old_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at >= done_at)
+        .count();
+    let new_after: Vec<_> = new_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at >= accepted_at)
+        .collect();
+    let listed = pods.list(&kube::api::ListParams::default()).await?.items;
+    eprintln!(
+        "measured: the Secret changed; every pod accepted the new password {:?} later, the old \
+         one was gone {:?} later (grace {GRACE:?}); old-password client {} acknowledged writes, \
+         {} errors until the grace ended, {old_after} after the removal; new-password client {} \
+         acknowledged, {} errors before the acceptance, {} after; container restarts {:?} -> {:?}",
+        accepted_at.saturating_duration_since(changed_at),
+        done_at - changed_at,
+        old_log.acknowledged.len(),
+        old_before.len(),
+        new_log.acknowledged.len(),
+        new_log.errors.len() - new_after.len(),
+        new_after.len(),
+        before,
+        restarts(&listed)
+    );
+    ensure!(old_before.is_empty(), "{old_before:?}");
+    ensure!(new_after.is_empty(), "{new_after:?}");
+    ensure!(
+        old_after > 0,
+        "the old password kept working: the test proved nothing"
+    );
+    ensure!(restarts(&listed) == before, "a container restarted");
+    ensure!(
+        listed.iter().all(|pod| is_ready(pod) == Some(true)),
+        "a pod is not ready"
+    );
+    // Every pod takes the new password only, and holds every acknowledged write.
+    let master = ready_master(&namespace, patience).await?;
+    for ip in &ips {
+        ensure!(
+            real_node_support::connect((ip.as_str(), 6379), &password)
+                .await
+                .is_err(),
+            "{ip} still takes the old password"
+        );
+    }
+    let master_ip = pods
+        .get(&master)
+        .await?
+        .status
+        .and_then(|status| status.pod_ip)
+        .context("no pod IP")?;
+    let mut client = real_node_support::connect((master_ip.as_str(), 6379), NEW_PASSWORD).await?;
+    for key in old_log.acknowledged.iter().chain(&new_log.acknowledged) {
+        ensure!(
+            client.command(&["EXISTS", key]).await? == Value::Integer(1),
+            "{key} lost"
+        );
+    }
+    operator.check_running()?;
+    ensure!(
+        !operator.log().contains(NEW_PASSWORD) && !operator.log().contains(&password),
+        "a password reached the operator's log"
+    );
     drop(operator);
     namespace.delete().await?;
     Ok(())

@@ -7,11 +7,12 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -107,6 +108,11 @@ async fn failover_scale_and_deletion_with_the_operator_following() -> Result<()>
     let mut set = LocalSet::new("cache", 5, 3, 1000).await?;
     let operator = start(&namespace, &set).await?;
     support::create_password_secret(&namespace, "redis-auth").await?;
+    support::create_pod_passwords(
+        &namespace,
+        set.resource.metadata.name.as_deref().unwrap_or_default(),
+    )
+    .await?;
     let api = namespace.api::<RedisSentinel>();
     api.create(&PostParams::default(), &resource("cache", 3)?)
         .await?;
@@ -515,6 +521,11 @@ async fn a_refused_apply_does_not_keep_the_master_label_on_the_old_master() -> R
     let mut set = LocalSet::new("refused", 3, 3, 1000).await?;
     let operator = start(&namespace, &set).await?;
     support::create_password_secret(&namespace, "redis-auth").await?;
+    support::create_pod_passwords(
+        &namespace,
+        set.resource.metadata.name.as_deref().unwrap_or_default(),
+    )
+    .await?;
     let api = namespace.api::<RedisSentinel>();
     api.create(&PostParams::default(), &resource("refused", 3)?)
         .await?;
@@ -581,6 +592,11 @@ async fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() -> Result<()
     }
     let operator = start(&namespace, &set).await?;
     support::create_password_secret(&namespace, "redis-auth").await?;
+    support::create_pod_passwords(
+        &namespace,
+        set.resource.metadata.name.as_deref().unwrap_or_default(),
+    )
+    .await?;
     let api = namespace.api::<RedisSentinel>();
     api.create(&PostParams::default(), &resource("undecided", 3)?)
         .await?;
@@ -666,6 +682,117 @@ async fn data_that_cannot_be_ordered_waits_for_a_person_to_choose() -> Result<()
             && warnings[0].ends_with("None"),
         "one Warning expected: {warnings:#?}"
     );
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_password_secret_is_rotated_live_reported_and_recorded() -> Result<()> {
+    const NEW_PASSWORD: &str = "the rotated password";
+    let namespace = TestNamespace::create("redis-sentinel-rotation").await?;
+    let set = LocalSet::new("rotate", 3, 3, 1000).await?;
+    let operator = start(&namespace, &set).await?;
+    support::create_password_secret(&namespace, "redis-auth").await?;
+    support::create_pod_passwords(&namespace, "rotate").await?;
+    let api = namespace.api::<RedisSentinel>();
+    api.create(&PostParams::default(), &resource("rotate", 3)?)
+        .await?;
+    wait_healthy(&namespace, "rotate", 3, None).await?;
+    let before = support::run_ids(&set).await?;
+
+    // Clients with the old and the new password write throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_client = support::spawn_client(&set, "old", PASSWORD, stop.clone());
+    let new_client = support::spawn_client(&set, "new", NEW_PASSWORD, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let secrets = namespace.api::<Secret>();
+    let changed = secrets
+        .patch(
+            "redis-auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "password": NEW_PASSWORD } })),
+        )
+        .await?;
+    let version = changed.metadata.resource_version.context("no version")?;
+    let done = namespace
+        .wait_for(
+            &api,
+            "rotate",
+            "the rotation done",
+            TIMEOUT,
+            move |resource: &RedisSentinel| {
+                resource
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.password_rotation.as_ref())
+                    .is_some_and(|rotation| {
+                        rotation.phase == "Done" && rotation.secret_resource_version == version
+                    })
+            },
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (old_log, new_log) = (old_client.await?, new_client.await?);
+    eprintln!(
+        "measured: old-password client {} acknowledged, {} errors; new-password client {} \
+         acknowledged, {} errors (the rotation took the Secret's change to Done: {:?})",
+        old_log.acknowledged.len(),
+        old_log.errors.len(),
+        new_log.acknowledged.len(),
+        new_log.errors.len(),
+        done.status
+            .as_ref()
+            .and_then(|status| status.password_rotation.as_ref())
+    );
+
+    // Every process takes only the new password now, none restarted, the set is Ready, and
+    // the operator's Secret records it.
+    ensure!(support::every_process_takes(&set, NEW_PASSWORD)?);
+    ensure!(!support::every_process_takes(&set, PASSWORD)?);
+    ensure!(
+        support::run_ids(&set).await? == before,
+        "a process restarted"
+    );
+    let ready = wait_healthy(&namespace, "rotate", 3, None).await?;
+    let credentials = secrets.get("rotate-operator-credentials").await?;
+    let data = credentials.data.context("no data")?;
+    ensure!(data.get("password").map(|value| value.0.as_slice()) == Some(NEW_PASSWORD.as_bytes()));
+    ensure!(!data.contains_key("previous-password"));
+    // No write a replica acknowledged is lost.
+    let master = ready
+        .status
+        .and_then(|status| status.master)
+        .context("no master")?;
+    let index: usize = master.rsplit('-').next().context("ordinal")?.parse()?;
+    let keys: Vec<String> = old_log
+        .acknowledged
+        .into_iter()
+        .chain(new_log.acknowledged)
+        .collect();
+    let missing = set.missing_keys(index, &keys).await?;
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes lost",
+        missing.len()
+    );
+    // Each step was told once, and no password reached an event or the status.
+    let events = namespace
+        .api::<Event>()
+        .list(&ListParams::default().fields("involvedObject.name=rotate"))
+        .await?;
+    let reasons: Vec<&str> = events
+        .items
+        .iter()
+        .filter_map(|event| event.reason.as_deref())
+        .collect();
+    ensure!(
+        reasons.contains(&"PasswordRotating") && reasons.contains(&"PasswordRotated"),
+        "{reasons:?}"
+    );
+    let told = serde_json::to_string(&events.items)? + &serde_json::to_string(&done.status)?;
+    ensure!(!told.contains(NEW_PASSWORD) && !told.contains(PASSWORD));
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())

@@ -6,12 +6,19 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use redis_operator::resp::Credentials;
 use redis_operator::sentinel;
 use redis_operator::sentinel::data_plane::{self, Choice, DirectResolver, Observation, Role};
-use support::{LocalSet, anonymous_cli, cli, sentinel_cli, wait_until};
+use redis_operator::sentinel::passwords::{self, Converged, Step};
+use support::{
+    LocalSet, PASSWORD, anonymous_cli, cli, client_cli, every_process_takes, run_ids, sentinel_cli,
+    spawn_client, wait_until,
+};
 
 /// Short, so the tests run quickly; the benchmark uses the default 5000.
 const DOWN_AFTER_MILLISECONDS: u64 = 1000;
@@ -137,8 +144,13 @@ async fn a_changed_password_is_reported_and_nothing_is_healed() -> Result<()> {
     // refuses it. The operator sees that, not "unreachable", and plans nothing.
     let nodes = set.first(3);
     let settings = set.settings();
-    let observation =
-        data_plane::observe(&nodes, &DirectResolver, &settings, Some("the new password")).await;
+    let observation = data_plane::observe(
+        &nodes,
+        &DirectResolver,
+        &settings,
+        &Credentials::password(Some("the new password")),
+    )
+    .await;
     let pods: Vec<String> = nodes.iter().map(|node| node.pod.clone()).collect();
     ensure!(observation.password_refused == pods, "{observation:?}");
     let plan = data_plane::plan(&nodes, &observation, &settings, &set.memory(3));
@@ -542,7 +554,7 @@ async fn overwrite(set: &LocalSet, master: usize, keys: &[String], value: &str) 
         &redis_operator::sentinel::data_plane::DirectResolver,
         &node.host,
         node.redis_port,
-        Some(support::PASSWORD),
+        &support::as_client(),
     )
     .await?;
     for key in keys {
@@ -606,6 +618,259 @@ async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Res
             || Ok(cli(set.port(index), &["GET", "key:99"])? == "late"),
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// The password the Secret holds after a person changed it.
+const NEW_PASSWORD: &str = r#"rotated "new" pass\word"#;
+
+/// One pass of the controller's password step over the set, as `sentinel::rotate` takes it:
+/// converge every process, then record the step's passwords (the operator's Secret).
+async fn rotation_pass(set: &LocalSet, wanted: &str) -> Result<(Step, Converged)> {
+    let pods = set.pod_passwords();
+    let step = passwords::step(&pods, wanted, true);
+    let converged = passwords::converge(
+        &set.first(3),
+        &DirectResolver,
+        &pods,
+        &step,
+        &set.settings().master_set,
+    )
+    .await;
+    if let Step::AddNew { next } | Step::RemoveOld { next } = &step
+        && converged.complete()
+        && let Ok(mut recorded) = set.passwords.lock()
+    {
+        *recorded = next.clone();
+    }
+    Ok((step, converged))
+}
+
+#[tokio::test]
+async fn a_password_rotation_moves_every_process_live_and_loses_no_write() -> Result<()> {
+    let mut set = LocalSet::new("rotation", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    set.reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let before = run_ids(&set).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_client = spawn_client(&set, "old", PASSWORD, stop.clone());
+    let new_client = spawn_client(&set, "new", NEW_PASSWORD, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The Secret now holds the new password. First pass: every process takes it next to the
+    // old one, and the operator's Secret says so.
+    let (step, converged) = rotation_pass(&set, NEW_PASSWORD).await?;
+    let accepted = Instant::now();
+    ensure!(
+        matches!(step, Step::AddNew { .. }) && converged.complete(),
+        "{step:?} {converged:?}"
+    );
+    ensure!(converged.changed.len() == 6, "{converged:?}");
+    ensure!(every_process_takes(&set, PASSWORD)? && every_process_takes(&set, NEW_PASSWORD)?);
+    // Both clients write for a while; so do the operator's checks.
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Second pass: the old password goes.
+    let removing = Instant::now();
+    let (step, converged) = rotation_pass(&set, NEW_PASSWORD).await?;
+    let removed = Instant::now();
+    ensure!(
+        matches!(step, Step::RemoveOld { .. }) && converged.complete(),
+        "{step:?} {converged:?}"
+    );
+    ensure!(set.pod_passwords().previous.is_none() && set.pod_passwords().current == NEW_PASSWORD);
+    ensure!(every_process_takes(&set, NEW_PASSWORD)?);
+    ensure!(
+        client_cli(set.port(master), PASSWORD, &["PING"])?.contains("WRONGPASS")
+            || client_cli(set.port(master), PASSWORD, &["PING"])?.contains("NOAUTH"),
+        "the old password still works"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A third pass changes nothing: the set is steady at the new password.
+    let (step, converged) = rotation_pass(&set, NEW_PASSWORD).await?;
+    ensure!(
+        step == Step::Steady && converged.changed.is_empty(),
+        "{converged:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (old_log, new_log) = (old_client.await?, new_client.await?);
+
+    let old_before_removal: Vec<_> = old_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at < removing)
+        .collect();
+    let old_after_removal = old_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at >= removed)
+        .count();
+    let new_before = new_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at < accepted)
+        .count();
+    let new_after: Vec<_> = new_log
+        .errors
+        .iter()
+        .filter(|(at, _)| *at >= accepted)
+        .collect();
+    eprintln!(
+        "measured: old-password client: {} acknowledged writes, {} errors before the old password \
+         was removed, {old_after_removal} after; new-password client: {} acknowledged writes, \
+         {new_before} errors before every process took it, {} after",
+        old_log.acknowledged.len(),
+        old_before_removal.len(),
+        new_log.acknowledged.len(),
+        new_after.len()
+    );
+    ensure!(old_before_removal.is_empty(), "{old_before_removal:?}");
+    ensure!(new_after.is_empty(), "{new_after:?}");
+    ensure!(
+        old_after_removal > 0,
+        "the old-password client never noticed the removal: the test proved nothing"
+    );
+
+    // No process restarted, no acknowledged write is missing, and the operator and the
+    // sentinels (as the operator's user) still heal and fail over.
+    ensure!(run_ids(&set).await? == before, "a process restarted");
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys: Vec<String> = old_log
+        .acknowledged
+        .into_iter()
+        .chain(new_log.acknowledged)
+        .collect();
+    let missing = set.missing_keys(master, &keys).await?;
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes lost",
+        missing.len()
+    );
+    set.kill_redis(master);
+    let killed = Instant::now();
+    loop {
+        let (observation, plan) = set.reconcile(3).await?;
+        if let Some(new_master) = plan.master
+            && new_master != master
+            && role_of(&observation, new_master) == Some(&Role::Master)
+        {
+            let missing = set.missing_keys(new_master, &keys).await?;
+            ensure!(
+                missing.is_empty(),
+                "{} acknowledged writes lost",
+                missing.len()
+            );
+            break;
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no failover after the rotation: {observation:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_process_restarted_during_a_rotation_takes_both_passwords_then_only_the_new_one()
+-> Result<()> {
+    let mut set = LocalSet::new("rotation-restart", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let (step, converged) = rotation_pass(&set, NEW_PASSWORD).await?;
+    ensure!(matches!(step, Step::AddNew { .. }) && converged.complete());
+    // A replica's pod restarts now: it starts from the operator's Secret, which holds both.
+    let replica = (master + 1) % 3;
+    set.stop_redis(replica).await?;
+    set.kill_sentinel(replica);
+    set.start_redis(replica).await?;
+    set.start_sentinel(replica).await?;
+    for password in [PASSWORD, NEW_PASSWORD] {
+        for port in [set.port(replica), set.sentinel_port(replica)] {
+            ensure!(client_cli(port, password, &["PING"])? == "PONG");
+        }
+    }
+    set.reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let (step, converged) = rotation_pass(&set, NEW_PASSWORD).await?;
+    ensure!(matches!(step, Step::RemoveOld { .. }) && converged.complete());
+    ensure!(every_process_takes(&set, NEW_PASSWORD)?);
+    for node in set.first(3) {
+        for port in [node.redis_port, node.sentinel_port] {
+            let answer = client_cli(port, PASSWORD, &["PING"])?;
+            ensure!(
+                answer != "PONG",
+                "{} still takes the old password",
+                node.pod
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_set_from_before_the_operators_user_upgrades_pod_by_pod_without_losing_a_write()
+-> Result<()> {
+    let mut set = LocalSet::before_operator_user("upgrade", 3, 3, DOWN_AFTER_MILLISECONDS).await?;
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let mut keys = set.acknowledged_writes(master, "before", 100).await?;
+    // The upgraded operator's first pass: the running processes get its user, and replication
+    // and the sentinels use it, before any pod is rebuilt.
+    set.old_operator = false;
+    let (step, converged) = rotation_pass(&set, PASSWORD).await?;
+    ensure!(
+        step == Step::Steady && converged.complete(),
+        "{converged:?}"
+    );
+    let added = converged
+        .changed
+        .iter()
+        .filter(|change| change.ends_with("added the operator's user"))
+        .count();
+    ensure!(added == 6, "{converged:?}");
+    for node in set.first(3) {
+        ensure!(cli(node.redis_port, &["PING"])? == "PONG");
+        ensure!(cli(node.sentinel_port, &["PING"])? == "PONG");
+    }
+    // The StatefulSet rolls from the highest ordinal: each old pod runs its preStop hook with
+    // its old environment, and its replacement starts with the new one.
+    for index in (0..3).rev() {
+        set.before_operator_user = true;
+        let mut hook = set.command(index, "prestop-redis.sh");
+        let hook = tokio::task::spawn_blocking(move || hook.status()).await??;
+        ensure!(hook.success(), "the preStop hook of node {index} failed");
+        set.stop_redis(index).await?;
+        set.kill_sentinel(index);
+        set.before_operator_user = false;
+        set.start_redis(index).await?;
+        set.start_sentinel(index).await?;
+        let (master, _) = set
+            .reconcile_until_healthy(3, Duration::from_secs(60))
+            .await?;
+        keys.extend(
+            set.acknowledged_writes(master, &format!("after-{index}"), 20)
+                .await?,
+        );
+    }
+    let (master, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    for index in 0..3 {
+        let missing = set.missing_keys(index, &keys).await?;
+        ensure!(
+            missing.is_empty(),
+            "node {index} (master {master}) lacks {} acknowledged writes",
+            missing.len()
+        );
     }
     Ok(())
 }

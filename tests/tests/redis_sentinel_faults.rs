@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, ensure};
 use redis_operator::resp::Value;
 use redis_operator::sentinel::data_plane::{self, DirectResolver, Memory, Node, Role, Settings};
-use support::{LocalSet, PASSWORD};
+use support::{LocalSet, as_client, as_operator};
 use tokio::sync::Mutex;
 
 const DOWN_AFTER_MILLISECONDS: u64 = 1000;
@@ -88,7 +88,7 @@ async fn operator(
             anyhow::bail!("the shape's lock is poisoned");
         };
         let observation =
-            data_plane::observe(&nodes, &DirectResolver, &settings, Some(PASSWORD)).await;
+            data_plane::observe(&nodes, &DirectResolver, &settings, &as_operator()).await;
         let known = memory
             .lock()
             .map(|memory| memory.clone())
@@ -101,7 +101,7 @@ async fn operator(
             &DirectResolver,
             &settings,
             &known,
-            Some(PASSWORD),
+            &as_operator(),
         )
         .await;
         if let Some(master) = plan.master
@@ -121,7 +121,7 @@ async fn named_master(nodes: &[Node], settings: &Settings) -> Option<usize> {
             &DirectResolver,
             &node.host,
             node.sentinel_port,
-            Some(PASSWORD),
+            &as_client(),
         )
         .await
         else {
@@ -157,7 +157,7 @@ async fn writer(
         };
         let node = &nodes[master];
         let Ok(mut connection) =
-            data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD)).await
+            data_plane::connect(&DirectResolver, &node.host, node.redis_port, &as_client()).await
         else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -197,7 +197,7 @@ async fn watch_masters(nodes: Vec<Node>, stop: Arc<AtomicBool>) -> Result<TwoMas
         let mut writable = 0;
         for node in &nodes {
             let Ok(mut connection) =
-                data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD))
+                data_plane::connect(&DirectResolver, &node.host, node.redis_port, &as_client())
                     .await
             else {
                 continue;
@@ -382,7 +382,7 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     );
     let node = &set.nodes[master];
     let mut connection =
-        data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD)).await?;
+        data_plane::connect(&DirectResolver, &node.host, node.redis_port, &as_client()).await?;
     let mut lost = Vec::new();
     for (key, value) in &acknowledged {
         let stored = connection.command(&["GET", key]).await?;

@@ -35,10 +35,12 @@
   resources: [pods]
   verbs: [list, patch]
 # The password Secret named by a resource: its key checked, its changes watched; the
-# RedisSentinel controller also reads the value to authenticate to Redis (in memory only).
+# RedisSentinel controller also reads the value to authenticate to Redis (in memory only),
+# and keeps the pods' passwords in its own Secret <name>-operator-credentials, applied with
+# server-side apply (create, patch). The admission policy refuses a write to any other Secret.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, create, patch]
 # Events on the resources (events.k8s.io/v1; repeated events are patched).
 - apiGroups: [events.k8s.io]
   resources: [events]

@@ -94,9 +94,10 @@ pub fn redis_sentinel_controller_with(
         .owns::<NetworkPolicy>()
         .watches_metadata::<Secret, _>(resources_using_secret)
         .reconcile_on(triggers)
-        // The password is read to authenticate to Redis (kept in memory only); the claims as
-        // for Redis; the pods labelled with their role, for the master Service.
-        .uses::<Secret>(&["get"])
+        // The password is read to authenticate to Redis (kept in memory only), and the pods'
+        // passwords kept in the operator's own Secret `<name>-operator-credentials`; the
+        // claims as for Redis; the pods labelled with their role, for the master Service.
+        .uses::<Secret>(&["get", "create", "patch"])
         .uses::<PersistentVolumeClaim>(&["get", "list", "patch"])
         .uses::<Pod>(&["list", "patch"])
 }

@@ -90,19 +90,24 @@ pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) 
     };
     names
         .iter()
-        .map(|name| EnvVar {
-            name: (*name).to_owned(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    optional: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        })
+        .map(|name| secret_env(name, &secret.name, &secret.key, None))
         .collect()
+}
+
+/// The environment variable `name` read from key `key` of Secret `secret`.
+pub(crate) fn secret_env(name: &str, secret: &str, key: &str, optional: Option<bool>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// A named container port.
@@ -224,11 +229,13 @@ pub(crate) async fn own_data_claims(
         .map(drop)
 }
 
-/// The exporter sidecar, when enabled.
+/// The exporter sidecar, when enabled: it logs in as `user` (else the default user) with the
+/// password in `secret`.
 pub(crate) fn exporter_container(
     exporter: Option<&RedisExporter>,
     pull_policy: &str,
     secret: Option<&SecretKeyReference>,
+    user: Option<&str>,
 ) -> Option<Container> {
     let exporter = exporter.filter(|exporter| exporter.enabled)?;
     let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
@@ -236,6 +243,9 @@ pub(crate) fn exporter_container(
         env_value("REDIS_ADDR", "redis://127.0.0.1:6379"),
         env_value("REDIS_EXPORTER_WEB_LISTEN_ADDRESS", format!(":{port}")),
     ];
+    if let (Some(user), Some(_)) = (user, secret) {
+        env.push(env_value("REDIS_USER", user));
+    }
     env.extend(password_env(secret, &["REDIS_PASSWORD"]));
     Some(Container {
         name: "redis-exporter".to_owned(),

@@ -78,6 +78,25 @@ pub async fn read_password(
     namespace: &str,
     client: &kube::Client,
 ) -> Result<Option<String>, SecretError> {
+    Ok(read_password_secret(reference, namespace, client)
+        .await?
+        .map(|password| password.value))
+}
+
+/// A password read from its Secret.
+pub struct SecretPassword {
+    /// The password (kept in memory only).
+    pub value: String,
+    /// The Secret's `metadata.resourceVersion`, which a rotation reports.
+    pub resource_version: String,
+}
+
+/// [`read_password`], with the Secret's resource version.
+pub async fn read_password_secret(
+    reference: Option<&SecretKeyReference>,
+    namespace: &str,
+    client: &kube::Client,
+) -> Result<Option<SecretPassword>, SecretError> {
     let Some(reference) = reference else {
         return Ok(None);
     };
@@ -106,9 +125,13 @@ pub async fn read_password(
                 .as_ref()
                 .and_then(|data| data.get(&reference.key).cloned())
         });
+    let resource_version = secret.metadata.resource_version.clone().unwrap_or_default();
     match value {
         Some(value) => match password_problem(&value) {
-            None => Ok(Some(value)),
+            None => Ok(Some(SecretPassword {
+                value,
+                resource_version,
+            })),
             Some(problem) => Err(SecretError::PasswordUnusable {
                 name: reference.name.clone(),
                 key: reference.key.clone(),

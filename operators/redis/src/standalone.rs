@@ -167,6 +167,7 @@ pub fn stateful_set(
         spec.pod.redis_exporter.as_ref(),
         pull_policy,
         kubernetes.redis_secret.as_ref(),
+        None,
     ));
     let mut volumes = vec![config_volume("config", &names.config), memory_volume("run")];
     let (claim_templates, retention) = data_storage(&spec.pod, labels, &mut volumes);

@@ -380,9 +380,24 @@ pub struct RedisSentinelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("minReplicasMaxLag must be at least 1"))]
     pub min_replicas_max_lag: Option<i32>,
+    /// How a change of the password Secret reaches the running pods (without restarting
+    /// them; see `status.passwordRotation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_rotation: Option<PasswordRotationSettings>,
     /// How the pods run: image, resources, storage, exporter, configuration, scheduling.
     #[serde(flatten)]
     pub pod: RedisPodSpec,
+}
+
+/// How a changed password reaches the running pods.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordRotationSettings {
+    /// Seconds the old password keeps working after every Redis and Sentinel accepts the new
+    /// one, for clients to move to the new one. Default 0: it is removed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 604800").message("passwordRotation.oldPasswordGraceSeconds must be between 0 and 604800 (a week)"))]
+    pub old_password_grace_seconds: Option<i64>,
 }
 
 fn default_replicas() -> i32 {
@@ -456,4 +471,24 @@ pub struct RedisSentinelStatus {
     /// The last failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<Failover>,
+    /// The last change of the password Secret and how far moving every node to it has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_rotation: Option<PasswordRotation>,
+}
+
+/// How far the pods have come in taking the password the Secret now holds. The old password
+/// keeps working until `phase` is `Done`; the new one works from `NewPasswordAccepted` on.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordRotation {
+    /// The `metadata.resourceVersion` of the password Secret this rotation moves to.
+    pub secret_resource_version: String,
+    /// `AddingNewPassword` (every Redis and Sentinel is being given the new password next to
+    /// the old one), `NewPasswordAccepted` (both work everywhere; pods that restart now start
+    /// with both), `RemovingOldPassword`, or `Done` (only the new one works).
+    pub phase: String,
+    /// What is being done or, when a node cannot be moved, which one and why.
+    pub message: String,
+    /// When the phase last changed (RFC 3339).
+    pub last_transition_time: String,
 }

@@ -217,7 +217,9 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         "apiVersion": "redis.operator-kit.io/v1beta1",
         "kind": "RedisSentinel",
         "metadata": { "name": "ha" },
-        "spec": { "kubernetesConfig": {} },
+        "spec": { "kubernetesConfig": {
+            "redisSecret": { "name": "redis-auth", "key": "password" },
+        } },
     }))?;
     let sentinels = watched.api::<RedisSentinel>();
     sentinels.create(&PostParams::default(), &sentinel).await?;
@@ -240,6 +242,38 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
     watched.api::<StatefulSet>().get("ha-node").await?;
     watched.api::<PodDisruptionBudget>().get("ha-node").await?;
     watched.api::<Service>().get("ha-master").await?;
+    // The pods' passwords are in the operator's own Secret: the one kind of Secret it may
+    // write, though RBAC lets it patch any in the namespace.
+    let credentials = watched
+        .api::<Secret>()
+        .get("ha-operator-credentials")
+        .await?;
+    ensure!(
+        credentials.data.as_ref().is_some_and(|data| {
+            ["password", "operator-password"]
+                .iter()
+                .all(|key| data.contains_key(*key))
+        }),
+        "the operator's Secret lacks a password"
+    );
+    let account_secrets = Api::<Secret>::namespaced(account.clone(), watched.name());
+    let tamper = json!({ "stringData": { "password": "theirs" } });
+    refused_by_policy(
+        account_secrets
+            .patch("redis-auth", &PatchParams::default(), &merge(&tamper))
+            .await,
+        "may write only the <name>-operator-credentials Secrets of its RedisSentinels",
+    )?;
+    let planted: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "planted-operator-credentials" },
+        "stringData": { "password": "theirs" },
+    }))?;
+    refused_by_policy(
+        account_secrets
+            .create(&PostParams::default(), &planted)
+            .await,
+        "may write only the <name>-operator-credentials Secrets of its RedisSentinels",
+    )?;
     // The role label of its own pods is all it may change on a pod.
     let pods = watched.api::<Pod>();
     watched

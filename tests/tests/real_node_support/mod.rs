@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use operator_kit::testing::TestNamespace;
-use redis_operator::resp::{Connection, Value};
+use redis_operator::resp::{Connection, Credentials, Value};
 use redis_operator::v1beta1::{Phase, RedisSentinel};
 use serde_json::json;
 
@@ -110,7 +110,7 @@ pub async fn connect(address: (&str, u16), password: &str) -> Result<Connection>
     )
     .await
     .context("connect timed out")??;
-    Ok(Connection::open(Box::new(stream), Some(password)).await?)
+    Ok(Connection::open(Box::new(stream), &Credentials::password(Some(password))).await?)
 }
 
 /// A connection to the Redis of `pod` by its pod IP.

@@ -7,23 +7,65 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::Secret;
 use operator_kit::testing::TestNamespace;
-use redis_operator::resp::Value;
+use redis_operator::resp::{Credentials, Value};
 use redis_operator::sentinel::build::{self, Names};
 use redis_operator::sentinel::data_plane::{
     self, DirectResolver, Memory, Node, Observation, Plan, Settings,
 };
+use redis_operator::sentinel::passwords::PodPasswords;
 use redis_operator::v1beta1::RedisSentinel;
 use serde_json::json;
 
 pub const PASSWORD: &str = r#"sentinel "test" pass\word"#;
+/// The operator's user's password (the operator generates hex; this one tests the escaping).
+pub const OPERATOR_PASSWORD: &str = r#"operator's "own" pass\word"#;
+
+/// What the operator authenticates with before any rotation.
+pub fn as_operator() -> Credentials {
+    Credentials {
+        operator: Some(OPERATOR_PASSWORD.to_owned()),
+        passwords: vec![PASSWORD.to_owned()],
+    }
+}
+
+/// What a client of the set authenticates with: the default user and [`PASSWORD`].
+pub fn as_client() -> Credentials {
+    Credentials::password(Some(PASSWORD))
+}
 
 /// Creates the Secret `name` in `namespace`, holding [`PASSWORD`] under the key `password`.
 pub async fn create_password_secret(namespace: &TestNamespace, name: &str) -> Result<()> {
     namespace.create_secret(name, "password", PASSWORD).await?;
+    Ok(())
+}
+
+/// Creates the operator's Secret of the RedisSentinel `resource` with the passwords a
+/// [`LocalSet`]'s processes start with, labelled as that resource's: the operator adopts it
+/// (as after a restore from a backup) instead of generating an operator password the local
+/// processes do not know.
+pub async fn create_pod_passwords(namespace: &TestNamespace, resource: &str) -> Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{resource}-operator-credentials"),
+            "labels": {
+                "app.kubernetes.io/name": "redis-operator",
+                "app.kubernetes.io/managed-by": "redis-operator",
+                "app.kubernetes.io/instance": resource,
+            },
+        },
+        "stringData": { "operator-password": OPERATOR_PASSWORD, "password": PASSWORD },
+    }))?;
+    namespace
+        .api::<Secret>()
+        .create(&kube::api::PostParams::default(), &secret)
+        .await?;
     Ok(())
 }
 
@@ -64,12 +106,41 @@ pub struct LocalSet {
     /// What the operator remembers between checks (its `status.master`), as the controller
     /// keeps it.
     pub memory: std::sync::Arc<std::sync::Mutex<Memory>>,
+    /// What the operator's Secret holds: the passwords a process starts with.
+    pub passwords: std::sync::Mutex<PodPasswords>,
+    /// Processes start as pods from before the operator's user did: the clients' password
+    /// for everything, no `OPERATOR_PASSWORD`.
+    pub before_operator_user: bool,
+    /// The operator is a release from before it had its own user: it authenticates with the
+    /// clients' password only (and points sentinels at Redis with it).
+    pub old_operator: bool,
 }
 
 impl LocalSet {
     /// Starts the first `started` of `capacity` nodes of a RedisSentinel called `name` whose
     /// sentinels declare a master down after `down_after` milliseconds.
     pub async fn new(name: &str, capacity: usize, started: usize, down_after: u64) -> Result<Self> {
+        Self::start(name, capacity, started, down_after, false).await
+    }
+
+    /// [`LocalSet::new`], its processes started as pods of an earlier release, before the
+    /// operator had its own user.
+    pub async fn before_operator_user(
+        name: &str,
+        capacity: usize,
+        started: usize,
+        down_after: u64,
+    ) -> Result<Self> {
+        Self::start(name, capacity, started, down_after, true).await
+    }
+
+    async fn start(
+        name: &str,
+        capacity: usize,
+        started: usize,
+        down_after: u64,
+        before_operator_user: bool,
+    ) -> Result<Self> {
         let resource: RedisSentinel = serde_json::from_value(json!({
             "apiVersion": "redis.operator-kit.io/v1beta1",
             "kind": "RedisSentinel",
@@ -101,6 +172,13 @@ impl LocalSet {
             redis: (0..capacity).map(|_| None).collect(),
             sentinels: (0..capacity).map(|_| None).collect(),
             memory: std::sync::Arc::default(),
+            passwords: std::sync::Mutex::new(PodPasswords {
+                operator: OPERATOR_PASSWORD.to_owned(),
+                current: PASSWORD.to_owned(),
+                previous: None,
+            }),
+            before_operator_user,
+            old_operator: before_operator_user,
         };
         for index in 0..capacity {
             set.write_config(index)?;
@@ -114,6 +192,23 @@ impl LocalSet {
 
     pub fn settings(&self) -> Settings {
         build::settings(&self.resource.spec)
+    }
+
+    /// What the operator's Secret holds now.
+    pub fn pod_passwords(&self) -> PodPasswords {
+        self.passwords
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// How the operator authenticates, as its controller does.
+    pub fn credentials(&self) -> Credentials {
+        if self.old_operator {
+            Credentials::password(Some(&self.pod_passwords().current))
+        } else {
+            self.pod_passwords().credentials(None)
+        }
     }
 
     fn node_dir(&self, index: usize) -> PathBuf {
@@ -145,6 +240,7 @@ impl LocalSet {
         let node = &self.nodes[index];
         let settings = self.settings();
         let dir = self.node_dir(index);
+        let passwords = self.pod_passwords();
         let sentinels: Vec<String> = self
             .nodes
             .iter()
@@ -171,8 +267,17 @@ impl LocalSet {
             )
             .env("FAILOVER_TIMEOUT", settings.failover_timeout.to_string())
             .env("PARALLEL_SYNCS", settings.parallel_syncs.to_string())
-            .env("REDIS_PASSWORD", PASSWORD)
-            .env("REDISCLI_AUTH", PASSWORD);
+            .env("REDIS_PASSWORD", &passwords.current);
+        if self.before_operator_user {
+            command.env("REDISCLI_AUTH", &passwords.current);
+        } else {
+            command
+                .env("OPERATOR_PASSWORD", &passwords.operator)
+                .env("REDISCLI_AUTH", &passwords.operator);
+        }
+        if let Some(previous) = &passwords.previous {
+            command.env("REDIS_PREVIOUS_PASSWORD", previous);
+        }
         // Each process logs to <node>/<script>.log, for a failing test to be read.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -190,12 +295,22 @@ impl LocalSet {
         command
     }
 
+    /// Whether the process on `port` answers PING, as the probes ask.
+    fn ping(&self, port: u16) -> bool {
+        let reply = if self.before_operator_user {
+            client_cli(port, PASSWORD, &["PING"])
+        } else {
+            cli(port, &["PING"])
+        };
+        reply.is_ok_and(|reply| reply == "PONG")
+    }
+
     /// Starts (or restarts, on its old data) one Redis with the pod's start script.
     pub async fn start_redis(&mut self, index: usize) -> Result<()> {
         self.spawn_redis(index)?;
         let port = self.nodes[index].redis_port;
         wait_until("redis to answer", Duration::from_secs(10), || {
-            Ok(cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
+            Ok(self.ping(port))
         })
         .await?;
         self.check_running(index, "redis")
@@ -249,7 +364,7 @@ impl LocalSet {
         self.sentinels[index] = Some(Process(child));
         let port = self.nodes[index].sentinel_port;
         wait_until("sentinel to answer", Duration::from_secs(10), || {
-            Ok(sentinel_cli(port, &["PING"]).is_ok_and(|reply| reply == "PONG"))
+            Ok(self.ping(port))
         })
         .await?;
         self.check_running(index, "sentinel")
@@ -328,7 +443,7 @@ impl LocalSet {
             &self.first(count),
             &DirectResolver,
             &self.settings(),
-            Some(PASSWORD),
+            &self.credentials(),
         )
         .await
     }
@@ -359,7 +474,7 @@ impl LocalSet {
             &DirectResolver,
             &self.settings(),
             &memory,
-            Some(PASSWORD),
+            &self.credentials(),
         )
         .await;
         if let Some(master) = plan.master
@@ -414,9 +529,13 @@ impl LocalSet {
         count: usize,
     ) -> Result<Vec<String>> {
         let node = &self.nodes[master];
-        let mut connection =
-            data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD))
-                .await?;
+        let mut connection = data_plane::connect(
+            &DirectResolver,
+            &node.host,
+            node.redis_port,
+            &self.credentials(),
+        )
+        .await?;
         let mut acknowledged = Vec::new();
         for index in 0..count {
             let key = format!("{prefix}:{index}");
@@ -439,9 +558,13 @@ impl LocalSet {
     /// The keys of `keys` that node `index` lacks.
     pub async fn missing_keys(&self, index: usize, keys: &[String]) -> Result<Vec<String>> {
         let node = &self.nodes[index];
-        let mut connection =
-            data_plane::connect(&DirectResolver, &node.host, node.redis_port, Some(PASSWORD))
-                .await?;
+        let mut connection = data_plane::connect(
+            &DirectResolver,
+            &node.host,
+            node.redis_port,
+            &self.credentials(),
+        )
+        .await?;
         let mut missing = Vec::new();
         for key in keys {
             if connection.command(&["EXISTS", key]).await? != Value::Integer(1) {
@@ -462,12 +585,30 @@ impl Drop for LocalSet {
     }
 }
 
-/// redis-cli with the password in REDISCLI_AUTH, as the probes do.
+/// redis-cli as the operator's user (its password in REDISCLI_AUTH), as the probes do.
 pub fn cli(port: u16, args: &[&str]) -> Result<String> {
+    let output = Command::new("redis-cli")
+        .args([
+            "--user",
+            "redis-operator",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(args)
+        .env("REDISCLI_AUTH", OPERATOR_PASSWORD)
+        .output()
+        .context("failed to run redis-cli")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// redis-cli as a client: the default user with `password`.
+pub fn client_cli(port: u16, password: &str, args: &[&str]) -> Result<String> {
     let output = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
-        .env("REDISCLI_AUTH", PASSWORD)
+        .env("REDISCLI_AUTH", password)
         .output()
         .context("failed to run redis-cli")?;
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
@@ -494,6 +635,115 @@ pub fn anonymous_cli(port: u16, args: &[&str]) -> Result<String> {
     )
     .trim()
     .to_owned())
+}
+
+/// One write of a client that authenticates with `password`: it asks a sentinel for the
+/// master (Sentinel-aware clients send the same password there), opens a fresh connection,
+/// so that every write authenticates again, sets `key` and waits for a replica. `Ok(true)`
+/// when a replica acknowledged it.
+pub async fn client_write(
+    nodes: &[Node],
+    master_set: &str,
+    password: &str,
+    key: &str,
+) -> Result<bool> {
+    let credentials = Credentials::password(Some(password));
+    let mut refusals = Vec::new();
+    for node in nodes {
+        let mut sentinel = match data_plane::connect(
+            &DirectResolver,
+            &node.host,
+            node.sentinel_port,
+            &credentials,
+        )
+        .await
+        {
+            Ok(connection) => connection,
+            Err(error) => {
+                refusals.push(format!("sentinel {}: {error}", node.pod));
+                continue;
+            }
+        };
+        let reply = sentinel
+            .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_set])
+            .await?;
+        let (Some(host), Some(port)) = (
+            reply.items().first().and_then(Value::text),
+            reply
+                .items()
+                .get(1)
+                .and_then(Value::text)
+                .and_then(|port| port.parse::<u16>().ok()),
+        ) else {
+            continue;
+        };
+        let mut master = data_plane::connect(&DirectResolver, &host, port, &credentials).await?;
+        master.command(&["SET", key, "1"]).await?;
+        let replicas = master.command(&["WAIT", "1", "1000"]).await?;
+        return Ok(matches!(replicas, Value::Integer(count) if count >= 1));
+    }
+    anyhow::bail!("no sentinel named the master: {refusals:?}")
+}
+
+/// What one client saw: the keys a replica acknowledged, and each failed write with when.
+#[derive(Default)]
+pub struct ClientLog {
+    pub acknowledged: Vec<String>,
+    pub errors: Vec<(Instant, String)>,
+}
+
+/// A client writing with `password` every 10 ms until `stop`.
+pub fn spawn_client(
+    set: &LocalSet,
+    name: &'static str,
+    password: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<ClientLog> {
+    let nodes = set.first(3);
+    let master_set = set.settings().master_set;
+    tokio::spawn(async move {
+        let mut log = ClientLog::default();
+        let mut index = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("{name}:{index}");
+            index += 1;
+            let at = Instant::now();
+            match client_write(&nodes, &master_set, password, &key).await {
+                Ok(true) => log.acknowledged.push(key),
+                Ok(false) => {}
+                Err(error) => log.errors.push((at, error.to_string())),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        log
+    })
+}
+
+/// Each process's `run_id`, which changes when it restarts.
+pub async fn run_ids(set: &LocalSet) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for node in set.first(3) {
+        for port in [node.redis_port, node.sentinel_port] {
+            let mut connection =
+                data_plane::connect(&DirectResolver, &node.host, port, &set.credentials()).await?;
+            let info = connection.command(&["INFO", "server"]).await?;
+            let fields = data_plane::parse_info(&info.text().unwrap_or_default());
+            ids.push(fields.get("run_id").cloned().context("no run_id")?);
+        }
+    }
+    Ok(ids)
+}
+
+/// Whether every Redis and Sentinel of the set takes `password` from a client.
+pub fn every_process_takes(set: &LocalSet, password: &str) -> Result<bool> {
+    for node in set.first(3) {
+        for port in [node.redis_port, node.sentinel_port] {
+            if client_cli(port, password, &["PING"])? != "PONG" {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Polls a condition every 100 ms until it holds or `timeout` passes. It sleeps

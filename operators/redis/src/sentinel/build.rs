@@ -15,13 +15,15 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
 use super::data_plane::{Node, Settings};
+use super::passwords::{OPERATOR_PASSWORD_KEY, PASSWORD_KEY, PREVIOUS_PASSWORD_KEY};
 use super::scripts;
 use crate::pod::{
     self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
-    env_value, exec, exporter_container, memory_volume, mount, password_env, pod_template, probe,
+    env_value, exec, exporter_container, memory_volume, mount, pod_template, probe, secret_env,
     service, service_port, short_hash,
 };
-use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
+use crate::resp::OPERATOR_USER;
+use crate::v1beta1::{RedisSentinel, RedisSentinelSpec, SecretKeyReference};
 
 /// Sentinel's port, in the containers and on the sentinel Service.
 pub const SENTINEL_PORT: i32 = 26379;
@@ -52,6 +54,8 @@ pub struct Names {
     pub master: String,
     /// The ConfigMap with the configuration and scripts.
     pub config: String,
+    /// The operator's Secret with the pods' passwords ([`super::passwords`]).
+    pub credentials: String,
 }
 
 impl Names {
@@ -64,6 +68,7 @@ impl Names {
             sentinel: format!("{name}-sentinel"),
             master: format!("{name}-master"),
             config: format!("{name}-config"),
+            credentials: format!("{name}-operator-credentials"),
         }
     }
 }
@@ -184,11 +189,42 @@ fn environment(resource: &RedisSentinel, names: &Names) -> Vec<EnvVar> {
         env_value("FAILOVER_TIMEOUT", settings.failover_timeout.to_string()),
         env_value("PARALLEL_SYNCS", settings.parallel_syncs.to_string()),
     ];
-    env.extend(password_env(
-        resource.spec.pod.kubernetes_config.redis_secret.as_ref(),
-        &["REDIS_PASSWORD", "REDISCLI_AUTH"],
-    ));
+    // The pods' passwords come from the operator's Secret, which moves only once every node
+    // accepts what it says (see `passwords`); the probes and scripts use the operator's user.
+    if resource.spec.pod.kubernetes_config.redis_secret.is_some() {
+        let credentials = names.credentials.as_str();
+        env.extend([
+            secret_env("REDIS_PASSWORD", credentials, PASSWORD_KEY, None),
+            secret_env(
+                "REDIS_PREVIOUS_PASSWORD",
+                credentials,
+                PREVIOUS_PASSWORD_KEY,
+                Some(true),
+            ),
+            secret_env(
+                "OPERATOR_PASSWORD",
+                credentials,
+                OPERATOR_PASSWORD_KEY,
+                None,
+            ),
+            secret_env("REDISCLI_AUTH", credentials, OPERATOR_PASSWORD_KEY, None),
+        ]);
+    }
     env
+}
+
+/// Where the exporter finds the operator user's password, when the set has passwords.
+fn exporter_secret(resource: &RedisSentinel, names: &Names) -> Option<SecretKeyReference> {
+    resource
+        .spec
+        .pod
+        .kubernetes_config
+        .redis_secret
+        .as_ref()
+        .map(|_| SecretKeyReference {
+            name: names.credentials.clone(),
+            key: OPERATOR_PASSWORD_KEY.to_owned(),
+        })
 }
 
 /// A preStop hook running one of the ConfigMap's scripts.
@@ -257,7 +293,8 @@ pub fn stateful_set(
     containers.extend(exporter_container(
         spec.pod.redis_exporter.as_ref(),
         pull_policy,
-        kubernetes.redis_secret.as_ref(),
+        exporter_secret(resource, names).as_ref(),
+        Some(OPERATOR_USER),
     ));
     let mut volumes = vec![
         config_volume("config", &names.config),
@@ -628,10 +665,15 @@ mod tests {
             "no password line in the ConfigMap"
         );
         let set = serde_json::to_string(&stateful_set(&resource, &names, &labels(), "h")).unwrap();
+        // The pods start from the operator's Secret, which moves only once every node accepts
+        // what it says; never from the spec's Secret, which a person may change at any time.
         assert!(
-            set.contains(r#""secretKeyRef":{"key":"password","name":"auth"}"#),
+            set.contains(
+                r#""secretKeyRef":{"key":"password","name":"cache-operator-credentials"}"#
+            ),
             "{set}"
         );
+        assert!(!set.contains(r#""name":"auth""#), "{set}");
         assert_eq!(settings(&resource.spec).quorum, 3);
     }
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::resp::{Connection, RespError, Stream, Value};
+use crate::resp::{Connection, Credentials, OPERATOR_USER, RespError, Stream, Value};
 
 /// One pod: its name and where its Redis and Sentinel are announced (stable DNS name in a
 /// cluster, never a pod IP).
@@ -85,10 +85,10 @@ pub async fn connect(
     resolver: &dyn Resolver,
     host: &str,
     port: u16,
-    password: Option<&str>,
+    credentials: &Credentials,
 ) -> Result<Connection, RespError> {
     let stream = resolver.connect(host, port).await?;
-    Connection::open(stream, password).await
+    Connection::open(stream, credentials).await
 }
 
 /// A node's role as Redis reports it.
@@ -321,9 +321,9 @@ pub fn redis_state(info: &BTreeMap<String, String>) -> Option<RedisState> {
 async fn observe_redis(
     node: &Node,
     resolver: &dyn Resolver,
-    password: Option<&str>,
+    credentials: &Credentials,
 ) -> Result<RedisState, RespError> {
-    let mut connection = connect(resolver, &node.host, node.redis_port, password).await?;
+    let mut connection = connect(resolver, &node.host, node.redis_port, credentials).await?;
     let mut text = String::new();
     for section in ["replication", "keyspace", "persistence"] {
         let reply = connection.command(&["INFO", section]).await?;
@@ -337,10 +337,10 @@ async fn observe_sentinel(
     node: &Node,
     resolver: &dyn Resolver,
     settings: &Settings,
-    password: Option<&str>,
+    credentials: &Credentials,
 ) -> Result<SentinelState, RespError> {
     // Sentinels ask for the same password as Redis.
-    let mut connection = connect(resolver, &node.host, node.sentinel_port, password).await?;
+    let mut connection = connect(resolver, &node.host, node.sentinel_port, credentials).await?;
     let reply = connection
         .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &settings.master_set])
         .await?;
@@ -433,17 +433,17 @@ pub async fn observe(
     nodes: &[Node],
     resolver: &dyn Resolver,
     settings: &Settings,
-    password: Option<&str>,
+    credentials: &Credentials,
 ) -> Observation {
     let redis = futures::future::join_all(
         nodes
             .iter()
-            .map(|node| observe_redis(node, resolver, password)),
+            .map(|node| observe_redis(node, resolver, credentials)),
     );
     let sentinels = futures::future::join_all(
         nodes
             .iter()
-            .map(|node| observe_sentinel(node, resolver, settings, password)),
+            .map(|node| observe_sentinel(node, resolver, settings, credentials)),
     );
     let (redis, sentinels) = futures::join!(redis, sentinels);
     let password_refused = nodes
@@ -1044,11 +1044,11 @@ pub async fn heal(
     resolver: &dyn Resolver,
     settings: &Settings,
     memory: &Memory,
-    password: Option<&str>,
+    credentials: &Credentials,
 ) -> Result<usize, RespError> {
     let mut applied = 0;
     for action in &plan.actions {
-        let fresh = observe(nodes, resolver, settings, password).await;
+        let fresh = observe(nodes, resolver, settings, credentials).await;
         let replanned = self::plan(nodes, &fresh, settings, memory);
         if replanned.master != plan.master || !replanned.actions.contains(action) {
             tracing::info!(
@@ -1062,29 +1062,39 @@ pub async fn heal(
             Action::Promote(index) => {
                 let node = &nodes[index];
                 let mut connection =
-                    connect(resolver, &node.host, node.redis_port, password).await?;
+                    connect(resolver, &node.host, node.redis_port, credentials).await?;
                 connection.command(&["REPLICAOF", "NO", "ONE"]).await?;
             }
             Action::Replicate { node, master } => {
                 let (node, master) = (&nodes[node], &nodes[master]);
                 let mut connection =
-                    connect(resolver, &node.host, node.redis_port, password).await?;
+                    connect(resolver, &node.host, node.redis_port, credentials).await?;
                 connection
                     .command(&["REPLICAOF", &master.host, &master.redis_port.to_string()])
                     .await?;
             }
             Action::Reset(index) => {
                 let sentinel = &nodes[index];
-                let mut connection =
-                    connect(resolver, &sentinel.host, sentinel.sentinel_port, password).await?;
+                let mut connection = connect(
+                    resolver,
+                    &sentinel.host,
+                    sentinel.sentinel_port,
+                    credentials,
+                )
+                .await?;
                 connection
                     .command(&["SENTINEL", "RESET", &settings.master_set])
                     .await?;
             }
             Action::Quorum(index) => {
                 let sentinel = &nodes[index];
-                let mut connection =
-                    connect(resolver, &sentinel.host, sentinel.sentinel_port, password).await?;
+                let mut connection = connect(
+                    resolver,
+                    &sentinel.host,
+                    sentinel.sentinel_port,
+                    credentials,
+                )
+                .await?;
                 connection
                     .command(&[
                         "SENTINEL",
@@ -1097,9 +1107,14 @@ pub async fn heal(
             }
             Action::Monitor { sentinel, master } => {
                 let (sentinel, master) = (&nodes[sentinel], &nodes[master]);
-                let mut connection =
-                    connect(resolver, &sentinel.host, sentinel.sentinel_port, password).await?;
-                monitor(&mut connection, master, settings, password).await?;
+                let mut connection = connect(
+                    resolver,
+                    &sentinel.host,
+                    sentinel.sentinel_port,
+                    credentials,
+                )
+                .await?;
+                monitor(&mut connection, master, settings, credentials).await?;
             }
         }
         applied += 1;
@@ -1112,7 +1127,7 @@ async fn monitor(
     connection: &mut Connection,
     master: &Node,
     settings: &Settings,
-    password: Option<&str>,
+    credentials: &Credentials,
 ) -> Result<(), RespError> {
     let set = settings.master_set.as_str();
     // REMOVE fails when the sentinel monitors nothing yet, which is fine.
@@ -1145,7 +1160,21 @@ async fn monitor(
             &parallel_syncs,
         ])
         .await?;
-    if let Some(password) = password {
+    // The sentinel reaches Redis as the operator's user where there is one (its password never
+    // changes), else with the clients' password (a set started before it had that user).
+    if let Some(operator) = &credentials.operator {
+        connection
+            .command(&[
+                "SENTINEL",
+                "SET",
+                set,
+                "auth-user",
+                OPERATOR_USER,
+                "auth-pass",
+                operator,
+            ])
+            .await?;
+    } else if let Some(password) = credentials.passwords.first() {
         connection
             .command(&["SENTINEL", "SET", set, "auth-pass", password])
             .await?;

@@ -12,7 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::data_plane::{Node, Resolver, connect};
-use crate::resp::{COMMAND_TIMEOUT, Connection, RespError, Value};
+use crate::resp::{COMMAND_TIMEOUT, Connection, Credentials, RespError, Value};
 use crate::v1beta1::RedisSentinel;
 
 /// A message of one of the subscribed channels.
@@ -188,8 +188,8 @@ pub struct Sentinels {
     pub nodes: Vec<Node>,
     /// The master set they monitor.
     pub master_set: String,
-    /// The password they ask for, as the last reconcile read it from the Secret.
-    pub password: tokio::sync::watch::Receiver<Option<String>>,
+    /// How to authenticate to them, as the last reconcile knew it.
+    pub credentials: tokio::sync::watch::Receiver<Credentials>,
 }
 
 /// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
@@ -205,7 +205,7 @@ pub async fn subscribe(
         object,
         nodes,
         master_set,
-        password,
+        credentials,
     } = sentinels;
     // Retries back off from 1 s to 30 s while no sentinel answers (pods starting, or a set
     // the operator cannot reach), so an unreachable set costs an existence check every 30 s,
@@ -213,15 +213,10 @@ pub async fn subscribe(
     let mut retry = RETRY_MIN;
     loop {
         for node in &nodes {
-            // Sentinels ask for the Redis password: the current one, as the last reconcile read it.
-            let current = password.borrow().clone();
-            let Ok(mut connection) = connect(
-                resolver.as_ref(),
-                &node.host,
-                node.sentinel_port,
-                current.as_deref(),
-            )
-            .await
+            // The credentials as the last reconcile knew them (they change with a rotation).
+            let current = credentials.borrow().clone();
+            let Ok(mut connection) =
+                connect(resolver.as_ref(), &node.host, node.sentinel_port, &current).await
             else {
                 continue;
             };
@@ -277,7 +272,9 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // A peer that answers the PING keeps the subscription.
         let (client, mut server) = tokio::io::duplex(1024);
-        let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+        let mut connection = Connection::open(Box::new(client), &Credentials::default())
+            .await
+            .unwrap();
         let answering = tokio::spawn(async move {
             let mut request = [0_u8; 64];
             let read = server.read(&mut request).await.unwrap();
@@ -295,7 +292,9 @@ mod tests {
         let _server = answering.await.unwrap();
         // A peer that has gone silent (a half-open connection) is given up.
         let (client, _silent) = tokio::io::duplex(1024);
-        let mut connection = Connection::open(Box::new(client), None).await.unwrap();
+        let mut connection = Connection::open(Box::new(client), &Credentials::default())
+            .await
+            .unwrap();
         let started = std::time::Instant::now();
         assert!(matches!(
             next_message(&mut connection, Duration::from_millis(50)).await,

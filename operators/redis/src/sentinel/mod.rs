@@ -16,6 +16,7 @@ pub mod access;
 pub mod build;
 pub mod data_plane;
 pub mod events;
+pub mod passwords;
 pub mod scripts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -40,10 +41,12 @@ use self::access::Access;
 use self::build::{Names, ROLE_LABEL};
 use self::data_plane::{KEEP_DATA_OF, Memory, Node, Observation, Plan, Undecided};
 use self::events::{FailoverLog, FailoverLogs};
+use self::passwords::{Converged, PodPasswords, Step};
 use crate::pod::{self, REDIS_PORT};
+use crate::resp::Credentials;
 use crate::resp::RespError;
-use crate::secret::{PasswordSecret, SecretError, read_password};
-use crate::v1beta1::{Failover, Phase, RedisSentinel, RedisSentinelStatus};
+use crate::secret::{PasswordSecret, SecretError, read_password_secret};
+use crate::v1beta1::{Failover, PasswordRotation, Phase, RedisSentinel, RedisSentinelStatus};
 
 /// How often a healthy set is checked when nothing else triggers a reconcile.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -71,6 +74,27 @@ pub enum Error {
     /// Writing the status failed.
     #[error("failed to patch the status: {}", describe(.0))]
     Status(#[source] Box<kube::Error>),
+    /// The operator's Secret with the pods' passwords could not be read or written.
+    #[error("failed to keep the pods' passwords in Secret {name:?}: {}", describe(.source))]
+    Credentials {
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// A Secret that is not this resource's has the name of the operator's Secret.
+    #[error(
+        "failed to keep the pods' passwords in Secret {name:?}: a Secret of that name exists and \
+         does not belong to this resource; rename or delete it"
+    )]
+    CredentialsTaken {
+        /// The Secret's name.
+        name: String,
+    },
+    /// The system's random source failed.
+    #[error("failed to generate the operator's password: {0}")]
+    Random(getrandom::Error),
 }
 
 impl ReconcileError for Error {
@@ -90,6 +114,9 @@ impl ReconcileError for Error {
             Self::Pods(_) => "LabelFailed",
             Self::Heal(_) => "HealFailed",
             Self::Status(_) => "StatusFailed",
+            Self::Credentials { .. } => "CredentialsFailed",
+            Self::CredentialsTaken { .. } => "CredentialsSecretTaken",
+            Self::Random(_) => "RandomFailed",
         }
     }
 }
@@ -98,11 +125,11 @@ impl ReconcileError for Error {
 /// ([`build::nodes`]). Tests map them to local processes.
 pub type NodeAddresses = Arc<dyn Fn(&RedisSentinel) -> Vec<Node> + Send + Sync>;
 
-/// The Sentinel subscriber of one resource, and the password it authenticates with (the
-/// reconcile keeps it current).
+/// The Sentinel subscriber of one resource, and the credentials it authenticates with (the
+/// reconcile keeps them current).
 struct Subscriber {
     handle: tokio::task::JoinHandle<()>,
-    password: tokio::sync::watch::Sender<Option<String>>,
+    credentials: tokio::sync::watch::Sender<Credentials>,
 }
 
 /// The `RedisSentinel` reconciler and the state its Sentinel subscribers share with it.
@@ -113,6 +140,9 @@ pub struct RedisSentinelReconciler {
     subscribers: Mutex<HashMap<ObjectRef<RedisSentinel>, Subscriber>>,
     /// The reason of each resource's Ready condition as its last reconcile computed it.
     ready_reasons: Mutex<HashMap<ObjectRef<RedisSentinel>, String>>,
+    /// The uid of each resource whose every reachable process this operator brought to its
+    /// passwords since it started, while no rotation ran ([`rotate`]).
+    passwords_checked: Mutex<HashMap<ObjectRef<RedisSentinel>, String>>,
     trigger: mpsc::UnboundedSender<ObjectRef<RedisSentinel>>,
 }
 
@@ -137,18 +167,20 @@ impl RedisSentinelReconciler {
             logs: FailoverLogs::default(),
             subscribers: Mutex::new(HashMap::new()),
             ready_reasons: Mutex::new(HashMap::new()),
+            passwords_checked: Mutex::new(HashMap::new()),
             trigger,
         };
         (reconciler, triggers)
     }
 
-    /// Starts the Sentinel subscriber of `resource` unless one runs, and gives it `password`.
+    /// Starts the Sentinel subscriber of `resource` unless one runs, and gives it
+    /// `credentials`.
     fn ensure_subscriber(
         &self,
         resource: &RedisSentinel,
         nodes: &[Node],
         resolver: Arc<dyn data_plane::Resolver>,
-        password: Option<&str>,
+        credentials: &Credentials,
         context: &Context,
     ) {
         let object = ObjectRef::from_obj(resource);
@@ -158,10 +190,10 @@ impl RedisSentinelReconciler {
         // Subscribers of deleted resources end on their own; forget their handles.
         subscribers.retain(|_, subscriber| !subscriber.handle.is_finished());
         if let Some(subscriber) = subscribers.get(&object) {
-            subscriber.password.send_if_modified(|current| {
-                let changed = current.as_deref() != password;
+            subscriber.credentials.send_if_modified(|current| {
+                let changed = current != credentials;
                 if changed {
-                    *current = password.map(str::to_owned);
+                    *current = credentials.clone();
                 }
                 changed
             });
@@ -184,13 +216,12 @@ impl RedisSentinelReconciler {
                 }
             }) as futures::future::BoxFuture<'static, bool>
         };
-        let (password, password_receiver) =
-            tokio::sync::watch::channel(password.map(str::to_owned));
+        let (credentials, credentials_receiver) = tokio::sync::watch::channel(credentials.clone());
         let sentinels = events::Sentinels {
             object: object.clone(),
             nodes: nodes.to_vec(),
             master_set: build::settings(&resource.spec).master_set,
-            password: password_receiver,
+            credentials: credentials_receiver,
         };
         let handle = tokio::spawn(events::subscribe(
             sentinels,
@@ -199,7 +230,13 @@ impl RedisSentinelReconciler {
             self.trigger.clone(),
             keep_running,
         ));
-        subscribers.insert(object, Subscriber { handle, password });
+        subscribers.insert(
+            object,
+            Subscriber {
+                handle,
+                credentials,
+            },
+        );
     }
 
     /// Records `reason` as the resource's Ready reason; returns the one recorded before.
@@ -208,6 +245,21 @@ impl RedisSentinelReconciler {
             .lock()
             .ok()?
             .insert(ObjectRef::from_obj(resource), reason.to_owned())
+    }
+
+    /// Whether this operator already brought every reachable process of `resource` (this
+    /// very object, by uid) to its passwords.
+    fn passwords_checked(&self, resource: &RedisSentinel) -> bool {
+        let object = ObjectRef::from_obj(resource);
+        self.passwords_checked
+            .lock()
+            .is_ok_and(|checked| checked.get(&object) == resource.uid().as_ref())
+    }
+
+    fn record_passwords_checked(&self, resource: &RedisSentinel) {
+        if let (Ok(mut checked), Some(uid)) = (self.passwords_checked.lock(), resource.uid()) {
+            checked.insert(ObjectRef::from_obj(resource), uid);
+        }
     }
 
     fn take_log(&self, resource: &RedisSentinel) -> FailoverLog {
@@ -419,6 +471,8 @@ pub struct Observed<'a> {
     pub switch: Option<events::Switch>,
     /// The Ready condition.
     pub ready: ConditionUpdate<'a>,
+    /// The password rotation's progress; `None` keeps the previous one.
+    pub password_rotation: Option<PasswordRotation>,
 }
 
 /// The status after one reconcile, as of `now`: pure. The master is the one observed, else the
@@ -436,6 +490,7 @@ pub fn next_status(
         master,
         switch,
         ready,
+        password_rotation,
     } = observed;
     let mut status = RedisSentinelStatus {
         observed_generation: generation,
@@ -466,6 +521,9 @@ pub fn next_status(
     if master.is_some() {
         status.master = master;
     }
+    if password_rotation.is_some() {
+        status.password_rotation = password_rotation;
+    }
     status.phase = if ready.status {
         Phase::Ready
     } else {
@@ -474,6 +532,123 @@ pub fn next_status(
     let now = Timestamp::try_from(now).unwrap_or_else(|_| Timestamp::now());
     set_condition_at(&mut status.conditions, ready.observed(generation), now);
     status
+}
+
+/// One reconcile's work on the pods' passwords ([`passwords`]).
+pub struct Rotation {
+    /// What the pods start with now (after this reconcile's step, if it completed).
+    pub pods: PodPasswords,
+    /// The step this reconcile took.
+    pub step: Step,
+    /// What the step did on each process.
+    pub converged: Converged,
+    /// How long the old password is still due to work, while it is.
+    pub old_password_remaining: Option<Duration>,
+}
+
+/// The status of a rotation after one reconcile, as of `now`: pure. Nothing while no
+/// rotation ever ran; the phase the step reached, or, when a process could not be moved,
+/// which one and why.
+pub fn rotation_status(
+    previous: Option<&PasswordRotation>,
+    secret_resource_version: &str,
+    rotation: &Rotation,
+    grace_seconds: i64,
+    now: &str,
+) -> Option<PasswordRotation> {
+    let (phase, message) = match (&rotation.step, rotation.converged.complete()) {
+        (Step::Steady, _) => {
+            previous?;
+            (
+                "Done",
+                "only the password in the Secret is accepted".to_owned(),
+            )
+        }
+        (Step::AddNew { .. } | Step::Overlap, true) => (
+            "NewPasswordAccepted",
+            format!(
+                "every Redis and Sentinel accepts the new password, and the old one for \
+                 {grace_seconds}s from lastTransitionTime \
+                 (spec.passwordRotation.oldPasswordGraceSeconds), for clients to move"
+            ),
+        ),
+        (Step::RemoveOld { .. }, true) => (
+            "Done",
+            "every Redis and Sentinel accepts only the new password".to_owned(),
+        ),
+        (step, false) => (
+            step.phase(),
+            format!(
+                "cannot move {}; the old password keeps working meanwhile, and the operator \
+                 retries",
+                rotation.converged.failed.join("; ")
+            ),
+        ),
+    };
+    let last_transition_time = match previous {
+        Some(previous) if previous.phase == phase => previous.last_transition_time.clone(),
+        _ => now.to_owned(),
+    };
+    Some(PasswordRotation {
+        secret_resource_version: secret_resource_version.to_owned(),
+        phase: phase.to_owned(),
+        message,
+        last_transition_time,
+    })
+}
+
+/// How long the old password is still due to work, from the status the previous reconcile
+/// wrote: pure. `None` once it is to be removed: its grace has passed since every process
+/// accepted the new one, or its removal has begun. The grace starts when the status first
+/// says `NewPasswordAccepted`, so an operator restart neither shortens nor restarts it.
+pub fn old_password_remaining(
+    previous: Option<&PasswordRotation>,
+    grace_seconds: i64,
+    now: SystemTime,
+) -> Option<Duration> {
+    let grace = Duration::from_secs(u64::try_from(grace_seconds).unwrap_or(0));
+    match previous {
+        Some(rotation) if rotation.phase == "RemovingOldPassword" => None,
+        Some(rotation) if rotation.phase == "NewPasswordAccepted" => {
+            let since = rotation
+                .last_transition_time
+                .parse::<Timestamp>()
+                .map_or(now, SystemTime::from);
+            let elapsed = now.duration_since(since).unwrap_or_default();
+            grace.checked_sub(elapsed).filter(|left| !left.is_zero())
+        }
+        // Not recorded yet: the grace starts with this reconcile's status.
+        _ => Some(grace.max(Duration::from_millis(1))),
+    }
+}
+
+/// The Event a rotation's status change deserves, if any: pure. Each phase reached is told
+/// once; a step that cannot complete is told once as a Warning, not on every retry.
+pub fn rotation_event(
+    previous: Option<&PasswordRotation>,
+    next: Option<&PasswordRotation>,
+) -> Option<(EventType, &'static str, String)> {
+    let next = next?;
+    let blocked = |rotation: &PasswordRotation| rotation.message.starts_with("cannot move");
+    if blocked(next) {
+        let already =
+            previous.is_some_and(|previous| previous.phase == next.phase && blocked(previous));
+        return (!already).then(|| {
+            (
+                EventType::Warning,
+                "PasswordRotationBlocked",
+                next.message.clone(),
+            )
+        });
+    }
+    if previous.is_some_and(|previous| previous.phase == next.phase && !blocked(previous)) {
+        return None;
+    }
+    let reason = match next.phase.as_str() {
+        "Done" => "PasswordRotated",
+        _ => "PasswordRotating",
+    };
+    Some((EventType::Normal, reason, next.message.clone()))
 }
 
 /// Counts a failover the sentinels announced, and how long it took.
@@ -557,6 +732,9 @@ impl Reconciler for RedisSentinelReconciler {
         if let Ok(mut reasons) = self.ready_reasons.lock() {
             reasons.remove(object);
         }
+        if let Ok(mut checked) = self.passwords_checked.lock() {
+            checked.remove(object);
+        }
         let namespace = object.namespace.clone().unwrap_or_default();
         context
             .metrics()
@@ -571,51 +749,75 @@ impl Reconciler for RedisSentinelReconciler {
         let namespace = resource.namespace().unwrap_or_default();
         let generation = resource.meta().generation;
         // validate: the password Secret (only the operator can check it).
-        let password = match read_password(resource.password_secret(), &namespace, context.client())
-            .await
-        {
-            Ok(password) => password,
-            Err(error) => {
-                if error.class() == ErrorClass::WaitForChange {
-                    let mut status = resource.status.clone().unwrap_or_default();
-                    let update = ConditionUpdate::fails(READY, error.reason(), error.to_string());
-                    set_condition(&mut status.conditions, update.observed(generation));
-                    status.phase = Phase::Failed;
-                    status.observed_generation = generation;
-                    context
-                        .patch_status(&*resource, &status)
-                        .await
-                        .map_err(|source| Error::Status(Box::new(source)))?;
+        let wanted =
+            match read_password_secret(resource.password_secret(), &namespace, context.client())
+                .await
+            {
+                Ok(password) => password,
+                Err(error) => {
+                    if error.class() == ErrorClass::WaitForChange {
+                        let mut status = resource.status.clone().unwrap_or_default();
+                        let update =
+                            ConditionUpdate::fails(READY, error.reason(), error.to_string());
+                        set_condition(&mut status.conditions, update.observed(generation));
+                        status.phase = Phase::Failed;
+                        status.observed_generation = generation;
+                        context
+                            .patch_status(&*resource, &status)
+                            .await
+                            .map_err(|source| Error::Status(Box::new(source)))?;
+                    }
+                    return Err(error.into());
                 }
-                return Err(error.into());
+            };
+
+        let names = Names::of(&resource.name_any());
+        let mut children = context.children(&*resource)?;
+        let labels = children.selector_labels().clone();
+        let nodes = (self.addresses)(&resource);
+        let settings = build::settings(&resource.spec);
+        let resolver = self.access.resolver(context.client());
+
+        // passwords: before the pods are (re)built, every Redis and Sentinel gets the
+        // operator's user (an upgrade) and the next step of a rotation.
+        let rotation = match &wanted {
+            Some(wanted) => {
+                let rotation = rotate(
+                    context,
+                    &resource,
+                    &names,
+                    children.labels(),
+                    (&nodes, resolver.as_ref(), &settings),
+                    &wanted.value,
+                    self.passwords_checked(&resource),
+                )
+                .await?;
+                if rotation.step == Step::Steady && rotation.converged.complete_where_reachable() {
+                    self.record_passwords_checked(&resource);
+                }
+                Some(rotation)
             }
+            None => None,
         };
+        let credentials = rotation
+            .as_ref()
+            .map_or_else(Credentials::default, |rotation| {
+                rotation.pods.credentials(None)
+            });
 
         // build + apply. A failed apply (an immutable field changed, say) must not stop the
         // data plane below: after a failover the pods still need their role labels, or
         // `<name>-master` keeps sending clients to the old master. Its error is reported at
         // the end.
-        let names = Names::of(&resource.name_any());
-        let mut children = context.children(&*resource)?;
-        let labels = children.selector_labels().clone();
         let applied = apply_children(&resource, &names, &mut children).await;
         if let Err(error) = &applied {
             warn!(%error, "failed to apply the children; checking the data plane all the same");
         }
 
         // data plane: observe → plan → heal, then the role labels.
-        let nodes = (self.addresses)(&resource);
-        let settings = build::settings(&resource.spec);
-        let resolver = self.access.resolver(context.client());
-        self.ensure_subscriber(
-            &resource,
-            &nodes,
-            resolver.clone(),
-            password.as_deref(),
-            context,
-        );
+        self.ensure_subscriber(&resource, &nodes, resolver.clone(), &credentials, context);
         let observation =
-            data_plane::observe(&nodes, resolver.as_ref(), &settings, password.as_deref()).await;
+            data_plane::observe(&nodes, resolver.as_ref(), &settings, &credentials).await;
         let memory = memory(&resource, &nodes, &observation);
         // (Pods that refuse the password get no plan at all: no command, role label or
         // status.master; see `data_plane::plan`.)
@@ -626,7 +828,7 @@ impl Reconciler for RedisSentinelReconciler {
             resolver.as_ref(),
             &settings,
             &memory,
-            password.as_deref(),
+            &credentials,
         )
         .await
         .map_err(Error::Heal)?;
@@ -696,6 +898,35 @@ impl Reconciler for RedisSentinelReconciler {
             && last_seen.as_deref() != Some(update.reason);
         let needs_person_note = needs_person.then(|| update.message.to_string());
         let needs_person_reason = update.reason;
+        let now = SystemTime::now();
+        let password_rotation =
+            rotation
+                .as_ref()
+                .zip(wanted.as_ref())
+                .and_then(|(rotation, wanted)| {
+                    rotation_status(
+                        previous.password_rotation.as_ref(),
+                        &wanted.resource_version,
+                        rotation,
+                        old_password_grace_seconds(&resource),
+                        &timestamp(now),
+                    )
+                });
+        let rotation_note = rotation_event(
+            previous.password_rotation.as_ref(),
+            password_rotation.as_ref(),
+        );
+        // A rotation is followed closely, but an overlap only until its grace is over.
+        let rotation_recheck = rotation.as_ref().and_then(|rotation| match rotation.step {
+            Step::Steady => None,
+            Step::Overlap if rotation.converged.complete() => Some(
+                rotation
+                    .old_password_remaining
+                    .unwrap_or(RECHECK_INTERVAL)
+                    .clamp(Duration::from_millis(100), CHECK_INTERVAL),
+            ),
+            _ => Some(RECHECK_INTERVAL),
+        });
         let status = next_status(
             &previous,
             Observed {
@@ -704,8 +935,9 @@ impl Reconciler for RedisSentinelReconciler {
                 master: current_master,
                 switch: log.switch,
                 ready: update,
+                password_rotation,
             },
-            SystemTime::now(),
+            now,
         );
         let became_ready = healthy && previous.phase != Phase::Ready;
         context
@@ -723,6 +955,11 @@ impl Reconciler for RedisSentinelReconciler {
                 )
                 .await;
         }
+        if let Some((event_type, reason, note)) = rotation_note {
+            context
+                .publish(&*resource, event_type, reason, "RotatePassword", note)
+                .await;
+        }
         if became_ready {
             let note = format!(
                 "Redis with Sentinel is ready; master {:?}",
@@ -733,14 +970,157 @@ impl Reconciler for RedisSentinelReconciler {
                 .await;
         }
         applied?;
-        Ok(Action::requeue(if healthy {
+        let recheck = if healthy {
             CHECK_INTERVAL
         } else if plan.failover_in_progress {
             FAILOVER_RECHECK_INTERVAL
         } else {
             RECHECK_INTERVAL
-        }))
+        };
+        Ok(Action::requeue(
+            rotation_recheck.map_or(recheck, |rotation| rotation.min(recheck)),
+        ))
     }
+}
+
+/// The pods' passwords from the operator's Secret; created from the clients' `password` when
+/// missing.
+async fn pod_passwords(
+    context: &Context,
+    resource: &RedisSentinel,
+    names: &Names,
+    labels: &BTreeMap<String, String>,
+    password: &str,
+) -> Result<PodPasswords, Error> {
+    let secrets = Api::<Secret>::namespaced(
+        context.client().clone(),
+        &resource.namespace().unwrap_or_default(),
+    );
+    let existing = secrets
+        .get_opt(&names.credentials)
+        .await
+        .map_err(|source| Error::Credentials {
+            name: names.credentials.clone(),
+            source: Box::new(source),
+        })?;
+    if let Some(secret) = existing {
+        let owned = resource.uid().is_some_and(|uid| {
+            secret
+                .owner_references()
+                .iter()
+                .any(|owner| owner.uid == uid)
+        });
+        // Labelled as this resource's but not owned by it: restored from a backup before the
+        // resource (a new uid), or prepared by hand. Its passwords are the running pods', so
+        // it is adopted, not replaced.
+        let labelled = labels
+            .iter()
+            .all(|(key, value)| secret.labels().get(key) == Some(value));
+        if !owned && !labelled {
+            return Err(Error::CredentialsTaken {
+                name: names.credentials.clone(),
+            });
+        }
+        if let Some(pods) = PodPasswords::from_secret(&secret) {
+            if !owned {
+                write_pod_passwords(context, resource, names, labels, &pods).await?;
+            }
+            return Ok(pods);
+        }
+    }
+    // First time (a new resource, or one from before the operator kept the pods' passwords):
+    // the pods run with the clients' password from the spec's Secret.
+    let pods = PodPasswords::generate(password).map_err(Error::Random)?;
+    write_pod_passwords(context, resource, names, labels, &pods).await?;
+    Ok(pods)
+}
+
+/// Writes the operator's Secret (server-side apply: a key no longer written is removed).
+async fn write_pod_passwords(
+    context: &Context,
+    resource: &RedisSentinel,
+    names: &Names,
+    labels: &BTreeMap<String, String>,
+    pods: &PodPasswords,
+) -> Result<(), Error> {
+    let namespace = resource.namespace().unwrap_or_default();
+    let secret = pods.to_secret(
+        &names.credentials,
+        ObjectMeta {
+            namespace: Some(namespace.clone()),
+            labels: Some(labels.clone()),
+            owner_references: resource.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..ObjectMeta::default()
+        },
+    );
+    Api::<Secret>::namespaced(context.client().clone(), &namespace)
+        .patch(
+            &names.credentials,
+            &PatchParams::apply(context.field_manager()).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|source| Error::Credentials {
+            name: names.credentials.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
+/// Gives every Redis and Sentinel the operator's user and the next step of a rotation toward
+/// `wanted`; records the step in the operator's Secret once every process took it.
+async fn rotate(
+    context: &Context,
+    resource: &RedisSentinel,
+    names: &Names,
+    labels: &BTreeMap<String, String>,
+    (nodes, resolver, settings): (&[Node], &dyn data_plane::Resolver, &data_plane::Settings),
+    wanted: &str,
+    checked: bool,
+) -> Result<Rotation, Error> {
+    let mut pods = pod_passwords(context, resource, names, labels, wanted).await?;
+    let remaining = old_password_remaining(
+        resource
+            .status
+            .as_ref()
+            .and_then(|status| status.password_rotation.as_ref()),
+        old_password_grace_seconds(resource),
+        SystemTime::now(),
+    );
+    let step = passwords::step(&pods, wanted, remaining.is_none());
+    // Between rotations a pod starts with exactly the passwords of the operator's Secret, so
+    // the processes are checked once per operator start (which, after an upgrade, gives the
+    // running pods the operator's user before their StatefulSet rolls), not on every check.
+    let converged = if step == Step::Steady && checked {
+        Converged::default()
+    } else {
+        passwords::converge(nodes, resolver, &pods, &step, &settings.master_set).await
+    };
+    if !converged.changed.is_empty() {
+        tracing::info!(changed = ?converged.changed, phase = step.phase(), "passwords");
+    }
+    if let Step::AddNew { next } | Step::RemoveOld { next } = &step
+        && converged.complete()
+    {
+        write_pod_passwords(context, resource, names, labels, next).await?;
+        pods = next.clone();
+    }
+    Ok(Rotation {
+        pods,
+        step,
+        converged,
+        old_password_remaining: remaining,
+    })
+}
+
+/// `spec.passwordRotation.oldPasswordGraceSeconds`, default 0.
+fn old_password_grace_seconds(resource: &RedisSentinel) -> i64 {
+    resource
+        .spec
+        .password_rotation
+        .as_ref()
+        .and_then(|rotation| rotation.old_password_grace_seconds)
+        .unwrap_or(0)
 }
 
 /// Applies every child of `resource`, prunes what is no longer wanted and takes ownership of
@@ -872,6 +1252,138 @@ mod tests {
             } else {
                 ConditionUpdate::fails(READY, "Degraded", "not yet")
             },
+            password_rotation: None,
+        }
+    }
+
+    fn rotation(step: Step, failed: &[&str]) -> Rotation {
+        let pods = PodPasswords {
+            operator: "operator".to_owned(),
+            current: "old".to_owned(),
+            previous: None,
+        };
+        Rotation {
+            pods,
+            step,
+            converged: Converged {
+                changed: Vec::new(),
+                failed: failed.iter().map(|failure| (*failure).to_owned()).collect(),
+                unreachable: 0,
+            },
+            old_password_remaining: None,
+        }
+    }
+
+    #[test]
+    fn the_old_password_keeps_working_for_its_grace_from_the_recorded_acceptance() {
+        let at = |phase: &str, time: &str| PasswordRotation {
+            secret_resource_version: "8".to_owned(),
+            phase: phase.to_owned(),
+            message: String::new(),
+            last_transition_time: time.to_owned(),
+        };
+        let now = SystemTime::from("2026-11-27T10:00:00Z".parse::<Timestamp>().unwrap());
+        // Not recorded yet: the whole grace is ahead (and a zero grace still waits for the
+        // acceptance to be recorded first).
+        assert_eq!(
+            old_password_remaining(None, 60, now),
+            Some(Duration::from_secs(60))
+        );
+        assert!(old_password_remaining(None, 0, now).is_some());
+        let accepted = at("NewPasswordAccepted", "2026-11-27T09:59:30Z");
+        assert_eq!(
+            old_password_remaining(Some(&accepted), 60, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(old_password_remaining(Some(&accepted), 30, now), None);
+        assert_eq!(old_password_remaining(Some(&accepted), 0, now), None);
+        // A removal under way is finished, whatever the grace says now.
+        assert_eq!(
+            old_password_remaining(Some(&at("RemovingOldPassword", "")), 600, now),
+            None
+        );
+        // Done (the previous rotation) and a Secret changed again: the new grace starts.
+        assert_eq!(
+            old_password_remaining(Some(&at("Done", "2026-11-27T09:00:00Z")), 60, now),
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn a_rotation_is_reported_step_by_step_and_a_blocked_one_once() {
+        let pods = |current: &str, previous: Option<&str>| PodPasswords {
+            operator: "operator".to_owned(),
+            current: current.to_owned(),
+            previous: previous.map(str::to_owned),
+        };
+        // No rotation ever: nothing to report.
+        assert_eq!(
+            rotation_status(None, "7", &rotation(Step::Steady, &[]), 0, "t0"),
+            None
+        );
+        // The Secret changed and every process took the new password.
+        let add = Step::AddNew {
+            next: pods("new", Some("old")),
+        };
+        let accepted = rotation_status(None, "8", &rotation(add.clone(), &[]), 0, "t1").unwrap();
+        assert_eq!(
+            (
+                accepted.phase.as_str(),
+                accepted.secret_resource_version.as_str()
+            ),
+            ("NewPasswordAccepted", "8")
+        );
+        let event = rotation_event(None, Some(&accepted)).unwrap();
+        assert_eq!((event.0, event.1), (EventType::Normal, "PasswordRotating"));
+        // One pod cannot be moved: said in status with the pod, and as one Warning.
+        let remove = Step::RemoveOld {
+            next: pods("new", None),
+        };
+        let blocked = rotation_status(
+            Some(&accepted),
+            "8",
+            &rotation(remove.clone(), &["cache-node-2 redis: connection refused"]),
+            0,
+            "t2",
+        )
+        .unwrap();
+        assert_eq!(blocked.phase, "RemovingOldPassword");
+        assert!(
+            blocked.message.contains("cache-node-2 redis"),
+            "{blocked:?}"
+        );
+        assert_eq!(blocked.last_transition_time, "t2");
+        let warning = rotation_event(Some(&accepted), Some(&blocked)).unwrap();
+        assert_eq!(
+            (warning.0, warning.1),
+            (EventType::Warning, "PasswordRotationBlocked")
+        );
+        let still = rotation_status(
+            Some(&blocked),
+            "8",
+            &rotation(remove.clone(), &["cache-node-2 redis: timed out"]),
+            0,
+            "t3",
+        )
+        .unwrap();
+        assert_eq!(still.last_transition_time, "t2");
+        assert_eq!(rotation_event(Some(&blocked), Some(&still)), None);
+        // Done, told once.
+        let done = rotation_status(Some(&still), "8", &rotation(remove, &[]), 0, "t4").unwrap();
+        assert_eq!(done.phase, "Done");
+        let event = rotation_event(Some(&still), Some(&done)).unwrap();
+        assert_eq!((event.0, event.1), (EventType::Normal, "PasswordRotated"));
+        let steady =
+            rotation_status(Some(&done), "8", &rotation(Step::Steady, &[]), 0, "t5").unwrap();
+        assert_eq!(steady.last_transition_time, "t4");
+        assert_eq!(rotation_event(Some(&done), Some(&steady)), None);
+        // Nothing in status or events holds a password.
+        for rotation in [&accepted, &blocked, &done] {
+            let text = serde_json::to_string(rotation).unwrap();
+            assert!(
+                !text.contains("\"old\"") && !text.contains("\"new\""),
+                "{text}"
+            );
         }
     }
 
