@@ -45,7 +45,7 @@ use self::passwords::{Converged, PodPasswords, Step};
 use crate::pod::{self, REDIS_PORT};
 use crate::resp::Credentials;
 use crate::resp::RespError;
-use crate::secret::{PasswordSecret, SecretError, read_password_secret};
+use crate::secret::{PasswordSecret, SecretError, SecretPassword, read_password_secret};
 use crate::v1beta1::{Failover, PasswordRotation, Phase, RedisSentinel, RedisSentinelStatus};
 
 /// How often a healthy set is checked when nothing else triggers a reconcile.
@@ -741,62 +741,32 @@ impl Reconciler for RedisSentinelReconciler {
             .forget(&[("namespace", &namespace), ("name", &object.name)]);
     }
 
+    /// validate → passwords → build + apply → data plane → status, each a step below.
     async fn reconcile(
         &self,
         resource: Arc<RedisSentinel>,
         context: &Context,
     ) -> Result<Action, Error> {
-        let namespace = resource.namespace().unwrap_or_default();
-        let generation = resource.meta().generation;
-        // validate: the password Secret (only the operator can check it).
-        let wanted =
-            match read_password_secret(resource.password_secret(), &namespace, context.client())
-                .await
-            {
-                Ok(password) => password,
-                Err(error) => {
-                    if error.class() == ErrorClass::WaitForChange {
-                        let mut status = resource.status.clone().unwrap_or_default();
-                        let update =
-                            ConditionUpdate::fails(READY, error.reason(), error.to_string());
-                        set_condition(&mut status.conditions, update.observed(generation));
-                        status.phase = Phase::Failed;
-                        status.observed_generation = generation;
-                        context
-                            .patch_status(&*resource, &status)
-                            .await
-                            .map_err(|source| Error::Status(Box::new(source)))?;
-                    }
-                    return Err(error.into());
-                }
-            };
-
+        let wanted = self.validate(&resource, context).await?;
         let names = Names::of(&resource.name_any());
         let mut children = context.children(&*resource)?;
-        let labels = children.selector_labels().clone();
-        let nodes = (self.addresses)(&resource);
-        let settings = build::settings(&resource.spec);
-        let resolver = self.access.resolver(context.client());
-
-        // passwords: before the pods are (re)built, every Redis and Sentinel gets the
-        // operator's user (an upgrade) and the next step of a rotation.
+        let plane = DataPlane {
+            nodes: (self.addresses)(&resource),
+            settings: build::settings(&resource.spec),
+            resolver: self.access.resolver(context.client()),
+        };
         let rotation = match &wanted {
-            Some(wanted) => {
-                let rotation = rotate(
-                    context,
+            Some(wanted) => Some(
+                self.passwords(
                     &resource,
+                    context,
                     &names,
                     children.labels(),
-                    (&nodes, resolver.as_ref(), &settings),
-                    &wanted.value,
-                    self.passwords_checked(&resource),
+                    &plane,
+                    wanted,
                 )
-                .await?;
-                if rotation.step == Step::Steady && rotation.converged.complete_where_reachable() {
-                    self.record_passwords_checked(&resource);
-                }
-                Some(rotation)
-            }
+                .await?,
+            ),
             None => None,
         };
         let credentials = rotation
@@ -809,43 +779,157 @@ impl Reconciler for RedisSentinelReconciler {
         // data plane below: after a failover the pods still need their role labels, or
         // `<name>-master` keeps sending clients to the old master. Its error is reported at
         // the end.
+        let selector_labels = children.selector_labels().clone();
         let applied = apply_children(&resource, &names, &mut children).await;
         if let Err(error) = &applied {
             warn!(%error, "failed to apply the children; checking the data plane all the same");
         }
 
-        // data plane: observe → plan → heal, then the role labels.
-        self.ensure_subscriber(&resource, &nodes, resolver.clone(), &credentials, context);
+        let (observation, plan) = self
+            .heal(&resource, context, &plane, &credentials, &selector_labels)
+            .await?;
+        let healthy = self
+            .report(
+                &resource,
+                context,
+                Outcome {
+                    names: &names,
+                    nodes: &plane.nodes,
+                    applied: &applied,
+                    observation: &observation,
+                    plan: &plan,
+                    rotation: rotation.as_ref().zip(wanted.as_ref()),
+                },
+            )
+            .await?;
+        applied?;
+        Ok(Action::requeue(next_check(
+            healthy,
+            plan.failover_in_progress,
+            rotation.as_ref(),
+        )))
+    }
+}
+
+/// Where a resource's data plane is and how it is reached, for one reconcile.
+struct DataPlane {
+    nodes: Vec<Node>,
+    settings: data_plane::Settings,
+    resolver: Arc<dyn data_plane::Resolver>,
+}
+
+/// What one reconcile did, for its status.
+struct Outcome<'a> {
+    names: &'a Names,
+    nodes: &'a [Node],
+    applied: &'a Result<StatefulSet, Error>,
+    observation: &'a Observation,
+    plan: &'a Plan,
+    rotation: Option<(&'a Rotation, &'a SecretPassword)>,
+}
+
+impl RedisSentinelReconciler {
+    /// validate: the password Secret (only the operator can check it). A missing Secret or
+    /// key is reported in the status (phase Failed) before its error ends the reconcile.
+    async fn validate(
+        &self,
+        resource: &RedisSentinel,
+        context: &Context,
+    ) -> Result<Option<SecretPassword>, Error> {
+        let namespace = resource.namespace().unwrap_or_default();
+        match read_password_secret(resource.password_secret(), &namespace, context.client()).await {
+            Ok(password) => Ok(password),
+            Err(error) => {
+                if error.class() == ErrorClass::WaitForChange {
+                    let generation = resource.meta().generation;
+                    let mut status = resource.status.clone().unwrap_or_default();
+                    let update = ConditionUpdate::fails(READY, error.reason(), error.to_string());
+                    set_condition(&mut status.conditions, update.observed(generation));
+                    status.phase = Phase::Failed;
+                    status.observed_generation = generation;
+                    context
+                        .patch_status(resource, &status)
+                        .await
+                        .map_err(|source| Error::Status(Box::new(source)))?;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// passwords: before the pods are (re)built, every Redis and Sentinel gets the operator's
+    /// user (after an upgrade) and the next step of a rotation toward `wanted`.
+    async fn passwords(
+        &self,
+        resource: &RedisSentinel,
+        context: &Context,
+        names: &Names,
+        labels: &BTreeMap<String, String>,
+        plane: &DataPlane,
+        wanted: &SecretPassword,
+    ) -> Result<Rotation, Error> {
+        let rotation = rotate(
+            context,
+            resource,
+            names,
+            labels,
+            (&plane.nodes, plane.resolver.as_ref(), &plane.settings),
+            &wanted.value,
+            self.passwords_checked(resource),
+        )
+        .await?;
+        if rotation.step == Step::Steady && rotation.converged.complete_where_reachable() {
+            self.record_passwords_checked(resource);
+        }
+        Ok(rotation)
+    }
+
+    /// data plane: observe → plan → heal, then the role labels and the plan's warnings.
+    async fn heal(
+        &self,
+        resource: &RedisSentinel,
+        context: &Context,
+        plane: &DataPlane,
+        credentials: &Credentials,
+        selector_labels: &BTreeMap<String, String>,
+    ) -> Result<(Observation, Plan), Error> {
+        let DataPlane {
+            nodes,
+            settings,
+            resolver,
+        } = plane;
+        self.ensure_subscriber(resource, nodes, resolver.clone(), credentials, context);
         let observation =
-            data_plane::observe(&nodes, resolver.as_ref(), &settings, &credentials).await;
-        let memory = memory(&resource, &nodes, &observation);
+            data_plane::observe(nodes, resolver.as_ref(), settings, credentials).await;
+        let memory = memory(resource, nodes, &observation);
         // (Pods that refuse the password get no plan at all: no command, role label or
         // status.master; see `data_plane::plan`.)
-        let plan = data_plane::plan(&nodes, &observation, &settings, &memory);
+        let plan = data_plane::plan(nodes, &observation, settings, &memory);
         data_plane::heal(
-            &nodes,
+            nodes,
             &plan,
             resolver.as_ref(),
-            &settings,
+            settings,
             &memory,
-            &credentials,
+            credentials,
         )
         .await
         .map_err(Error::Heal)?;
         if let Some(master) = plan.master {
-            let selector = labels
+            let selector = selector_labels
                 .iter()
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            label_pods(context, &namespace, &nodes, master, &selector).await?;
+            let namespace = resource.namespace().unwrap_or_default();
+            label_pods(context, &namespace, nodes, master, &selector).await?;
         }
         // Events only after healing, so that publishing them cannot delay an action past the
         // observation it was planned on.
         for warning in &plan.warnings {
             context
                 .publish(
-                    &*resource,
+                    resource,
                     EventType::Warning,
                     "SplitBrain",
                     "Heal",
@@ -853,9 +937,27 @@ impl Reconciler for RedisSentinelReconciler {
                 )
                 .await;
         }
+        Ok((observation, plan))
+    }
 
-        // status, and the sentinels' events.
-        let log = self.take_log(&resource);
+    /// status: the Ready condition, the master, the last failover and the rotation, then the
+    /// events they deserve (each told once). Returns whether the set is Ready.
+    async fn report(
+        &self,
+        resource: &RedisSentinel,
+        context: &Context,
+        outcome: Outcome<'_>,
+    ) -> Result<bool, Error> {
+        let Outcome {
+            names,
+            nodes,
+            applied,
+            observation,
+            plan,
+            rotation,
+        } = outcome;
+        let namespace = resource.namespace().unwrap_or_default();
+        let log = self.take_log(resource);
         for (warning, reason, note) in &log.notes {
             let kind = if *warning {
                 EventType::Warning
@@ -863,124 +965,125 @@ impl Reconciler for RedisSentinelReconciler {
                 EventType::Normal
             };
             context
-                .publish(&*resource, kind, reason, "Failover", note.clone())
+                .publish(resource, kind, reason, "Failover", note.clone())
                 .await;
         }
         let previous = resource.status.clone().unwrap_or_default();
-        let current_master = plan.master.map(|master| nodes[master].pod.clone());
         if let Some(switch) = &log.switch {
             record_failover_metrics(context, &namespace, &resource.name_any(), switch);
         }
-        let update = match &applied {
+        let update = match applied {
             Ok(stateful_set) => readiness(
                 (&namespace, &resource.name_any()),
-                &nodes,
+                nodes,
                 stateful_set_progress(stateful_set),
-                &observation,
-                &plan,
+                observation,
+                plan,
             ),
             Err(error) => ConditionUpdate::fails(READY, error.reason(), error.to_string()),
         };
         let healthy = update.status;
-        let endpoint = format!("{}.{namespace}.svc:{REDIS_PORT}", names.master);
         let previous_reason = previous
             .conditions
             .iter()
             .find(|condition| condition.type_ == READY)
             .map(|condition| condition.reason.clone());
-        // A person must choose: say so once, as a Warning, when it starts.
         // The status read may be stale (a reconcile can start before the watch delivers the
         // status the previous one wrote), so the reason last seen is also kept in memory.
-        let last_seen = self.last_reason(&resource, update.reason);
-        let needs_person = [HISTORY_DIVERGED, NEWEST_DATA_UNKNOWN, PASSWORD_REFUSED]
-            .contains(&update.reason)
-            && previous_reason.as_deref() != Some(update.reason)
-            && last_seen.as_deref() != Some(update.reason);
-        let needs_person_note = needs_person.then(|| update.message.to_string());
-        let needs_person_reason = update.reason;
+        let last_seen = self.last_reason(resource, update.reason);
+        let person_note = person_needed(
+            update.reason,
+            previous_reason.as_deref(),
+            last_seen.as_deref(),
+        )
+        .then(|| (update.reason, update.message.to_string()));
         let now = SystemTime::now();
-        let password_rotation =
-            rotation
-                .as_ref()
-                .zip(wanted.as_ref())
-                .and_then(|(rotation, wanted)| {
-                    rotation_status(
-                        previous.password_rotation.as_ref(),
-                        &wanted.resource_version,
-                        rotation,
-                        old_password_grace_seconds(&resource),
-                        &timestamp(now),
-                    )
-                });
+        let password_rotation = rotation.and_then(|(rotation, wanted)| {
+            rotation_status(
+                previous.password_rotation.as_ref(),
+                &wanted.resource_version,
+                rotation,
+                old_password_grace_seconds(resource),
+                &timestamp(now),
+            )
+        });
         let rotation_note = rotation_event(
             previous.password_rotation.as_ref(),
             password_rotation.as_ref(),
         );
-        // A rotation is followed closely, but an overlap only until its grace is over.
-        let rotation_recheck = rotation.as_ref().and_then(|rotation| match rotation.step {
-            Step::Steady => None,
-            Step::Overlap if rotation.converged.complete() => Some(
-                rotation
-                    .old_password_remaining
-                    .unwrap_or(RECHECK_INTERVAL)
-                    .clamp(Duration::from_millis(100), CHECK_INTERVAL),
-            ),
-            _ => Some(RECHECK_INTERVAL),
-        });
         let status = next_status(
             &previous,
             Observed {
-                generation,
-                endpoint,
-                master: current_master,
+                generation: resource.meta().generation,
+                endpoint: format!("{}.{namespace}.svc:{REDIS_PORT}", names.master),
+                master: plan.master.map(|master| nodes[master].pod.clone()),
                 switch: log.switch,
                 ready: update,
                 password_rotation,
             },
             now,
         );
-        let became_ready = healthy && previous.phase != Phase::Ready;
         context
-            .patch_status(&*resource, &status)
+            .patch_status(resource, &status)
             .await
             .map_err(|source| Error::Status(Box::new(source)))?;
-        if let Some(note) = needs_person_note {
+        if let Some((reason, note)) = person_note {
             context
-                .publish(
-                    &*resource,
-                    EventType::Warning,
-                    needs_person_reason,
-                    "Heal",
-                    note,
-                )
+                .publish(resource, EventType::Warning, reason, "Heal", note)
                 .await;
         }
         if let Some((event_type, reason, note)) = rotation_note {
             context
-                .publish(&*resource, event_type, reason, "RotatePassword", note)
+                .publish(resource, event_type, reason, "RotatePassword", note)
                 .await;
         }
-        if became_ready {
+        if healthy && previous.phase != Phase::Ready {
             let note = format!(
                 "Redis with Sentinel is ready; master {:?}",
                 status.master.unwrap_or_default()
             );
             context
-                .publish(&*resource, EventType::Normal, "Ready", "Reconcile", note)
+                .publish(resource, EventType::Normal, "Ready", "Reconcile", note)
                 .await;
         }
-        applied?;
-        let recheck = if healthy {
-            CHECK_INTERVAL
-        } else if plan.failover_in_progress {
-            FAILOVER_RECHECK_INTERVAL
-        } else {
-            RECHECK_INTERVAL
-        };
-        Ok(Action::requeue(
-            rotation_recheck.map_or(recheck, |rotation| rotation.min(recheck)),
-        ))
+        Ok(healthy)
     }
+}
+
+/// Whether a Ready reason asks a person to act and has not been told yet: a Warning is
+/// published once, when such a reason starts (not on every check while it lasts): pure.
+pub fn person_needed(reason: &str, previous: Option<&str>, last_seen: Option<&str>) -> bool {
+    [HISTORY_DIVERGED, NEWEST_DATA_UNKNOWN, PASSWORD_REFUSED].contains(&reason)
+        && previous != Some(reason)
+        && last_seen != Some(reason)
+}
+
+/// When to check again: every [`CHECK_INTERVAL`] while healthy, sooner while not, within a
+/// second of a failover's end, and, during a rotation, at the next step (an overlap only
+/// when its grace is over): pure.
+pub fn next_check(
+    healthy: bool,
+    failover_in_progress: bool,
+    rotation: Option<&Rotation>,
+) -> Duration {
+    let check = if healthy {
+        CHECK_INTERVAL
+    } else if failover_in_progress {
+        FAILOVER_RECHECK_INTERVAL
+    } else {
+        RECHECK_INTERVAL
+    };
+    let rotation = rotation.and_then(|rotation| match rotation.step {
+        Step::Steady => None,
+        Step::Overlap if rotation.converged.complete() => Some(
+            rotation
+                .old_password_remaining
+                .unwrap_or(RECHECK_INTERVAL)
+                .clamp(Duration::from_millis(100), CHECK_INTERVAL),
+        ),
+        _ => Some(RECHECK_INTERVAL),
+    });
+    rotation.map_or(check, |rotation| rotation.min(check))
 }
 
 /// The pods' passwords from the operator's Secret; created from the clients' `password` when
@@ -1272,6 +1375,60 @@ mod tests {
             },
             old_password_remaining: None,
         }
+    }
+
+    #[test]
+    fn a_person_is_told_once_when_a_choice_becomes_theirs() {
+        assert!(person_needed(HISTORY_DIVERGED, Some("Healthy"), None));
+        assert!(person_needed(PASSWORD_REFUSED, None, Some("Degraded")));
+        // Already in the status, or already seen by this operator (the status was stale).
+        assert!(!person_needed(
+            HISTORY_DIVERGED,
+            Some(HISTORY_DIVERGED),
+            None
+        ));
+        assert!(!person_needed(
+            NEWEST_DATA_UNKNOWN,
+            None,
+            Some(NEWEST_DATA_UNKNOWN)
+        ));
+        // Reasons the operator heals on its own are no person's business.
+        assert!(!person_needed("Degraded", Some("Healthy"), None));
+    }
+
+    #[test]
+    fn the_next_check_follows_health_failovers_and_rotations() {
+        assert_eq!(next_check(true, false, None), CHECK_INTERVAL);
+        assert_eq!(next_check(false, false, None), RECHECK_INTERVAL);
+        assert_eq!(next_check(false, true, None), FAILOVER_RECHECK_INTERVAL);
+        let steady = rotation(Step::Steady, &[]);
+        assert_eq!(next_check(true, false, Some(&steady)), CHECK_INTERVAL);
+        let adding = rotation(
+            Step::AddNew {
+                next: PodPasswords {
+                    operator: "operator".to_owned(),
+                    current: "new".to_owned(),
+                    previous: Some("old".to_owned()),
+                },
+            },
+            &[],
+        );
+        assert_eq!(next_check(true, false, Some(&adding)), RECHECK_INTERVAL);
+        // An overlap is checked again when its grace ends, at most a healthy interval later.
+        let overlap = |left: u64| Rotation {
+            old_password_remaining: Some(Duration::from_secs(left)),
+            ..rotation(Step::Overlap, &[])
+        };
+        assert_eq!(
+            next_check(true, false, Some(&overlap(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(next_check(true, false, Some(&overlap(600))), CHECK_INTERVAL);
+        // A failover still comes first.
+        assert_eq!(
+            next_check(false, true, Some(&overlap(7))),
+            FAILOVER_RECHECK_INTERVAL
+        );
     }
 
     #[test]
