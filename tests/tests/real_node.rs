@@ -334,11 +334,76 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     let dump = std::path::Path::new(&directory).join("dump.rdb");
     ensure!(dump.exists(), "{dump:?} missing");
 
-    // The probes run: a Redis whose password no longer matches the pod's fails its readiness
-    // probe (the pod turns NotReady), then its liveness probe (the container is restarted,
-    // and with the pod's password it is Ready again).
-    client
-        .command(&["CONFIG", "SET", "requirepass", "not the pod's"])
+    // A new password in the Secret reaches the running server without a restart: the
+    // operator adds it, then removes the old one (no grace here), and says so in the status.
+    const NEW_PASSWORD: &str = "seed's rotated password";
+    let changed = namespace
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .patch(
+            "redis-auth",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "stringData": { "password": NEW_PASSWORD } })),
+        )
+        .await?;
+    let version = changed.metadata.resource_version.context("no version")?;
+    let rotated = std::time::Instant::now();
+    namespace
+        .wait_for(
+            &namespace.api::<redis_operator::v1beta1::Redis>(),
+            "redis-standalone",
+            "the rotation done",
+            TIMEOUT,
+            move |redis: &redis_operator::v1beta1::Redis| {
+                redis
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.password_rotation.as_ref())
+                    .is_some_and(|rotation| {
+                        rotation.phase == "Done" && rotation.secret_resource_version == version
+                    })
+            },
+        )
+        .await?;
+    eprintln!(
+        "measured: the standalone server took the new password and dropped the old one {:?} \
+         after the Secret changed",
+        rotated.elapsed()
+    );
+    let connect = |password: &'static str| {
+        let address = (pod_ip.clone(), 6379);
+        async move {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            anyhow::Ok(
+                Connection::open(Box::new(stream), &Credentials::password(Some(password))).await?,
+            )
+        }
+    };
+    ensure!(
+        connect(PASSWORD).await.is_err(),
+        "the old password still works"
+    );
+    let mut renewed = connect(NEW_PASSWORD).await?;
+    ensure!(
+        renewed.command(&["GET", "seed"]).await?.text().as_deref() == Some("written in a real pod")
+    );
+    let pod = pods.get("redis-standalone-0").await?;
+    ensure!(
+        real_node_support::restart_count(&pod, "redis") == 0 && is_ready(&pod) == Some(true),
+        "the rotation restarted the server or made it unready"
+    );
+
+    // The probes run: a Redis that no longer takes the probes' credentials (the operator's
+    // user, which a client's password change never touches) fails its readiness probe (the
+    // pod turns NotReady), then its liveness probe (the container is restarted, and with the
+    // pod's passwords it is Ready again).
+    renewed
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "redis-operator",
+            "resetpass",
+            ">not the pod's",
+        ])
         .await?;
     namespace
         .wait_for(

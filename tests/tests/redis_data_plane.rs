@@ -43,6 +43,15 @@ fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> Result<String>
 
 /// Writes the ConfigMap's files to `directory` and starts its start script.
 fn start(redis: &Redis, directory: &Path, password: Option<&str>) -> Result<Server> {
+    let environment: Vec<(&str, &str)> = password
+        .map(|password| ("REDIS_PASSWORD", password))
+        .into_iter()
+        .collect();
+    start_with(redis, directory, &environment)
+}
+
+/// [`start`], with the pod's environment `environment`.
+fn start_with(redis: &Redis, directory: &Path, environment: &[(&str, &str)]) -> Result<Server> {
     let config = config_map(&Names::of("data-plane"), &redis_conf(&redis.spec));
     let data = config.data.context("the ConfigMap has no data")?;
     let (config_dir, run_dir, data_dir) = (
@@ -68,9 +77,7 @@ fn start(redis: &Redis, directory: &Path, password: Option<&str>) -> Result<Serv
         .env("REDIS_BIND", "127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if let Some(password) = password {
-        command.env("REDIS_PASSWORD", password);
-    }
+    command.envs(environment.iter().copied());
     let mut server = Server {
         process: command.spawn().context("failed to start the script")?,
         port,
@@ -193,6 +200,86 @@ fn a_password_with_a_line_break_is_refused_at_start() -> Result<()> {
             "{error}"
         ),
     }
+    std::fs::remove_dir_all(&directory)?;
+    Ok(())
+}
+
+/// A standalone pod as the operator now builds it (both users), its password rotated live:
+/// the new one added, then the old one removed, with no restart; the probes' user untouched.
+#[tokio::test]
+async fn a_rotation_moves_the_standalone_server_to_the_new_password_live() -> Result<()> {
+    use redis_operator::access::DirectResolver;
+    use redis_operator::passwords::{self, PodPasswords, Process, Step, Target};
+
+    const OPERATOR_PASSWORD: &str = r#"operator's "own" pass\word"#;
+    const NEW_PASSWORD: &str = r#"rotated "new" pass\word"#;
+    let directory = tempdir()?;
+    let server = start_with(
+        &redis_with(&[])?,
+        &directory,
+        &[
+            ("REDIS_PASSWORD", PASSWORD),
+            ("OPERATOR_PASSWORD", OPERATOR_PASSWORD),
+        ],
+    )?;
+    let operator_cli = |args: &[&str]| -> Result<String> {
+        let output = Command::new("redis-cli")
+            .args(["--user", "redis-operator", "-h", "127.0.0.1"])
+            .args(["-p", &server.port.to_string()])
+            .args(args)
+            .env("REDISCLI_AUTH", OPERATOR_PASSWORD)
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let run_id = || -> Result<String> {
+        let info = operator_cli(&["INFO", "server"])?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(str::to_owned)
+            .context("no run_id")
+    };
+    let before = run_id()?;
+    ensure!(redis_cli(server.port, Some(PASSWORD), &["SET", "kept", "1"])? == "OK");
+    let target = [Target {
+        pod: "data-plane-0".to_owned(),
+        host: "127.0.0.1".to_owned(),
+        port: server.port,
+        process: Process::Redis,
+    }];
+    let mut pods = PodPasswords {
+        operator: OPERATOR_PASSWORD.to_owned(),
+        current: PASSWORD.to_owned(),
+        previous: None,
+    };
+    for expected in ["add", "remove"] {
+        let step = passwords::step(&pods, NEW_PASSWORD, true);
+        let converged = passwords::converge(&target, &DirectResolver, &pods, &step, "").await;
+        ensure!(converged.complete(), "{converged:?}");
+        ensure!(
+            converged.changed == ["data-plane-0 redis: set the clients' passwords"],
+            "{converged:?}"
+        );
+        match (expected, step) {
+            ("add", Step::AddNew { next }) => {
+                for password in [PASSWORD, NEW_PASSWORD] {
+                    ensure!(redis_cli(server.port, Some(password), &["GET", "kept"])? == "1");
+                }
+                pods = next;
+            }
+            ("remove", Step::RemoveOld { next }) => {
+                ensure!(redis_cli(server.port, Some(NEW_PASSWORD), &["GET", "kept"])? == "1");
+                let old = redis_cli(server.port, Some(PASSWORD), &["GET", "kept"])?;
+                ensure!(old != "1", "the old password still works: {old}");
+                pods = next;
+            }
+            (expected, step) => bail!("expected to {expected}, the step was {step:?}"),
+        }
+    }
+    ensure!(passwords::step(&pods, NEW_PASSWORD, true) == Step::Steady);
+    // The probes' user never moved, and the server never restarted.
+    ensure!(operator_cli(&["PING"])? == "PONG");
+    ensure!(run_id()? == before, "the server restarted");
+    drop(server);
     std::fs::remove_dir_all(&directory)?;
     Ok(())
 }

@@ -625,13 +625,13 @@ async fn a_cold_restart_does_not_choose_a_stale_node_that_answers_first() -> Res
 /// The password the Secret holds after a person changed it.
 const NEW_PASSWORD: &str = r#"rotated "new" pass\word"#;
 
-/// One pass of the controller's password step over the set, as `sentinel::rotate` takes it:
+/// One pass of the controller's password step over the set, as `rotation::rotate` takes it:
 /// converge every process, then record the step's passwords (the operator's Secret).
 async fn rotation_pass(set: &LocalSet, wanted: &str) -> Result<(Step, Converged)> {
     let pods = set.pod_passwords();
     let step = passwords::step(&pods, wanted, true);
     let converged = passwords::converge(
-        &set.first(3),
+        &sentinel::password_targets(&set.first(3)),
         &DirectResolver,
         &pods,
         &step,

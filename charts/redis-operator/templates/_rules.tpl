@@ -34,10 +34,10 @@
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, patch]
-# The password Secret named by a resource: its key checked, its changes watched; the
-# RedisSentinel controller also reads the value to authenticate to Redis (in memory only),
-# and keeps the pods' passwords in its own Secret <name>-operator-credentials, applied with
-# server-side apply (create, patch). The admission policy refuses a write to any other Secret.
+# The password Secret named by a resource: its key checked, its changes watched, its value
+# read (in memory only) to authenticate to Redis; the pods' passwords kept in the operator's
+# own Secret <name>-operator-credentials, applied with server-side apply (create, patch). The
+# admission policy refuses a write to any other Secret.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, patch]

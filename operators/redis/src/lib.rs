@@ -6,8 +6,11 @@
 //!   heals the replication topology through [`resp`], a small Redis client.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod passwords;
 pub mod pod;
 pub mod resp;
+pub mod rotation;
 pub mod secret;
 pub mod sentinel;
 pub mod standalone;
@@ -45,16 +48,28 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 
 /// The `Redis` controller with the kinds it owns and the Secrets it watches.
 pub fn redis_controller() -> Controller<standalone::RedisReconciler> {
-    Controller::new("redis", standalone::RedisReconciler)
+    redis_controller_with(
+        access::Access::Automatic,
+        Arc::new(standalone::server_address),
+    )
+}
+
+/// The `Redis` controller with its own way to the server (tests use a local process).
+pub fn redis_controller_with(
+    access: access::Access,
+    address: standalone::ServerAddress,
+) -> Controller<standalone::RedisReconciler> {
+    Controller::new("redis", standalone::RedisReconciler::new(access, address))
         .selector_labels(SELECTOR_LABELS)
         .owns::<ConfigMap>()
         .owns::<Service>()
         .owns::<StatefulSet>()
         .owns::<NetworkPolicy>()
         .watches_metadata::<Secret, _>(resources_using_secret)
-        // The password Secret's key is checked; the data claims get the Redis as an owner
-        // (get: a claim re-read when its owner references changed under the patch).
-        .uses::<Secret>(&["get"])
+        // The password Secret is read (in memory only) and the pod's passwords kept in the
+        // operator's own Secret `<name>-operator-credentials`; the data claims get the Redis as
+        // an owner (get: a claim re-read when its owner references changed under the patch).
+        .uses::<Secret>(&["get", "create", "patch"])
         .uses::<PersistentVolumeClaim>(&["get", "list", "patch"])
 }
 

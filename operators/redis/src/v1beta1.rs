@@ -47,6 +47,10 @@ pub const DEFAULT_EXPORTER_PORT: i32 = 9121;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
+    /// How a change of the password Secret reaches the running pod (without restarting it;
+    /// see `status.passwordRotation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_rotation: Option<PasswordRotationSettings>,
     /// How the pods run: image, resources, storage, exporter, configuration, scheduling.
     #[serde(flatten)]
     pub pod: RedisPodSpec,
@@ -329,6 +333,9 @@ pub struct RedisStatus {
     /// Where clients connect: `<service>.<namespace>.svc:6379`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The last change of the password Secret and how far moving the server to it has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_rotation: Option<PasswordRotation>,
 }
 
 /// Redis with Sentinel: an odd number of pods, each running Redis and a Sentinel, with one
@@ -393,8 +400,8 @@ pub struct RedisSentinelSpec {
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PasswordRotationSettings {
-    /// Seconds the old password keeps working after every Redis and Sentinel accepts the new
-    /// one, for clients to move to the new one. Default 0: it is removed at once.
+    /// Seconds the old password keeps working after every pod accepts the new one, for
+    /// clients to move to the new one. Default 0: it is removed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 604800").message("passwordRotation.oldPasswordGraceSeconds must be between 0 and 604800 (a week)"))]
     pub old_password_grace_seconds: Option<i64>,

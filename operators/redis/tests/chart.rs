@@ -262,7 +262,7 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         account_secrets
             .patch("redis-auth", &PatchParams::default(), &merge(&tamper))
             .await,
-        "may write only the <name>-operator-credentials Secrets of its RedisSentinels",
+        "may write only the <name>-operator-credentials Secrets of its Redis and RedisSentinel resources",
     )?;
     let planted: Secret = serde_json::from_value(json!({
         "metadata": { "name": "planted-operator-credentials" },
@@ -272,7 +272,7 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
         account_secrets
             .create(&PostParams::default(), &planted)
             .await,
-        "may write only the <name>-operator-credentials Secrets of its RedisSentinels",
+        "may write only the <name>-operator-credentials Secrets of its Redis and RedisSentinel resources",
     )?;
     // The role label of its own pods is all it may change on a pod.
     let pods = watched.api::<Pod>();

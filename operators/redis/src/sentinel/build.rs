@@ -15,15 +15,14 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
 use super::data_plane::{Node, Settings};
-use super::passwords::{OPERATOR_PASSWORD_KEY, PASSWORD_KEY, PREVIOUS_PASSWORD_KEY};
 use super::scripts;
 use crate::pod::{
-    self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security, data_storage,
-    env_value, exec, exporter_container, memory_volume, mount, pod_template, probe, secret_env,
-    service, service_port, short_hash,
+    self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security,
+    credentials_env, data_storage, env_value, exec, exporter_container, exporter_password,
+    memory_volume, mount, pod_template, probe, service, service_port, short_hash,
 };
 use crate::resp::OPERATOR_USER;
-use crate::v1beta1::{RedisSentinel, RedisSentinelSpec, SecretKeyReference};
+use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
 /// Sentinel's port, in the containers and on the sentinel Service.
 pub const SENTINEL_PORT: i32 = 26379;
@@ -68,7 +67,7 @@ impl Names {
             sentinel: format!("{name}-sentinel"),
             master: format!("{name}-master"),
             config: format!("{name}-config"),
-            credentials: format!("{name}-operator-credentials"),
+            credentials: crate::rotation::credentials_secret(name),
         }
     }
 }
@@ -192,39 +191,9 @@ fn environment(resource: &RedisSentinel, names: &Names) -> Vec<EnvVar> {
     // The pods' passwords come from the operator's Secret, which moves only once every node
     // accepts what it says (see `passwords`); the probes and scripts use the operator's user.
     if resource.spec.pod.kubernetes_config.redis_secret.is_some() {
-        let credentials = names.credentials.as_str();
-        env.extend([
-            secret_env("REDIS_PASSWORD", credentials, PASSWORD_KEY, None),
-            secret_env(
-                "REDIS_PREVIOUS_PASSWORD",
-                credentials,
-                PREVIOUS_PASSWORD_KEY,
-                Some(true),
-            ),
-            secret_env(
-                "OPERATOR_PASSWORD",
-                credentials,
-                OPERATOR_PASSWORD_KEY,
-                None,
-            ),
-            secret_env("REDISCLI_AUTH", credentials, OPERATOR_PASSWORD_KEY, None),
-        ]);
+        env.extend(credentials_env(&names.credentials));
     }
     env
-}
-
-/// Where the exporter finds the operator user's password, when the set has passwords.
-fn exporter_secret(resource: &RedisSentinel, names: &Names) -> Option<SecretKeyReference> {
-    resource
-        .spec
-        .pod
-        .kubernetes_config
-        .redis_secret
-        .as_ref()
-        .map(|_| SecretKeyReference {
-            name: names.credentials.clone(),
-            key: OPERATOR_PASSWORD_KEY.to_owned(),
-        })
 }
 
 /// A preStop hook running one of the ConfigMap's scripts.
@@ -293,7 +262,11 @@ pub fn stateful_set(
     containers.extend(exporter_container(
         spec.pod.redis_exporter.as_ref(),
         pull_policy,
-        exporter_secret(resource, names).as_ref(),
+        kubernetes
+            .redis_secret
+            .as_ref()
+            .map(|_| exporter_password(&names.credentials))
+            .as_ref(),
         Some(OPERATOR_USER),
     ));
     let mut volumes = vec![

@@ -17,10 +17,8 @@
 //!   `MONITOR`) only when they name another master: there is no blanket `SENTINEL RESET`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 
-use crate::resp::{Connection, Credentials, OPERATOR_USER, RespError, Stream, Value};
+use crate::resp::{Connection, Credentials, OPERATOR_USER, RespError, Value};
 
 /// One pod: its name and where its Redis and Sentinel are announced (stable DNS name in a
 /// cluster, never a pod IP).
@@ -51,45 +49,7 @@ pub struct Settings {
     pub parallel_syncs: u32,
 }
 
-/// A connection being opened.
-pub type Connecting<'a> =
-    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Stream>>> + Send + 'a>>;
-
-/// Opens connections to announced addresses: directly in a cluster or in tests, through the
-/// API server's port-forward when the operator runs outside the cluster.
-pub trait Resolver: Send + Sync {
-    /// A byte stream to `host:port`.
-    fn connect<'a>(&'a self, host: &'a str, port: u16) -> Connecting<'a>;
-}
-
-/// Connects with TCP to the announced host name.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DirectResolver;
-
-impl Resolver for DirectResolver {
-    fn connect<'a>(&'a self, host: &'a str, port: u16) -> Connecting<'a> {
-        Box::pin(async move {
-            let stream = tokio::time::timeout(
-                crate::resp::COMMAND_TIMEOUT,
-                tokio::net::TcpStream::connect((host, port)),
-            )
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            Ok(Box::new(stream) as Box<dyn Stream>)
-        })
-    }
-}
-
-/// Opens an authenticated connection through `resolver`.
-pub async fn connect(
-    resolver: &dyn Resolver,
-    host: &str,
-    port: u16,
-    credentials: &Credentials,
-) -> Result<Connection, RespError> {
-    let stream = resolver.connect(host, port).await?;
-    Connection::open(stream, credentials).await
-}
+pub use crate::access::{Connecting, DirectResolver, Resolver, connect};
 
 /// A node's role as Redis reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

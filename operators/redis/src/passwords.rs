@@ -1,6 +1,6 @@
-//! The passwords of a `RedisSentinel`'s pods, and their rotation without a restart.
+//! The passwords of the pods of both Redis kinds, and their rotation without a restart.
 //!
-//! Two ACL users on every Redis and Sentinel:
+//! Two ACL users on every Redis (and Sentinel):
 //! - `default`, the clients' user, with the password of the Secret the spec names;
 //! - [`OPERATOR_USER`], with a password the operator generates once and never changes. The
 //!   operator, the pods' scripts and probes, replication (`masteruser`) and the sentinels
@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use super::data_plane::{Node, Resolver, connect};
+use crate::access::{Resolver, connect};
 use crate::resp::{Connection, Credentials, OPERATOR_USER, RespError};
 
 /// The key of the clients' current password in the operator's Secret.
@@ -201,6 +201,19 @@ pub enum Process {
     Sentinel,
 }
 
+/// One process the passwords are kept on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Its pod's name, for reports.
+    pub pod: String,
+    /// Where it is announced.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// What it is.
+    pub process: Process,
+}
+
 /// What one pass of [`converge`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Converged {
@@ -342,10 +355,11 @@ async fn converge_process(
     Ok(changed)
 }
 
-/// Brings every Redis and Sentinel of `nodes` to `step`, concurrently, each on what it
-/// reports just before it is changed. Never touches data or replication roles.
+/// Brings every process of `targets` to `step`, concurrently, each on what it reports just
+/// before it is changed. Never touches data or replication roles. `master_set` is the
+/// sentinels' name of the master, if there are sentinels.
 pub async fn converge(
-    nodes: &[Node],
+    targets: &[Target],
     resolver: &dyn Resolver,
     pods: &PodPasswords,
     step: &Step,
@@ -357,26 +371,17 @@ pub async fn converge(
         _ => None,
     };
     let credentials = pods.credentials(also);
-    let targets: Vec<(&Node, Process, u16)> = nodes
-        .iter()
-        .flat_map(|node| {
-            [
-                (node, Process::Redis, node.redis_port),
-                (node, Process::Sentinel, node.sentinel_port),
-            ]
-        })
-        .collect();
-    let results = futures::future::join_all(targets.iter().map(|(node, process, port)| {
+    let results = futures::future::join_all(targets.iter().map(|target| {
         let (credentials, accepted) = (&credentials, &accepted);
         async move {
-            let mut connection = connect(resolver, &node.host, *port, credentials).await?;
-            converge_process(&mut connection, *process, pods, accepted, master_set).await
+            let mut connection = connect(resolver, &target.host, target.port, credentials).await?;
+            converge_process(&mut connection, target.process, pods, accepted, master_set).await
         }
     }))
     .await;
     let mut converged = Converged::default();
-    for ((node, process, _), result) in targets.iter().zip(results) {
-        let name = match process {
+    for (target, result) in targets.iter().zip(results) {
+        let name = match target.process {
             Process::Redis => "redis",
             Process::Sentinel => "sentinel",
         };
@@ -384,7 +389,7 @@ pub async fn converge(
             Ok(changes) => converged.changed.extend(
                 changes
                     .into_iter()
-                    .map(|change| format!("{} {name}: {change}", node.pod)),
+                    .map(|change| format!("{} {name}: {change}", target.pod)),
             ),
             Err(error) => {
                 if matches!(error, RespError::Io(_) | RespError::Timeout) {
@@ -392,7 +397,7 @@ pub async fn converge(
                 }
                 converged
                     .failed
-                    .push(format!("{} {name}: {error}", node.pod));
+                    .push(format!("{} {name}: {error}", target.pod));
             }
         }
     }

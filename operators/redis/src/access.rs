@@ -1,14 +1,55 @@
-//! How the operator reaches the pods' Redis and Sentinel: by their DNS names when it runs in
+//! How the operator reaches the pods' Redis (and Sentinel): by their DNS names when it runs in
 //! the cluster, through the API server's port-forward when it runs outside (`cargo run`
 //! against kind), or through any [`Resolver`] a test supplies.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 
-use super::data_plane::{Connecting, DirectResolver, Resolver};
-use crate::resp::Stream;
+use crate::resp::{Connection, Credentials, RespError, Stream};
+
+/// A connection being opened.
+pub type Connecting<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Stream>>> + Send + 'a>>;
+
+/// Opens connections to announced addresses: directly in a cluster or in tests, through the
+/// API server's port-forward when the operator runs outside the cluster.
+pub trait Resolver: Send + Sync {
+    /// A byte stream to `host:port`.
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> Connecting<'a>;
+}
+
+/// Connects with TCP to the announced host name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectResolver;
+
+impl Resolver for DirectResolver {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> Connecting<'a> {
+        Box::pin(async move {
+            let stream = tokio::time::timeout(
+                crate::resp::COMMAND_TIMEOUT,
+                tokio::net::TcpStream::connect((host, port)),
+            )
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            Ok(Box::new(stream) as Box<dyn Stream>)
+        })
+    }
+}
+
+/// Opens an authenticated connection through `resolver`.
+pub async fn connect(
+    resolver: &dyn Resolver,
+    host: &str,
+    port: u16,
+    credentials: &Credentials,
+) -> Result<Connection, RespError> {
+    let stream = resolver.connect(host, port).await?;
+    Connection::open(stream, credentials).await
+}
 
 /// The way to the data plane.
 #[derive(Clone)]
