@@ -23,9 +23,9 @@ use operator_kit::{ChildError, Children};
 use sha2::{Digest, Sha256};
 
 use crate::passwords::{OPERATOR_PASSWORD_KEY, PASSWORD_KEY, PREVIOUS_PASSWORD_KEY};
+use crate::resp::OPERATOR_USER;
 use crate::v1beta1::{
     DEFAULT_EXPORTER_IMAGE, DEFAULT_EXPORTER_PORT, ProbeSettings, RedisExporter, RedisPodSpec,
-    SecretKeyReference,
 };
 
 /// The Redis port, in the container and on both Services.
@@ -145,26 +145,6 @@ pub(crate) fn credentials_env(secret: &str) -> Vec<EnvVar> {
         secret_env("OPERATOR_PASSWORD", secret, OPERATOR_PASSWORD_KEY, None),
         secret_env("REDISCLI_AUTH", secret, OPERATOR_PASSWORD_KEY, None),
     ]
-}
-
-/// Where the exporter finds the operator's user's password: key `operator-password` of the
-/// operator's Secret `secret`.
-pub(crate) fn exporter_password(secret: &str) -> SecretKeyReference {
-    SecretKeyReference {
-        name: secret.to_owned(),
-        key: OPERATOR_PASSWORD_KEY.to_owned(),
-    }
-}
-
-/// Environment variables `names`, each read from the password Secret's key.
-pub(crate) fn password_env(secret: Option<&SecretKeyReference>, names: &[&str]) -> Vec<EnvVar> {
-    let Some(secret) = secret else {
-        return Vec::new();
-    };
-    names
-        .iter()
-        .map(|name| secret_env(name, &secret.name, &secret.key, None))
-        .collect()
 }
 
 /// The environment variable `name` read from key `key` of Secret `secret`.
@@ -302,13 +282,13 @@ pub(crate) async fn own_data_claims(
         .map(drop)
 }
 
-/// The exporter sidecar, when enabled: it logs in as `user` (else the default user) with the
-/// password in `secret`.
+/// The exporter sidecar, when enabled: with passwords, it logs in as the operator's user, its
+/// password read from the operator's Secret `credentials` (it never changes, so a rotation of
+/// the clients' password never fails a scrape).
 pub(crate) fn exporter_container(
     exporter: Option<&RedisExporter>,
     pull_policy: &str,
-    secret: Option<&SecretKeyReference>,
-    user: Option<&str>,
+    credentials: Option<&str>,
 ) -> Option<Container> {
     let exporter = exporter.filter(|exporter| exporter.enabled)?;
     let port = exporter.port.unwrap_or(DEFAULT_EXPORTER_PORT);
@@ -316,10 +296,15 @@ pub(crate) fn exporter_container(
         env_value("REDIS_ADDR", "redis://127.0.0.1:6379"),
         env_value("REDIS_EXPORTER_WEB_LISTEN_ADDRESS", format!(":{port}")),
     ];
-    if let (Some(user), Some(_)) = (user, secret) {
-        env.push(env_value("REDIS_USER", user));
+    if let Some(credentials) = credentials {
+        env.push(env_value("REDIS_USER", OPERATOR_USER));
+        env.push(secret_env(
+            "REDIS_PASSWORD",
+            credentials,
+            OPERATOR_PASSWORD_KEY,
+            None,
+        ));
     }
-    env.extend(password_env(secret, &["REDIS_PASSWORD"]));
     Some(Container {
         name: "redis-exporter".to_owned(),
         image: Some(

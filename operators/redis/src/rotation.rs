@@ -33,33 +33,26 @@ pub trait Rotating: kube::Resource<DynamicType = ()> {
     fn old_password_grace_seconds(&self) -> i64;
 }
 
-impl Rotating for RedisSentinel {
-    fn password_rotation(&self) -> Option<&PasswordRotation> {
-        self.status.as_ref()?.password_rotation.as_ref()
-    }
+/// Both kinds keep the same fields: `spec.passwordRotation` and `status.passwordRotation`.
+macro_rules! rotating {
+    ($($kind:ty),*) => {$(
+        impl Rotating for $kind {
+            fn password_rotation(&self) -> Option<&PasswordRotation> {
+                self.status.as_ref()?.password_rotation.as_ref()
+            }
 
-    fn old_password_grace_seconds(&self) -> i64 {
-        self.spec
-            .password_rotation
-            .as_ref()
-            .and_then(|rotation| rotation.old_password_grace_seconds)
-            .unwrap_or(0)
-    }
+            fn old_password_grace_seconds(&self) -> i64 {
+                self.spec
+                    .password_rotation
+                    .as_ref()
+                    .and_then(|rotation| rotation.old_password_grace_seconds)
+                    .unwrap_or(0)
+            }
+        }
+    )*};
 }
 
-impl Rotating for Redis {
-    fn password_rotation(&self) -> Option<&PasswordRotation> {
-        self.status.as_ref()?.password_rotation.as_ref()
-    }
-
-    fn old_password_grace_seconds(&self) -> i64 {
-        self.spec
-            .password_rotation
-            .as_ref()
-            .and_then(|rotation| rotation.old_password_grace_seconds)
-            .unwrap_or(0)
-    }
-}
+rotating!(Redis, RedisSentinel);
 
 /// Errors of keeping the pods' passwords.
 #[derive(Debug, thiserror::Error)]

@@ -25,10 +25,9 @@ use crate::access::Access;
 use crate::passwords::{Process, Target};
 use crate::pod::{
     self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security,
-    credentials_env, data_storage, exporter_container, exporter_password, memory_volume, mount,
-    network_policy, own_data_claims, pod_template, probe, service_port, short_hash,
+    credentials_env, data_storage, exporter_container, memory_volume, mount, network_policy,
+    own_data_claims, pod_template, probe, service_port, short_hash,
 };
-use crate::resp::OPERATOR_USER;
 use crate::rotation::{
     self, Rotating, Rotation, RotationError, rotation_event, rotation_recheck, rotation_status,
 };
@@ -183,9 +182,7 @@ pub fn stateful_set(
         kubernetes
             .redis_secret
             .as_ref()
-            .map(|_| exporter_password(&names.credentials))
-            .as_ref(),
-        Some(OPERATOR_USER),
+            .map(|_| names.credentials.as_str()),
     ));
     let mut volumes = vec![config_volume("config", &names.config), memory_volume("run")];
     let (claim_templates, retention) = data_storage(&spec.pod, labels, &mut volumes);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Secret;
 use operator_kit::testing::TestNamespace;
-use redis_operator::resp::{Credentials, Value};
+use redis_operator::resp::{Connection, Credentials, Value};
 use redis_operator::sentinel::build::{self, Names};
 use redis_operator::sentinel::data_plane::{
     self, DirectResolver, Memory, Node, Observation, Plan, Settings,
@@ -528,14 +528,7 @@ impl LocalSet {
         prefix: &str,
         count: usize,
     ) -> Result<Vec<String>> {
-        let node = &self.nodes[master];
-        let mut connection = data_plane::connect(
-            &DirectResolver,
-            &node.host,
-            node.redis_port,
-            &self.credentials(),
-        )
-        .await?;
+        let mut connection = self.connect_redis(master).await?;
         let mut acknowledged = Vec::new();
         for index in 0..count {
             let key = format!("{prefix}:{index}");
@@ -555,16 +548,21 @@ impl LocalSet {
         Ok(acknowledged)
     }
 
-    /// The keys of `keys` that node `index` lacks.
-    pub async fn missing_keys(&self, index: usize, keys: &[String]) -> Result<Vec<String>> {
+    /// A connection to node `index`'s Redis, as the operator authenticates.
+    pub async fn connect_redis(&self, index: usize) -> Result<Connection> {
         let node = &self.nodes[index];
-        let mut connection = data_plane::connect(
+        Ok(data_plane::connect(
             &DirectResolver,
             &node.host,
             node.redis_port,
             &self.credentials(),
         )
-        .await?;
+        .await?)
+    }
+
+    /// The keys of `keys` that node `index` lacks.
+    pub async fn missing_keys(&self, index: usize, keys: &[String]) -> Result<Vec<String>> {
+        let mut connection = self.connect_redis(index).await?;
         let mut missing = Vec::new();
         for key in keys {
             if connection.command(&["EXISTS", key]).await? != Value::Integer(1) {

@@ -18,10 +18,9 @@ use super::data_plane::{Node, Settings};
 use super::scripts;
 use crate::pod::{
     self, DATA_VOLUME, REDIS_PORT, config_volume, container_port, container_security,
-    credentials_env, data_storage, env_value, exec, exporter_container, exporter_password,
-    memory_volume, mount, pod_template, probe, service, service_port, short_hash,
+    credentials_env, data_storage, env_value, exec, exporter_container, memory_volume, mount,
+    pod_template, probe, service, service_port, short_hash,
 };
-use crate::resp::OPERATOR_USER;
 use crate::v1beta1::{RedisSentinel, RedisSentinelSpec};
 
 /// Sentinel's port, in the containers and on the sentinel Service.
@@ -265,9 +264,7 @@ pub fn stateful_set(
         kubernetes
             .redis_secret
             .as_ref()
-            .map(|_| exporter_password(&names.credentials))
-            .as_ref(),
-        Some(OPERATOR_USER),
+            .map(|_| names.credentials.as_str()),
     ));
     let mut volumes = vec![
         config_volume("config", &names.config),

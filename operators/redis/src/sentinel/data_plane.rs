@@ -1018,44 +1018,38 @@ pub async fn heal(
             );
             return Ok(applied);
         }
+        // Each command goes to a fresh connection, on the node the action names.
+        let redis = |index: usize| {
+            let node = &nodes[index];
+            connect(resolver, &node.host, node.redis_port, credentials)
+        };
+        let sentinel = |index: usize| {
+            let node = &nodes[index];
+            connect(resolver, &node.host, node.sentinel_port, credentials)
+        };
         match *action {
             Action::Promote(index) => {
-                let node = &nodes[index];
-                let mut connection =
-                    connect(resolver, &node.host, node.redis_port, credentials).await?;
-                connection.command(&["REPLICAOF", "NO", "ONE"]).await?;
+                redis(index)
+                    .await?
+                    .command(&["REPLICAOF", "NO", "ONE"])
+                    .await?;
             }
             Action::Replicate { node, master } => {
-                let (node, master) = (&nodes[node], &nodes[master]);
-                let mut connection =
-                    connect(resolver, &node.host, node.redis_port, credentials).await?;
-                connection
+                let master = &nodes[master];
+                redis(node)
+                    .await?
                     .command(&["REPLICAOF", &master.host, &master.redis_port.to_string()])
                     .await?;
             }
             Action::Reset(index) => {
-                let sentinel = &nodes[index];
-                let mut connection = connect(
-                    resolver,
-                    &sentinel.host,
-                    sentinel.sentinel_port,
-                    credentials,
-                )
-                .await?;
-                connection
+                sentinel(index)
+                    .await?
                     .command(&["SENTINEL", "RESET", &settings.master_set])
                     .await?;
             }
             Action::Quorum(index) => {
-                let sentinel = &nodes[index];
-                let mut connection = connect(
-                    resolver,
-                    &sentinel.host,
-                    sentinel.sentinel_port,
-                    credentials,
-                )
-                .await?;
-                connection
+                sentinel(index)
+                    .await?
                     .command(&[
                         "SENTINEL",
                         "SET",
@@ -1065,16 +1059,12 @@ pub async fn heal(
                     ])
                     .await?;
             }
-            Action::Monitor { sentinel, master } => {
-                let (sentinel, master) = (&nodes[sentinel], &nodes[master]);
-                let mut connection = connect(
-                    resolver,
-                    &sentinel.host,
-                    sentinel.sentinel_port,
-                    credentials,
-                )
-                .await?;
-                monitor(&mut connection, master, settings, credentials).await?;
+            Action::Monitor {
+                sentinel: index,
+                master,
+            } => {
+                let mut connection = sentinel(index).await?;
+                monitor(&mut connection, &nodes[master], settings, credentials).await?;
             }
         }
         applied += 1;
