@@ -7,8 +7,7 @@
 //! `cargo bench -p integration-tests --bench failover [-- runs [down-after-ms]]`
 //! (`hack/bench.sh failover` starts the cluster first).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use integration_tests::local_redis as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

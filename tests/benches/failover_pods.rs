@@ -11,8 +11,7 @@
 //! `cargo bench -p integration-tests --bench failover_pods [-- runs [delete|kill|both]]`
 //! (`hack/bench.sh failover-pods [runs] [fault]` brings up the cluster and the images first).
 
-#[path = "../tests/real_node_support/mod.rs"]
-mod real_node_support;
+use integration_tests::real_node as real_node_support;
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@ use operator_kit::testing::TestNamespace;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod real_node_support;
+use integration_tests::real_node as real_node_support;
 use real_node_support::is_ready;
 
 const TIMEOUT: Duration = Duration::from_secs(90);

@@ -4,7 +4,7 @@
 //! processes started by the pods' own scripts — one per pod, by ordinal. What the operator
 //! sees and does there (failover, labels, status, events) is what it does with real pods.
 
-mod support;
+use integration_tests::local_redis as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,7 @@
 //! the master, a restarted old master, a forced second master and a cold restart of
 //! everything — and no write acknowledged with `WAIT 1` is ever lost.
 
-mod support;
+use integration_tests::local_redis as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

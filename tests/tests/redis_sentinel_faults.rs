@@ -10,7 +10,7 @@
 //! `FAULT_SEED` replays a run (the seed is printed); `FAULT_ROUNDS` sets its length (CI runs a
 //! short one).
 
-mod support;
+use integration_tests::local_redis as support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

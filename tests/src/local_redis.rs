@@ -1,8 +1,6 @@
-//! Shared by the tests that need real Redis with Sentinel: a set of local `redis-server` and
-//! `redis-sentinel` processes started by redis-operator's own ConfigMap scripts, exactly as a
-//! pod starts them, on loopback.
-
-#![allow(dead_code)]
+//! Real Redis with Sentinel on this machine, for the tests and benchmarks that need it: a set
+//! of local `redis-server` and `redis-sentinel` processes started by redis-operator's own
+//! ConfigMap scripts, exactly as a pod starts them, on loopback, and clients of it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -2,8 +2,6 @@
 //! `RedisSentinel` example pinned to the real node, its master, its `<name>-master` Service
 //! and the host process of a container.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -57,7 +55,7 @@ pub fn real_node_placement() -> (serde_json::Value, serde_json::Value) {
 /// Creates `examples/redis-sentinel.yaml` (its Secret and its RedisSentinel) in `namespace`,
 /// pinned to the real node; returns the password.
 pub async fn create_seed_sentinel(namespace: &TestNamespace) -> Result<String> {
-    let mut documents = include_str!("../../../examples/redis-sentinel.yaml").split("\n---\n");
+    let mut documents = include_str!("../../examples/redis-sentinel.yaml").split("\n---\n");
     let secret: Secret = serde_yaml::from_str(documents.next().context("no Secret")?)?;
     let password = secret
         .string_data
