@@ -797,3 +797,70 @@ async fn a_changed_password_secret_is_rotated_live_reported_and_recorded() -> Re
     namespace.delete().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_secret_in_the_way_of_the_operators_is_reported_and_the_set_still_healed() -> Result<()> {
+    let namespace = TestNamespace::create("redis-sentinel-taken").await?;
+    let set = LocalSet::new("taken", 3, 3, 1000).await?;
+    let operator = start(&namespace, &set).await?;
+    support::create_password_secret(&namespace, "redis-auth").await?;
+    // Someone else's Secret has the name of the operator's.
+    namespace
+        .create_secret("taken-operator-credentials", "note", "not yours")
+        .await?;
+    let api = namespace.api::<RedisSentinel>();
+    api.create(&PostParams::default(), &resource("taken", 3)?)
+        .await?;
+    // Told in the status, and the data plane is healed all the same (a master chosen and
+    // recorded, as a client would authenticate); the pods are not built on a missing Secret.
+    let reported = namespace
+        .wait_for(
+            &api,
+            "taken",
+            "CredentialsSecretTaken with a master",
+            TIMEOUT,
+            |resource: &RedisSentinel| {
+                resource.status.as_ref().is_some_and(|status| {
+                    status.master.is_some()
+                        && status.conditions.iter().any(|condition| {
+                            condition.type_ == "Ready"
+                                && condition.reason == "CredentialsSecretTaken"
+                        })
+                })
+            },
+        )
+        .await?;
+    eprintln!(
+        "reported: {:?}",
+        reported.status.as_ref().map(|status| &status.conditions)
+    );
+    ensure!(
+        namespace
+            .api::<StatefulSet>()
+            .get_opt("taken-node")
+            .await?
+            .is_none(),
+        "the pods were built on a Secret the operator does not keep"
+    );
+    let secrets = namespace.api::<Secret>();
+    let theirs = secrets.get("taken-operator-credentials").await?;
+    ensure!(
+        theirs
+            .data
+            .is_some_and(|data| data.keys().eq(["note"].iter().copied())),
+        "someone else's Secret was changed"
+    );
+    // Once it is gone, the operator keeps its own, gives its user (a new password) to the
+    // running processes next to the one they started with, and the set becomes Ready.
+    secrets
+        .delete("taken-operator-credentials", &DeleteParams::default())
+        .await?;
+    wait_healthy(&namespace, "taken", 3, None).await?;
+    for node in set.first(3) {
+        ensure!(support::cli(node.redis_port, &["PING"])? == "PONG");
+        ensure!(support::cli(node.sentinel_port, &["PING"])? == "PONG");
+    }
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}

@@ -277,7 +277,10 @@ async fn converge_process(
     if whoami.as_deref() != Some(OPERATOR_USER) {
         // A process started before the operator had its own user (an upgrade): give it the
         // user first, then let replication and the sentinels use it, so that the pods of the
-        // new template find it on the old ones.
+        // new template find it on the old ones. Or one whose user has a password the operator
+        // no longer knows (its Secret was deleted and made anew): the new password is added,
+        // never put in the place of the old one, which the pod's probes and scripts still use
+        // until it restarts.
         let password = format!(">{}", pods.operator);
         connection
             .command(&[
@@ -285,7 +288,6 @@ async fn converge_process(
                 "SETUSER",
                 OPERATOR_USER,
                 "on",
-                "resetpass",
                 &password,
                 "~*",
                 "&*",

@@ -621,25 +621,34 @@ impl Reconciler for RedisSentinelReconciler {
             settings: build::settings(&resource.spec),
             resolver: self.access.resolver(context.client()),
         };
-        let rotation = match &wanted {
-            Some(wanted) => Some(
-                self.passwords(&resource, context, children.labels(), &plane, wanted)
-                    .await?,
-            ),
-            None => None,
+        // A failed step (the operator's Secret unwritable or taken, an immutable field
+        // changed) must not stop the data plane below: after a failover the pods still need
+        // their role labels, or `<name>-master` keeps sending clients to the old master. Its
+        // error is reported at the end.
+        let (rotation, refused) = match &wanted {
+            Some(wanted) => match self
+                .passwords(&resource, context, children.labels(), &plane, wanted)
+                .await
+            {
+                Ok(rotation) => (Some(rotation), None),
+                Err(error) => (None, Some(error)),
+            },
+            None => (None, None),
         };
-        let credentials = rotation
-            .as_ref()
-            .map_or_else(Credentials::default, |rotation| {
-                rotation.pods.credentials(None)
-            });
+        let credentials = match (&rotation, &wanted) {
+            (Some(rotation), _) => rotation.pods.credentials(None),
+            // Without the operator's Secret: as a client would, with the Secret's password.
+            (None, Some(wanted)) => Credentials::password(Some(&wanted.value)),
+            (None, None) => Credentials::default(),
+        };
 
-        // build + apply. A failed apply (an immutable field changed, say) must not stop the
-        // data plane below: after a failover the pods still need their role labels, or
-        // `<name>-master` keeps sending clients to the old master. Its error is reported at
-        // the end.
+        // build + apply, unless the pods' passwords could not be kept: the pods would then
+        // refer to a Secret that is not there.
         let selector_labels = children.selector_labels().clone();
-        let applied = apply_children(&resource, &names, &mut children).await;
+        let applied = match refused {
+            None => apply_children(&resource, &names, &mut children).await,
+            Some(error) => Err(error.into()),
+        };
         if let Err(error) = &applied {
             warn!(%error, "failed to apply the children; checking the data plane all the same");
         }
@@ -725,7 +734,7 @@ impl RedisSentinelReconciler {
         labels: &BTreeMap<String, String>,
         plane: &DataPlane,
         wanted: &SecretPassword,
-    ) -> Result<Rotation, Error> {
+    ) -> Result<Rotation, RotationError> {
         // Between rotations a pod starts with exactly the passwords of the operator's Secret,
         // so the processes are checked once per operator start (which, after an upgrade, gives
         // the running pods the operator's user before their StatefulSet rolls), not on every
