@@ -71,18 +71,6 @@ impl SecretError {
     }
 }
 
-/// The password from the Secret key `reference` names, if any; an error when the Secret or the
-/// key is missing. The value is kept in memory only, never logged or written.
-pub async fn read_password(
-    reference: Option<&SecretKeyReference>,
-    namespace: &str,
-    client: &kube::Client,
-) -> Result<Option<String>, SecretError> {
-    Ok(read_password_secret(reference, namespace, client)
-        .await?
-        .map(|password| password.value))
-}
-
 /// A password read from its Secret.
 pub struct SecretPassword {
     /// The password (kept in memory only).
@@ -91,7 +79,9 @@ pub struct SecretPassword {
     pub resource_version: String,
 }
 
-/// [`read_password`], with the Secret's resource version.
+/// The password from the Secret key `reference` names, if any, with the Secret's resource
+/// version; an error when the Secret or the key is missing. The value is kept in memory only,
+/// never logged or written.
 pub async fn read_password_secret(
     reference: Option<&SecretKeyReference>,
     namespace: &str,
