@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api_error::{describe, is_refusal};
-use crate::runtime::ErrorClass;
+use crate::reconciler::ErrorClass;
 use crate::scope::{self, ObjectScope};
 
 /// `app.kubernetes.io/name`: the application, such as `redis`.

@@ -31,8 +31,16 @@
 //!   within 5 s, and one whose resource version expired starts over from a consistent list, so
 //!   nothing created meanwhile is missed ([`watch`]). `/readyz` reports not ready, naming the
 //!   watch, while one keeps failing for more than 15 s.
-//! - `/metrics` uses controller-runtime's metric names ([`admin`]), plus
-//!   `operator_kit_watch_failures_total` and `operator_kit_watch_restarts_total`.
+//! - `/metrics` uses controller-runtime's metric names ([`metrics`], on `prometheus-client`),
+//!   plus `operator_kit_watch_failures_total` and `operator_kit_watch_restarts_total`;
+//!   `workqueue_depth` counts the objects waiting for a worker ([`queue`]).
+//!
+//! ## Where things are
+//! What you implement: [`reconciler`] ([`Reconciler`], [`ReconcileError`]) and the [`Context`]
+//! it gets; [`children`] and [`conditions`] for what it writes. What runs it: [`controller`]
+//! (one kind, its watches, backoff and events), [`operator`] (controllers, leader election,
+//! shutdown) and [`cli`] (the shared `main`). Around them: [`admin`] (the HTTP server),
+//! [`metrics`], [`health`], [`watch`], [`leader`], [`crd`] and [`rbac`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -40,12 +48,20 @@ pub mod admin;
 pub mod api_error;
 pub mod backoff;
 pub mod children;
+pub mod cli;
 pub mod client;
 pub mod conditions;
 pub mod config;
+pub mod context;
+pub mod controller;
 pub mod crd;
+pub mod health;
 pub mod leader;
+pub mod metrics;
+pub mod operator;
+pub mod queue;
 pub mod rbac;
+pub mod reconciler;
 pub mod runtime;
 pub mod scope;
 #[cfg(feature = "testing")]

@@ -49,9 +49,10 @@ use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource, ResourceExt};
 
 use crate::OperatorArgs;
-use crate::admin::{Health, Metrics};
 pub use crate::client::RequestCounter;
-use crate::runtime::{Operator, OperatorError, ShutdownHandle};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::operator::{Operator, OperatorError, ShutdownHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;

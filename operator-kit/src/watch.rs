@@ -11,7 +11,7 @@
 //! watch starts on the cheap list, and after an expiry it starts over from a consistent one.
 //!
 //! Each watch also reports its failures: `/readyz` turns not ready while one keeps failing
-//! (see [`crate::admin::Health`]), and `/metrics` counts failures and restarts
+//! (see [`crate::health::Health`]), and `/metrics` counts failures and restarts
 //! (`operator_kit_watch_failures_total`, `operator_kit_watch_restarts_total`).
 
 use std::sync::Arc;
@@ -24,8 +24,9 @@ use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
 use tracing::{info, warn};
 
-use crate::admin::{Health, Metrics};
 use crate::backoff::BackoffPolicy;
+use crate::health::Health;
+use crate::metrics::Metrics;
 
 /// How a failing watch retries: fast at first, and never more than 5 s apart, so that a watch
 /// is back within seconds of the API server (kube-runtime's default grows to 30 s and more with

@@ -678,7 +678,9 @@ async fn http_get(address: SocketAddr, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -731,6 +733,80 @@ async fn admin_server_reports_readiness_and_controller_runtime_metrics() -> Resu
             "metrics lack {needle}:\n{metrics}"
         );
     }
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` page.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// `workqueue_depth` is what dashboards built for controller-runtime read it as: the objects
+/// waiting for a worker. With one worker and five objects listed at start, four wait while the
+/// first runs, and the queue drains to 0 as they finish.
+#[tokio::test]
+async fn workqueue_depth_counts_the_objects_waiting_for_a_worker() -> Result<()> {
+    let namespace = TestNamespace::create("kit-queue").await?;
+    let scripted = Scripted::default();
+    let address = free_port()?;
+    let args = OperatorArgs {
+        admin_address: address,
+        concurrency: 1,
+        ..args_for(&namespace)
+    };
+    // Four slow objects, and the namespace's own kube-root-ca.crt.
+    for index in 0..4 {
+        create_config_map(
+            &namespace,
+            &format!("slow-{index}"),
+            json!({ "sleep-ms": "800" }),
+        )
+        .await?;
+    }
+    let objects = namespace
+        .api::<ConfigMap>()
+        .list(&ListParams::default())
+        .await?
+        .items
+        .len();
+    let operator = start(
+        namespace.client().clone(),
+        args,
+        Controller::new("scripted", scripted.clone()),
+    );
+    let name = "workqueue_depth{name=\"scripted\"}";
+    let mut depths = Vec::new();
+    let started = Instant::now();
+    while scripted.finished.load(Ordering::SeqCst) < objects {
+        ensure!(
+            started.elapsed() < TIMEOUT,
+            "reconciles never finished; depths {depths:?}"
+        );
+        if let Ok(metrics) = http_get(address, "/metrics").await
+            && let Some(depth) = sample(&metrics, name)
+        {
+            depths.push(depth);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deepest = depths.iter().copied().fold(0.0, f64::max);
+    eprintln!("{objects} objects, one worker: workqueue_depth went up to {deepest}");
+    ensure!(
+        deepest >= (objects - 2) as f64 && deepest <= (objects - 1) as f64,
+        "with {objects} objects and one worker the depth should reach {} while the first runs; \
+         saw {depths:?}",
+        objects - 1
+    );
+    let metrics = http_get(address, "/metrics").await?;
+    ensure!(
+        sample(&metrics, name) == Some(0.0),
+        "the queue did not drain:\n{metrics}"
+    );
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())
