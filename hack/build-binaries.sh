@@ -74,52 +74,47 @@ build_kubernetes() { build_kubernetes_commands kube-apiserver kube-controller-ma
 # cluster DNS, CoreDNS (tools/coredns: only the plugins it uses).
 build_node() {
   build_kubernetes_commands kubelet kube-proxy
-  local binary_dir=$COREDNS_BIN_DIR/bin
-  if reports_version "$binary_dir/coredns" -version "CoreDNS-$COREDNS_VERSION"; then
-    log "coredns v$COREDNS_VERSION already built in $binary_dir"; return
+  # CoreDNS's module lists plugins we leave out; tidy drops their requirements.
+  tidy=1 build_go_module coredns "$COREDNS_VERSION" "$COREDNS_BIN_DIR/bin" github.com/coredns/coredns . \
+    -version "CoreDNS-$COREDNS_VERSION"
+}
+
+# One upstream tool from its Go module, in tools/<name>:
+#   [tidy=1] build_go_module NAME VERSION BINARY_DIR MODULE PACKAGE VERSION_FLAG VERSION_TEXT [LDFLAGS]
+# builds PACKAGE (of tools/NAME, requiring MODULE@vVERSION) into BINARY_DIR/NAME, unless the
+# binary there already prints VERSION_TEXT for VERSION_FLAG. LDFLAGS are added to "-s -w".
+build_go_module() {
+  local name=$1 version=$2 binary_dir=$3 module=$4 package=$5 version_flag=$6 version_text=$7
+  local ldflags="-s -w${8:+ $8}"
+  if reports_version "$binary_dir/$name" "$version_flag" "$version_text"; then
+    log "$name v$version already built in $binary_dir"; return
   fi
-  log "building coredns v$COREDNS_VERSION into $binary_dir"
+  log "building $name v$version into $binary_dir"
   mkdir -p "$binary_dir"
-  (cd "$repo_root/tools/coredns" && go mod edit -require="github.com/coredns/coredns@v$COREDNS_VERSION" &&
-    go mod tidy && go build -trimpath -ldflags "-s -w" -o "$binary_dir/coredns" .)
+  (
+    cd "$repo_root/tools/$name"
+    go mod edit -require="$module@v$version"
+    [ -z "${tidy:-}" ] || go mod tidy
+    go build -trimpath -ldflags "$ldflags" -o "$binary_dir/$name" "$package"
+  )
 }
 
 build_etcd() {
-  local binary_dir=$ETCD_BIN_DIR/bin
-  if reports_version "$binary_dir/etcd" --version "etcd Version: $ETCD_VERSION"; then
-    log "etcd v$ETCD_VERSION already built in $binary_dir"; return
-  fi
-  log "building etcd v$ETCD_VERSION into $binary_dir"
-  mkdir -p "$binary_dir"
-  (cd "$repo_root/tools/etcd" && go mod edit -require="go.etcd.io/etcd/server/v3@v$ETCD_VERSION" &&
-    go build -trimpath -ldflags "-s -w" -o "$binary_dir/etcd" .)
+  build_go_module etcd "$ETCD_VERSION" "$ETCD_BIN_DIR/bin" go.etcd.io/etcd/server/v3 . \
+    --version "etcd Version: $ETCD_VERSION"
 }
 
 build_kwok() {
-  local binary_dir=$KWOK_BIN_DIR/bin
-  if reports_version "$binary_dir/kwok" --version "$KWOK_VERSION"; then
-    log "kwok v$KWOK_VERSION already built in $binary_dir"; return
-  fi
-  log "building kwok v$KWOK_VERSION into $binary_dir"
-  mkdir -p "$binary_dir"
-  (cd "$repo_root/tools/kwok" && go mod edit -require="sigs.k8s.io/kwok@v$KWOK_VERSION" &&
-    go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION" \
-      -o "$binary_dir/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  build_go_module kwok "$KWOK_VERSION" "$KWOK_BIN_DIR/bin" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok \
+    --version "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION"
 }
 
 build_helm() {
-  local binary_dir=$HELM_BIN_DIR/bin
-  if reports_version "$binary_dir/helm" version "v$HELM_VERSION"; then
-    log "helm v$HELM_VERSION already built in $binary_dir"; return
-  fi
-  log "building helm v$HELM_VERSION into $binary_dir"
-  mkdir -p "$binary_dir"
   local minor=${KUBERNETES_VERSION#1.}; minor=${minor%%.*}
-  (cd "$repo_root/tools/helm" && go mod edit -require="helm.sh/helm/v3@v$HELM_VERSION" &&
-    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION \
+  build_go_module helm "$HELM_VERSION" "$HELM_BIN_DIR/bin" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \
+    version "v$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION \
       -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
-      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
-      -o "$binary_dir/helm" helm.sh/helm/v3/cmd/helm)
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
 }
 
 # Our own provisioner (tools/k8s/cmd/local-provisioner) shares the kubernetes module, so its

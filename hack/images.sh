@@ -22,7 +22,7 @@
 #            version for the rollout test
 #   redis-operator, app-operator  the release binary with the shared libraries it loads, user
 #            65532, as the charts expect: named as the charts' default image
-#            (ghcr.io/operator-kit/<name>:<appVersion>); the Dockerfiles stay the recipe
+#            (ghcr.io/operator-kit/<name>:<appVersion>); the Dockerfile stays the recipe
 #            for users' registries
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
