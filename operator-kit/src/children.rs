@@ -4,19 +4,25 @@
 //! A reconcile builds the objects it wants (pure code) and hands them to [`Children`], which
 //! 1. sets the owner reference (`controller: true`, `blockOwnerDeletion: true`) and the
 //!    standard `app.kubernetes.io/*` labels,
-//! 2. reads the live object and refuses to touch it when it belongs to someone else — another
-//!    object controls it, or it exists without our labels (a user's own ConfigMap that happens
-//!    to have a child's name): [`ChildError::NameConflict`] names the object and its owner,
-//! 3. sends nothing when the live object was applied from exactly this desired object (a hash
+//! 2. in a controller, first asks its cache ([`crate::cache`]): a child the watch shows
+//!    unchanged since this controller applied it (or last found it converged) from this very
+//!    desired object costs no request at all, and a child the watch shows absent is created
+//!    without being read first,
+//! 3. otherwise reads the live object and refuses to touch it when it belongs to someone else —
+//!    another object controls it, or it exists without our labels (a user's own ConfigMap that
+//!    happens to have a child's name): [`ChildError::NameConflict`] names the object and its
+//!    owner,
+//! 4. sends nothing when the live object was applied from exactly this desired object (a hash
 //!    of it is kept in the [`APPLIED_HASH_ANNOTATION`]) and every field we manage still has the
 //!    desired value — a converged object costs no write per resync, and a field removed from
 //!    the desired object changes the hash, so the removal reaches the child,
-//! 4. otherwise applies it with server-side apply under the operator's field manager, which
+//! 5. otherwise applies it with server-side apply under the operator's field manager, which
 //!    also reverts hand edits of the fields we manage (drift) and drops fields we no longer
 //!    set,
-//! 5. and, in [`Children::prune`], deletes children of the kinds the controller owns that carry
-//!    our labels and owner reference but were not applied this time (a feature turned off);
-//! 6. and, in [`Children::own_labelled`], makes the owner a second owner of the objects another
+//! 6. and, in [`Children::prune`], deletes children of the kinds the controller owns that carry
+//!    our labels and owner reference but were not applied this time (a feature turned off),
+//!    found in the cache (or listed, outside a controller);
+//! 7. and, in [`Children::own_labelled`], makes the owner a second owner of the objects another
 //!    controller created from its templates (a StatefulSet's volume claims), so that they go
 //!    when the owner goes.
 
@@ -25,12 +31,15 @@ use std::fmt::Debug;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use crate::api_error::{describe, is_refusal};
+use crate::cache::{Applied, Cached, ChildCache, ChildKey};
 use crate::reconciler::ErrorClass;
 use crate::scope::{self, ObjectScope};
 
@@ -174,8 +183,12 @@ pub struct Children {
     labels: BTreeMap<String, String>,
     owned_kinds: Vec<ApiResource>,
     /// The children applied so far: apiVersion/kind, namespace and name.
-    applied: BTreeSet<(String, Option<String>, String)>,
+    applied: BTreeSet<ChildKey>,
     writes: usize,
+    /// What the controller's watches know of the children, when it runs in a controller.
+    cache: Option<Arc<ChildCache>>,
+    /// The owner as the cache files what was applied for it: `namespace/name`.
+    owner_key: String,
 }
 
 impl Children {
@@ -216,6 +229,7 @@ impl Children {
             controller: Some(true),
             block_owner_deletion: Some(true),
         };
+        let owner_key = crate::queue::key(namespace.as_deref(), &name);
         let mut selector_labels = selector.clone();
         selector_labels.insert(INSTANCE_LABEL.to_owned(), name);
         let mut labels = selector_labels.clone();
@@ -232,7 +246,73 @@ impl Children {
             owned_kinds,
             applied: BTreeSet::new(),
             writes: 0,
+            cache: None,
+            owner_key,
         })
+    }
+
+    /// Reads what it can from `cache` instead of the API server (see [`crate::cache`]).
+    pub(crate) fn with_cache(mut self, cache: Arc<ChildCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Remembers that the child `key`, built from the desired object with hash `hash`, is `live`.
+    fn remember(&self, key: &ChildKey, hash: &str, live: &ObjectMeta) {
+        if let Some(cache) = &self.cache {
+            let applied = Applied {
+                hash: hash.to_owned(),
+                uid: live.uid.clone(),
+                generation: live.generation,
+                resource_version: live.resource_version.clone(),
+            };
+            cache.record(&self.owner_key, key.clone(), applied);
+        }
+    }
+
+    /// The metadata of the objects of `resource` that carry this owner's selector labels (in its
+    /// namespace, when it has one): from the cache when it can vouch for the list, else listed.
+    async fn labelled(&self, resource: &ApiResource) -> Result<Vec<ObjectMeta>, ChildError> {
+        let selector = self.label_selector();
+        if let Some(cached) = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.list(resource, self.namespace.as_deref()))
+        {
+            let labelled = |meta: &ObjectMeta| {
+                let labels = meta.labels.as_ref();
+                self.selector_labels
+                    .iter()
+                    .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value))
+            };
+            return Ok(cached
+                .iter()
+                .map(|object| &object.metadata)
+                .filter(|meta| labelled(meta))
+                .cloned()
+                .collect());
+        }
+        // A namespaced owner's children are in its namespace; a cluster-scoped owner's are
+        // anywhere (the list asks every namespace, or none for a cluster-scoped kind).
+        let api = match &self.namespace {
+            Some(namespace) => {
+                Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, resource)
+            }
+            None => Api::<DynamicObject>::all_with(self.client.clone(), resource),
+        };
+        let list = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| ChildError::List {
+                kind: resource.kind.clone(),
+                selector: selector.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|object| object.metadata)
+            .collect())
     }
 
     /// The labels that tell this owner's children apart and never change: the controller's
@@ -270,7 +350,9 @@ impl Children {
         self.writes
     }
 
-    /// Applies one desired child (see the module documentation) and returns the live object.
+    /// Applies one desired child (see the module documentation) and returns the live object:
+    /// as the API server returned it, or, when the cache showed it unchanged, the desired
+    /// object with the live metadata and status.
     pub async fn apply<C>(&mut self, mut desired: C) -> Result<(C, ApplyOutcome), ChildError>
     where
         C: Resource<DynamicType = (), Scope: ObjectScope>
@@ -302,8 +384,8 @@ impl Children {
             labels.entry(key.clone()).or_insert_with(|| value.clone());
         }
         meta.owner_references = Some(vec![self.owner_reference.clone()]);
-        self.applied
-            .insert((api_version_kind::<C>(), namespace.clone(), name.clone()));
+        let key = (api_version_kind::<C>(), namespace.clone(), name.clone());
+        self.applied.insert(key.clone());
 
         let mut desired_value =
             serde_json::to_value(&desired).map_err(|source| ChildError::Serialize {
@@ -326,8 +408,33 @@ impl Children {
         {
             let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
             if let Some(annotations) = annotations.as_object_mut() {
-                annotations.insert(APPLIED_HASH_ANNOTATION.to_owned(), Value::String(hash));
+                annotations.insert(
+                    APPLIED_HASH_ANNOTATION.to_owned(),
+                    Value::String(hash.clone()),
+                );
             }
+        }
+        let cached = match &self.cache {
+            Some(cache) => cache.lookup(&ApiResource::erase::<C>(&()), namespace.as_deref(), &name),
+            None => Cached::Unknown,
+        };
+        let record = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.applied(&self.owner_key, &key));
+        // Unchanged since we applied or checked it, as the watch shows: nothing to send or read.
+        if let (Cached::Present(live), Some(record)) = (&cached, &record)
+            && record.hash == hash
+            && record.describes(&live.metadata)
+            && metadata_matches(&desired_value, &live.metadata)
+        {
+            let live =
+                from_cache(&desired_value, live).map_err(|source| ChildError::Serialize {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
+            return Ok((live, ApplyOutcome::Unchanged));
         }
         let api = scope::api::<C>(self.client.clone(), namespace.as_deref());
         let api_error = |verb, source| ChildError::Api {
@@ -336,10 +443,16 @@ impl Children {
             name: name.clone(),
             source: Box::new(source),
         };
-        let live = api
-            .get_opt(&name)
-            .await
-            .map_err(|source| api_error("get", source))?;
+        let live = match (&cached, &record) {
+            // Not there as of the watch, and not applied by us since the operator started:
+            // created without reading it first. (As with a read, an object someone makes in
+            // the instant before the apply would be taken over.)
+            (Cached::Absent, None) => None,
+            _ => api
+                .get_opt(&name)
+                .await
+                .map_err(|source| api_error("get", source))?,
+        };
         let mut previous_managers = Vec::new();
         if let Some(live) = &live {
             if let Some(holder) = self.holder_other_than_us(live.meta()) {
@@ -350,6 +463,7 @@ impl Children {
             // tells a child applied from another desired object (a field since removed).
             let live_value = serde_json::to_value(live).unwrap_or(Value::Null);
             if previous_managers.is_empty() && is_subset(&desired_value, &live_value) {
+                self.remember(&key, &hash, live.meta());
                 return Ok((live.clone(), ApplyOutcome::Unchanged));
             }
             // The apply must land on the object just judged ours: if it was deleted and made
@@ -389,6 +503,7 @@ impl Children {
                 .map_err(|source| api_error("release the fields of an earlier name of", source))?;
             self.writes += 1;
         }
+        self.remember(&key, &hash, applied.meta());
         Ok((applied, ApplyOutcome::Applied))
     }
 
@@ -437,60 +552,36 @@ impl Children {
 
     /// The [`Children::selector_labels`] as a label selector.
     fn label_selector(&self) -> String {
-        self.selector_labels
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        label_selector(&self.selector_labels)
     }
 
     /// Deletes the children of the owned kinds that carry this owner's labels and owner
     /// reference but were not applied during this reconcile. Returns how many were deleted.
     pub async fn prune(&mut self) -> Result<usize, ChildError> {
-        let selector = self.label_selector();
         let mut deleted = 0;
         for resource in self.owned_kinds.clone() {
-            // A namespaced owner's children are in its namespace; a cluster-scoped owner's
-            // are anywhere (the list asks every namespace, or none for a cluster-scoped kind).
-            let api = match &self.namespace {
-                Some(namespace) => {
-                    Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource)
-                }
-                None => Api::<DynamicObject>::all_with(self.client.clone(), &resource),
-            };
-            let list_error = |source| ChildError::List {
-                kind: resource.kind.clone(),
-                selector: selector.clone(),
-                source: Box::new(source),
-            };
-            let list = api
-                .list_metadata(&ListParams::default().labels(&selector))
-                .await
-                .map_err(list_error)?;
-            for object in list.items {
-                let name = object.name_any();
+            for object in self.labelled(&resource).await? {
+                let name = object.name.clone().unwrap_or_default();
                 let owned = object
-                    .owner_references()
+                    .owner_references
                     .iter()
+                    .flatten()
                     .any(|owner| owner.uid == self.owner_reference.uid);
                 let key = (
                     format!("{}/{}", resource.api_version, resource.kind),
-                    object.metadata.namespace.clone(),
+                    object.namespace.clone(),
                     name.clone(),
                 );
-                if !owned
-                    || self.applied.contains(&key)
-                    || object.metadata.deletion_timestamp.is_some()
-                {
+                if !owned || self.applied.contains(&key) || object.deletion_timestamp.is_some() {
                     continue;
                 }
-                let api = match (&self.namespace, &object.metadata.namespace) {
-                    (None, Some(namespace)) => Api::<DynamicObject>::namespaced_with(
+                let api = match object.namespace.as_deref() {
+                    Some(namespace) => Api::<DynamicObject>::namespaced_with(
                         self.client.clone(),
                         namespace,
                         &resource,
                     ),
-                    _ => api.clone(),
+                    None => Api::<DynamicObject>::all_with(self.client.clone(), &resource),
                 };
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => deleted += 1,
@@ -503,6 +594,9 @@ impl Children {
                             source: Box::new(source),
                         });
                     }
+                }
+                if let Some(cache) = &self.cache {
+                    cache.forget_child(&self.owner_key, &key);
                 }
                 self.writes += 1;
             }
@@ -540,29 +634,19 @@ impl Children {
         C: Resource<DynamicType = (), Scope: ObjectScope> + Clone + Debug + DeserializeOwned,
     {
         let kind = C::kind(&()).into_owned();
-        let selector = self.label_selector();
-        let api = scope::api::<C>(self.client.clone(), self.namespace.as_deref());
-        let list = api
-            .list_metadata(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|source| ChildError::List {
-                kind: kind.clone(),
-                selector: selector.clone(),
-                source: Box::new(source),
-            })?;
+        let labelled = self.labelled(&ApiResource::erase::<C>(&())).await?;
         let reference = OwnerReference {
             controller: Some(false),
             block_owner_deletion: Some(false),
             ..self.owner_reference.clone()
         };
         let mut changed = 0;
-        for object in list.items {
-            let name = object.name_any();
+        for mut meta in labelled {
+            let name = meta.name.clone().unwrap_or_default();
             if !belongs(&name) {
                 continue;
             }
-            let api = scope::api::<C>(self.client.clone(), object.metadata.namespace.as_deref());
-            let mut meta = object.metadata;
+            let api = scope::api::<C>(self.client.clone(), meta.namespace.as_deref());
             // A `test` fails (422) only when the list changed between our read and the patch,
             // such as the StatefulSet controller adding its own reference at that moment: read
             // the object again and recompute, a few times, rather than fail the reconcile.
@@ -610,6 +694,15 @@ impl Children {
         }
         Ok(changed)
     }
+}
+
+/// `labels` as a label selector that matches objects carrying every one of them: `a=x,b=y`.
+pub fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether `name` is a claim the StatefulSet `stateful_set` made from its claim template
@@ -735,6 +828,31 @@ fn canonical(value: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
         other => other.clone(),
     }
+}
+
+/// Whether the metadata we set on a child (labels, annotations with the applied hash, owner
+/// reference) is all in `live`.
+fn metadata_matches(desired: &Value, live: &ObjectMeta) -> bool {
+    let live = serde_json::to_value(live).unwrap_or(Value::Null);
+    desired
+        .get("metadata")
+        .is_some_and(|metadata| is_subset(metadata, &live))
+}
+
+/// The child as the cache knows it: the desired object (which it matches) with the live
+/// metadata and status.
+fn from_cache<C: DeserializeOwned>(
+    desired: &Value,
+    live: &DynamicObject,
+) -> Result<C, serde_json::Error> {
+    let mut value = desired.clone();
+    if let Value::Object(fields) = &mut value {
+        fields.insert("metadata".to_owned(), serde_json::to_value(&live.metadata)?);
+        if let Some(status) = live.data.get("status") {
+            fields.insert("status".to_owned(), status.clone());
+        }
+    }
+    serde_json::from_value(value)
 }
 
 fn api_version_kind<C: Resource<DynamicType = ()>>() -> String {

@@ -14,6 +14,9 @@ use kube::{Client, Config};
 #[derive(Clone, Debug, Default)]
 pub struct RequestCounter {
     counts: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Of those, the requests that open a port-forward to a pod (a `GET` of `…/portforward`):
+    /// each is one connection an operator outside the cluster makes to a pod.
+    port_forwards: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RequestCounter {
@@ -76,6 +79,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path().ends_with("/portforward") {
+            self.counter
+                .port_forwards
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut counts) = self.counter.counts.lock() {
             *counts
                 .entry(request.method().as_str().to_owned())
@@ -95,6 +103,12 @@ pub fn counted_client(config: Config) -> Result<(Client, RequestCounter), kube::
 }
 
 impl RequestCounter {
+    /// The requests that opened a port-forward to a pod (counted under `GET` too).
+    pub fn port_forwards(&self) -> usize {
+        self.port_forwards
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The counts by method, sorted by method.
     pub fn by_method(&self) -> BTreeMap<String, usize> {
         self.counts

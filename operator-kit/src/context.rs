@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use kube::api::{ApiResource, Patch, PatchParams};
+use kube::api::{ApiResource, ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
+use crate::cache::{Cached, ChildCache};
 use crate::children::{ChildError, Children};
 use crate::metrics::Metrics;
 use crate::scope::{self, ObjectScope};
@@ -24,6 +25,8 @@ pub struct Context {
     pub(crate) selector_labels: BTreeMap<String, String>,
     pub(crate) owned_kinds: Vec<ApiResource>,
     pub(crate) recorder: Recorder,
+    /// What the watches know of the children (see [`crate::cache`]).
+    pub(crate) cache: Arc<ChildCache>,
 }
 
 impl Context {
@@ -48,12 +51,88 @@ impl Context {
     where
         K: Resource<DynamicType = (), Scope: ObjectScope>,
     {
-        Children::new(
+        Ok(Children::new(
             self.client.clone(),
             &self.field_manager,
             &self.selector_labels,
             owner,
             self.owned_kinds.clone(),
+        )?
+        .with_cache(self.cache.clone()))
+    }
+
+    /// Reads one object of kind `K` by name. When a watch of the controller keeps `K` (an owned
+    /// kind, a [`Controller::caches`](crate::Controller::caches) kind or one it
+    /// [watches by metadata](crate::Controller::watches_metadata)), the object read last is
+    /// kept in memory and returned again without a request for as long as the watch shows it at
+    /// the resource version it was read at; otherwise it is read from the API server. For the
+    /// few objects a reconcile reads by name on every pass, such as a password Secret.
+    pub async fn get<K>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope: ObjectScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let key = (
+            format!("{}/{}", resource.api_version, resource.kind),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        );
+        let cached = self.cache.lookup(&resource, namespace, name);
+        if let Cached::Present(live) = &cached
+            && let Some(object) = self
+                .cache
+                .read::<K>(&key, live.metadata.resource_version.as_deref())
+        {
+            return Ok(Some(object));
+        }
+        let object = scope::api::<K>(self.client.clone(), namespace)
+            .get_opt(name)
+            .await?;
+        let keep = match (&cached, &object) {
+            (Cached::Unknown, _) | (_, None) => None,
+            (_, Some(object)) => object
+                .meta()
+                .resource_version
+                .clone()
+                .map(|version| (version, object.clone())),
+        };
+        self.cache.keep_read(key, keep);
+        Ok(object)
+    }
+
+    /// The metadata of the objects of kind `K` that the controller's watches keep, in
+    /// `namespace` (or all) and carrying every one of `labels`; `None` when no watch keeps `K`
+    /// or it has not listed yet (then ask the API server).
+    pub fn cached_metadata<K>(
+        &self,
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<Vec<ObjectMeta>>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let objects = self.cache.list(&ApiResource::erase::<K>(&()), namespace)?;
+        Some(
+            objects
+                .iter()
+                .map(|object| &object.metadata)
+                .filter(|meta| {
+                    labels.iter().all(|(key, value)| {
+                        meta.labels.as_ref().and_then(|labels| labels.get(key)) == Some(value)
+                    })
+                })
+                .cloned()
+                .collect(),
         )
     }
 

@@ -9,10 +9,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use kube::api::{Api, ApiResource};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::{BackoffPolicy, FailureCounts};
+use crate::cache::{self, ChildCache};
 use crate::children::NAME_LABEL;
 use crate::config::OperatorArgs;
 use crate::context::Context;
@@ -49,6 +50,19 @@ struct WatchSetup {
     metrics: Arc<Metrics>,
     /// The objects waiting for a worker: every trigger adds one.
     queue: Arc<WorkQueue>,
+    /// What the watches of owned and cached kinds keep for [`Children`](crate::Children).
+    cache: Arc<ChildCache>,
+    /// The controller's selector labels (see [`Controller::selector_labels`]).
+    selector_labels: BTreeMap<String, String>,
+}
+
+/// What a cached watch keeps of each object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Its metadata, watched as metadata only.
+    Metadata,
+    /// Its metadata and status.
+    MetadataAndStatus,
 }
 
 /// The queue key of an object.
@@ -78,6 +92,69 @@ impl WatchSetup {
         K::DynamicType: Default,
     {
         scope::api(self.client.clone(), self.namespace.as_deref())
+    }
+
+    /// A watch of `C` (in the watched namespace, or everywhere; with `labels`, only the objects
+    /// carrying them) whose objects, slimmed to what `keep` says, fill the [`ChildCache`]; the
+    /// stream yields them to trigger on.
+    fn cached<C>(
+        &self,
+        keep: Keep,
+        labels: Option<String>,
+    ) -> (
+        BoxStream<'static, Result<DynamicObject, watcher::Error>>,
+        ApiResource,
+    )
+    where
+        C: Resource<DynamicType = (), Scope: ObjectScope>,
+    {
+        let resource = ApiResource::erase::<C>(&());
+        let namespace = self
+            .namespace
+            .as_deref()
+            .filter(|_| scope::is_namespaced::<C>());
+        let (api, metadata_api) = match namespace {
+            Some(namespace) => (
+                Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource),
+                Api::<PartialObjectMeta<DynamicObject>>::namespaced_with(
+                    self.client.clone(),
+                    namespace,
+                    &resource,
+                ),
+            ),
+            None => (
+                Api::<DynamicObject>::all_with(self.client.clone(), &resource),
+                Api::<PartialObjectMeta<DynamicObject>>::all_with(self.client.clone(), &resource),
+            ),
+        };
+        let writer = reflector::store::Writer::new(resource.clone());
+        self.cache
+            .register(&resource, writer.as_reader(), namespace.map(str::to_owned));
+        let start = move |config: watcher::Config| {
+            let config = match &labels {
+                Some(labels) => config.labels(labels),
+                None => config,
+            };
+            match keep {
+                // Only the metadata crosses the wire (the data of a Secret never does).
+                Keep::Metadata => watcher(metadata_api.clone(), config)
+                    .map_ok(cache::metadata_event)
+                    .boxed(),
+                Keep::MetadataAndStatus => watcher(api.clone(), config).boxed(),
+            }
+        };
+        let objects = self
+            .recovering::<C, _, _>(start)
+            .modify(move |object| cache::slim(object, keep == Keep::MetadataAndStatus))
+            .reflect(writer)
+            .touched_objects()
+            .boxed();
+        (objects, resource)
+    }
+
+    /// The controller's selector labels as a label selector.
+    fn selector(&self) -> String {
+        crate::children::label_selector(&self.selector_labels)
     }
 
     /// A watch of `K` that recovers on its own (see [`crate::watch`]).
@@ -206,19 +283,38 @@ impl<R: Reconciler> Controller<R> {
             &["get", "list", "watch", "create", "patch", "delete"],
         );
         self.owns.push(Box::new(|controller, setup| {
-            // Children are watched by metadata only: their owner references are all we need.
-            let api = setup.api::<PartialObjectMeta<C>>();
-            let children = setup
-                .recovering::<C, _, _>(move |config| watcher(api.clone(), config))
-                .touched_objects();
+            // The watch keeps each child's metadata and status in the cache (not its spec), so
+            // that a converged child costs no request; its owner references name the owner.
+            let (children, resource) = setup.cached::<C>(Keep::MetadataAndStatus, None);
             let queued = setup.queued();
             // Not kube-runtime's `owns_stream`: it names a cluster-scoped owner with the
             // child's namespace. The store still finds the owner, but the queue takes that name
             // for another object than the owner's own watch queues, so two reconciles of one
             // owner could run at once (and its failures be counted apart).
-            controller.watches_stream(children, move |child| {
-                queued(owners_of::<R::Resource>(child.meta()))
-            })
+            controller.watches_stream_with(
+                children,
+                move |child| queued(owners_of::<R::Resource>(child.meta())),
+                resource,
+            )
+        }));
+        self
+    }
+
+    /// Keeps the metadata of the objects of kind `C` that carry the controller's selector labels
+    /// in its cache, without triggering reconciles: for objects another controller makes from
+    /// a template the operator wrote (a StatefulSet's pods and claims), which
+    /// [`Children::own_labelled`](crate::Children::own_labelled) and
+    /// [`Context::cached_metadata`](crate::Context::cached_metadata) then read from the cache
+    /// rather than listing them on every reconcile.
+    pub fn caches<C>(mut self) -> Self
+    where
+        C: Resource<DynamicType = (), Scope: ObjectScope> + Send + Sync + 'static,
+    {
+        let (group, plural) = rbac_name::<C>();
+        self.permissions.allow(&group, &plural, &["list", "watch"]);
+        self.owns.push(Box::new(|controller, setup| {
+            let (objects, resource) = setup.cached::<C>(Keep::Metadata, Some(setup.selector()));
+            controller.watches_stream_with(objects, |_| None::<ObjectRef<R::Resource>>, resource)
         }));
         self
     }
@@ -244,13 +340,22 @@ impl<R: Reconciler> Controller<R> {
         let (group, plural) = rbac_name::<C>();
         self.permissions.allow(&group, &plural, &["list", "watch"]);
         self.owns.push(Box::new(move |controller, setup| {
-            let api = setup.api::<PartialObjectMeta<C>>();
             let store = controller.store();
-            let objects = setup
-                .recovering::<C, _, _>(move |config| watcher(api.clone(), config))
-                .touched_objects();
+            // Kept in the cache too, for reads through it (see [`Context::get`]).
+            let (objects, resource) = setup.cached::<C>(Keep::Metadata, None);
             let queued = setup.queued();
-            controller.watches_stream(objects, move |object| queued(mapper(&object, &store)))
+            controller.watches_stream_with(
+                objects,
+                move |object| {
+                    let object = PartialObjectMeta::<C> {
+                        types: object.types,
+                        metadata: object.metadata,
+                        _phantom: std::marker::PhantomData,
+                    };
+                    queued(mapper(&object, &store))
+                },
+                resource,
+            )
         }));
         self
     }
@@ -299,6 +404,7 @@ impl<R: Reconciler> Controller<R> {
             shutdown,
         } = environment;
         let queue = Arc::new(WorkQueue::default());
+        let cache = Arc::new(ChildCache::default());
         metrics.register_queue(&self.name, queue.clone());
         let setup = WatchSetup {
             client: client.clone(),
@@ -307,6 +413,8 @@ impl<R: Reconciler> Controller<R> {
             health,
             metrics: metrics.clone(),
             queue: queue.clone(),
+            cache: cache.clone(),
+            selector_labels: self.selector_labels.clone(),
         };
         let (store, writer) = reflector::store::<R::Resource>();
         let reporter = Reporter {
@@ -324,6 +432,7 @@ impl<R: Reconciler> Controller<R> {
                 field_manager: operator_name.clone(),
                 selector_labels: self.selector_labels,
                 owned_kinds: self.owned_kinds,
+                cache,
             },
             finalizer: self.finalizer,
             backoff: self.backoff,
@@ -521,6 +630,7 @@ impl<R: Reconciler> Shared<R> {
     fn deleted(&self, key: &ObjectRef<R::Resource>) {
         info!(object = %key, "the object was deleted; forgetting it");
         self.queue.remove(&queue_key(key));
+        self.context.cache.forget_owner(&queue_key(key));
         self.failures.record_success(key);
         self.reconciler.deleted(key, &self.context);
     }

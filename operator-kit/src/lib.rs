@@ -22,8 +22,9 @@
 //! - One reconcile per object at a time, at most `--concurrency` (default 4) at once.
 //! - Failed reconciles retry after 250 ms, 0.5 s, 1 s, … up to 5 min, per object; a success
 //!   resets the delay ([`backoff`]).
-//! - A converged object costs no mutating request: children and status are compared with what
-//!   is live before anything is sent.
+//! - A converged object costs no request at all: children are compared with what the
+//!   controller's watches keep ([`cache`]) and status with the object, before anything is
+//!   sent or read; a child edited by hand is read, compared and reverted.
 //! - With `--leader-election`, only the Lease holder reconciles; standbys keep warm caches and
 //!   are ready; a released Lease is taken over at once ([`leader`]).
 //! - SIGTERM drains running reconciles within `--shutdown-grace-seconds`.
@@ -47,6 +48,7 @@
 pub mod admin;
 pub mod api_error;
 pub mod backoff;
+pub mod cache;
 pub mod children;
 pub mod cli;
 pub mod client;

@@ -9,7 +9,8 @@
 //! `controller_runtime_active_workers{controller}`,
 //! `controller_runtime_max_concurrent_reconciles{controller}`,
 //! `workqueue_depth{name}` (objects waiting for a worker; see [`crate::queue`]),
-//! `rest_client_requests_total{method}` and `leader_election_master_status{name}`. The runtime
+//! `rest_client_requests_total{method}` and `leader_election_master_status{name}`; of those
+//! requests, `operator_kit_port_forward_requests_total` opened a port-forward to a pod. The runtime
 //! adds `operator_kit_watch_failures_total{controller,resource}` and
 //! `operator_kit_watch_restarts_total{controller,resource}` (see [`crate::watch`]), and an
 //! operator its own counters and histograms ([`Metrics::count`], [`Metrics::observe`]).
@@ -348,6 +349,14 @@ impl Collector for Scraped {
                 let count = u64::try_from(count).unwrap_or(u64::MAX);
                 ConstCounter::new(count).encode(family.encode_family(&[("method", method)])?)?;
             }
+            let port_forwards = u64::try_from(requests.port_forwards()).unwrap_or(u64::MAX);
+            ConstCounter::new(port_forwards).encode(encoder.encode_descriptor(
+                "operator_kit_port_forward_requests",
+                "Requests that opened a port-forward to a pod (also counted in \
+                 rest_client_requests_total).",
+                None,
+                MetricType::Counter,
+            )?)?;
         }
         let queues = lock(&self.queues);
         if !queues.is_empty() {

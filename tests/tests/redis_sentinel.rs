@@ -17,6 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use operator_kit::admin::ReconcileResult;
 use operator_kit::testing::{RunningOperator, TestNamespace};
 use redis_operator::sentinel::access::Access;
 use redis_operator::sentinel::build::ROLE_LABEL;
@@ -860,6 +861,78 @@ async fn a_secret_in_the_way_of_the_operators_is_reported_and_the_set_still_heal
         ensure!(support::cli(node.redis_port, &["PING"])? == "PONG");
         ensure!(support::cli(node.sentinel_port, &["PING"])? == "PONG");
     }
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// A healthy set costs Redis round trips, not API requests: its periodic check (every 15 s)
+/// compares the children, claims and pods with what the operator's watches keep, and reads the
+/// password Secrets through them, so two checks in a row send nothing to the API server.
+#[tokio::test]
+async fn a_healthy_sets_periodic_check_costs_no_api_request() -> Result<()> {
+    let namespace = TestNamespace::create("redis-sentinel-steady").await?;
+    let set = LocalSet::new("steady", 3, 3, 1000).await?;
+    for crd in redis_operator::crds() {
+        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
+    }
+    let (client, requests) = operator_kit::testing::counting_client(namespace.config().clone())?;
+    let nodes: Vec<Node> = set.nodes.clone();
+    let addresses = Arc::new(move |resource: &RedisSentinel| {
+        let count = usize::try_from(resource.spec.replicas).unwrap_or(0);
+        nodes[..count.min(nodes.len())].to_vec()
+    });
+    let controller = redis_operator::redis_sentinel_controller_with(Access::Direct, addresses);
+    let args = operator_kit::OperatorArgs {
+        watch_namespace: Some(namespace.name().to_owned()),
+        ..operator_kit::OperatorArgs::for_tests()
+    };
+    let operator = RunningOperator::spawn(
+        operator_kit::Operator::new(redis_operator::OPERATOR_NAME, client, args)
+            .with_controller(controller),
+    );
+    support::create_password_secret(&namespace, "redis-auth").await?;
+    support::create_pod_passwords(&namespace, "steady").await?;
+    namespace
+        .api::<RedisSentinel>()
+        .create(&PostParams::default(), &resource("steady", 3)?)
+        .await?;
+    wait_healthy(&namespace, "steady", 3, None).await?;
+    let checks = || {
+        let metrics = operator.metrics();
+        [
+            ReconcileResult::Success,
+            ReconcileResult::RequeueAfter,
+            ReconcileResult::Error,
+        ]
+        .into_iter()
+        .map(|result| metrics.reconcile_count("redis-sentinel", result))
+        .sum::<u64>()
+    };
+    // The rollout's own writes and the watch events they cause settle first.
+    let settled = operator_kit::testing::wait_until_settled(
+        "the reconciles to end",
+        TIMEOUT,
+        Duration::from_secs(2),
+        checks,
+    )
+    .await?;
+    let before = requests.by_method();
+    let total_before = requests.total();
+    operator_kit::testing::wait_until("two periodic checks", TIMEOUT, || checks() >= settled + 2)
+        .await?;
+    let sent = requests.total() - total_before;
+    eprintln!(
+        "measured: {} checks of a healthy set sent {sent} API requests (before them: {before:?})",
+        checks() - settled
+    );
+    ensure!(
+        sent == 0,
+        "two checks of a healthy set sent {sent} API requests: {:?} after {before:?}",
+        requests.by_method()
+    );
+    let healthy = wait_healthy(&namespace, "steady", 3, None).await?;
+    ensure!(healthy.status.is_some_and(|status| status.master.is_some()));
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())

@@ -11,7 +11,8 @@
 - apiGroups: [redis.operator-kit.io]
   resources: [redises/finalizers, redissentinels/finalizers]
   verbs: [update]
-# Children: applied with server-side apply (patch), pruned (delete), watched by metadata.
+# Children: applied with server-side apply (patch), pruned (delete), watched (their metadata
+# and status kept in the operator's cache).
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, list, watch, create, patch, delete]
@@ -26,14 +27,15 @@
   verbs: [get, list, watch, create, patch, delete]
 # Data claims (created by the StatefulSet controller) get the resource as a second owner
 # unless storage.keepAfterDelete is set, so they are deleted with it (get: re-read a claim
-# whose owner references changed under the patch).
+# whose owner references changed under the patch; watch: their metadata kept in the cache).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, list, patch]
-# RedisSentinel pods are labelled with their role, so the master Service selects the master.
+  verbs: [get, list, watch, patch]
+# RedisSentinel pods are labelled with their role, so the master Service selects the master
+# (watch: their metadata kept in the cache).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, patch]
+  verbs: [list, watch, patch]
 # The password Secret named by a resource: its key checked, its changes watched, its value
 # read (in memory only) to authenticate to Redis; the pods' passwords kept in the operator's
 # own Secret <name>-operator-credentials, applied with server-side apply (create, patch). The

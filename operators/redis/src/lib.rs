@@ -66,6 +66,8 @@ pub fn redis_controller_with(
         .owns::<StatefulSet>()
         .owns::<NetworkPolicy>()
         .watches_metadata::<Secret, _>(resources_using_secret)
+        // The data claims, by metadata: ownership is checked from the cache.
+        .caches::<PersistentVolumeClaim>()
         // The password Secret is read (in memory only) and the pod's passwords kept in the
         // operator's own Secret `<name>-operator-credentials`; the data claims get the Redis as
         // an owner (get: a claim re-read when its owner references changed under the patch).
@@ -109,6 +111,10 @@ pub fn redis_sentinel_controller_with(
         .owns::<NetworkPolicy>()
         .watches_metadata::<Secret, _>(resources_using_secret)
         .reconcile_on(triggers)
+        // The data claims and the pods, by metadata: ownership and role labels are checked
+        // from the cache.
+        .caches::<PersistentVolumeClaim>()
+        .caches::<Pod>()
         // The password is read to authenticate to Redis (kept in memory only), and the pods'
         // passwords kept in the operator's own Secret `<name>-operator-credentials`; the
         // claims as for Redis; the pods labelled with their role, for the master Service.

@@ -236,12 +236,9 @@ async fn pod_passwords<K: Rotating>(
     password: &str,
 ) -> Result<PodPasswords, RotationError> {
     let name = credentials_secret(&resource.name_any());
-    let secrets = Api::<Secret>::namespaced(
-        context.client().clone(),
-        &resource.namespace().unwrap_or_default(),
-    );
-    let existing = secrets
-        .get_opt(&name)
+    // Through the controller's watch of Secrets: no request while the Secret is unchanged.
+    let existing = context
+        .get::<Secret>(resource.namespace().as_deref(), &name)
         .await
         .map_err(|source| RotationError::Credentials {
             name: name.clone(),

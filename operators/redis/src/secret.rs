@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::Api;
 use operator_kit::ErrorClass;
 use operator_kit::api_error::describe;
 
@@ -85,20 +84,19 @@ pub struct SecretPassword {
 pub async fn read_password_secret(
     reference: Option<&SecretKeyReference>,
     namespace: &str,
-    client: &kube::Client,
+    context: &operator_kit::Context,
 ) -> Result<Option<SecretPassword>, SecretError> {
     let Some(reference) = reference else {
         return Ok(None);
     };
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let secret =
-        secrets
-            .get_opt(&reference.name)
-            .await
-            .map_err(|source| SecretError::ReadSecret {
-                name: reference.name.clone(),
-                source: Box::new(source),
-            })?;
+    // Through the controller's watch of Secrets: no request while the Secret is unchanged.
+    let secret = context
+        .get::<Secret>(Some(namespace), &reference.name)
+        .await
+        .map_err(|source| SecretError::ReadSecret {
+            name: reference.name.clone(),
+            source: Box::new(source),
+        })?;
     let Some(secret) = secret else {
         return Err(SecretError::SecretNotFound {
             name: reference.name.clone(),

@@ -316,7 +316,7 @@ impl ReconcileError for Error {
 async fn validate(redis: &Redis, context: &Context) -> Result<Option<SecretPassword>, Error> {
     let namespace = redis.namespace().unwrap_or_default();
     let reference = redis.spec.pod.kubernetes_config.redis_secret.as_ref();
-    read_password_secret(reference, &namespace, context.client())
+    read_password_secret(reference, &namespace, context)
         .await
         .map_err(Error::from)
 }

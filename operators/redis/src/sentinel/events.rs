@@ -157,9 +157,12 @@ pub type FailoverLogs = Arc<Mutex<HashMap<ObjectRef<RedisSentinel>, FailoverLog>
 /// The channels subscribed to, and the pattern for the abort channels.
 const CHANNELS: [&str; 3] = ["SUBSCRIBE", "+odown", "+switch-master"];
 const ABORT_PATTERN: [&str; 2] = ["PSUBSCRIBE", "-failover-abort-*"];
-/// The subscriber's first and longest wait between rounds of connection attempts.
+/// The subscriber's first and longest wait between rounds of connection attempts. The longest
+/// is long because a reconcile that reaches the set wakes the subscriber at once
+/// ([`Sentinels::wake`]): the wait matters only for a set nobody reaches, whose every attempt
+/// out of the cluster is a port-forward through the API server.
 const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// How long a subscription may stay silent before the sentinel must answer a PING.
 const IDLE_PING: Duration = Duration::from_secs(15);
@@ -190,6 +193,8 @@ pub struct Sentinels {
     pub master_set: String,
     /// How to authenticate to them, as the last reconcile knew it.
     pub credentials: tokio::sync::watch::Receiver<Credentials>,
+    /// Notified when a reconcile reached the set: a waiting subscriber tries again at once.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
@@ -206,6 +211,7 @@ pub async fn subscribe(
         nodes,
         master_set,
         credentials,
+        wake,
     } = sentinels;
     // Retries back off from 1 s to 30 s while no sentinel answers (pods starting, or a set
     // the operator cannot reach), so an unreachable set costs an existence check every 30 s,
@@ -250,8 +256,10 @@ pub async fn subscribe(
             }
             return;
         }
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(RETRY_MAX);
+        tokio::select! {
+            () = tokio::time::sleep(retry) => retry = (retry * 2).min(RETRY_MAX),
+            () = wake.notified() => retry = RETRY_MIN,
+        }
     }
 }
 

@@ -58,6 +58,11 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
 /// How soon a set whose sentinels are failing over is checked again: the operator follows a
 /// failover within a second of its end, not a recheck interval later.
 pub const FAILOVER_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest wait between checks of a set none of whose processes answers: nothing can be
+/// done there until one does, and a pod that starts or turns ready is seen at once through
+/// its StatefulSet's watch, so the timer only stands in for a network that heals. Out of the
+/// cluster every attempt is a port-forward through the API server, hence the long bound.
+pub const UNREACHABLE_RECHECK_MAX: Duration = Duration::from_secs(300);
 
 /// Errors of the RedisSentinel controller.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,7 @@ pub type NodeAddresses = Arc<dyn Fn(&RedisSentinel) -> Vec<Node> + Send + Sync>;
 struct Subscriber {
     handle: tokio::task::JoinHandle<()>,
     credentials: tokio::sync::watch::Sender<Credentials>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The `RedisSentinel` reconciler and the state its Sentinel subscribers share with it.
@@ -126,6 +132,8 @@ pub struct RedisSentinelReconciler {
     /// The uid of each resource whose every reachable process this operator brought to its
     /// passwords since it started, while no rotation ran ([`rotate`]).
     passwords_checked: Mutex<HashMap<ObjectRef<RedisSentinel>, String>>,
+    /// How many checks in a row found none of a resource's processes answering.
+    unreachable: Mutex<HashMap<ObjectRef<RedisSentinel>, u32>>,
     trigger: mpsc::UnboundedSender<ObjectRef<RedisSentinel>>,
 }
 
@@ -151,6 +159,7 @@ impl RedisSentinelReconciler {
             subscribers: Mutex::new(HashMap::new()),
             ready_reasons: Mutex::new(HashMap::new()),
             passwords_checked: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             trigger,
         };
         (reconciler, triggers)
@@ -200,11 +209,13 @@ impl RedisSentinelReconciler {
             }) as futures::future::BoxFuture<'static, bool>
         };
         let (credentials, credentials_receiver) = tokio::sync::watch::channel(credentials.clone());
+        let wake = Arc::new(tokio::sync::Notify::new());
         let sentinels = events::Sentinels {
             object: object.clone(),
             nodes: nodes.to_vec(),
             master_set: build::settings(&resource.spec).master_set,
             credentials: credentials_receiver,
+            wake: wake.clone(),
         };
         let handle = tokio::spawn(events::subscribe(
             sentinels,
@@ -218,8 +229,19 @@ impl RedisSentinelReconciler {
             Subscriber {
                 handle,
                 credentials,
+                wake,
             },
         );
+    }
+
+    /// Wakes the subscriber of `resource` if it waits to try again: this reconcile reached the
+    /// set.
+    fn wake_subscriber(&self, resource: &RedisSentinel) {
+        if let Ok(subscribers) = self.subscribers.lock()
+            && let Some(subscriber) = subscribers.get(&ObjectRef::from_obj(resource))
+        {
+            subscriber.wake.notify_one();
+        }
     }
 
     /// Records `reason` as the resource's Ready reason; returns the one recorded before.
@@ -237,6 +259,23 @@ impl RedisSentinelReconciler {
         self.passwords_checked
             .lock()
             .is_ok_and(|checked| checked.get(&object) == resource.uid().as_ref())
+    }
+
+    /// Counts one more check in a row in which no process of `resource` answered, or starts
+    /// over when one did; returns the count.
+    fn count_unreachable(&self, resource: &RedisSentinel, observation: &Observation) -> u32 {
+        let object = ObjectRef::from_obj(resource);
+        let Ok(mut unreachable) = self.unreachable.lock() else {
+            return 0;
+        };
+        if nothing_answered(observation) {
+            let count = unreachable.entry(object).or_default();
+            *count = count.saturating_add(1);
+            *count
+        } else {
+            unreachable.remove(&object);
+            0
+        }
     }
 
     fn record_passwords_checked(&self, resource: &RedisSentinel) {
@@ -555,21 +594,37 @@ async fn label_pods(
     namespace: &str,
     nodes: &[Node],
     master: usize,
-    instance_selector: &str,
+    instance_labels: &BTreeMap<String, String>,
 ) -> Result<usize, Error> {
     let pods = Api::<Pod>::namespaced(context.client().clone(), namespace);
-    let listed = pods
-        .list_metadata(&ListParams::default().labels(instance_selector))
-        .await
-        .map_err(|source| Error::Pods(Box::new(source)))?;
+    // From the controller's cache of its pods; listed only until that watch has listed.
+    let listed = match context.cached_metadata::<Pod>(Some(namespace), instance_labels) {
+        Some(cached) => cached,
+        None => {
+            let selector = operator_kit::children::label_selector(instance_labels);
+            pods.list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|source| Error::Pods(Box::new(source)))?
+                .items
+                .into_iter()
+                .map(|pod| pod.metadata)
+                .collect()
+        }
+    };
     let roles: BTreeMap<&str, &str> = data_plane::roles(nodes, master).into_iter().collect();
     let mut patched = 0;
-    for pod in listed.items {
-        let name = pod.name_any();
+    for pod in listed {
+        let name = pod.name.clone().unwrap_or_default();
         let Some(role) = roles.get(name.as_str()) else {
             continue;
         };
-        if pod.labels().get(ROLE_LABEL).map(String::as_str) == Some(*role) {
+        if pod
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(ROLE_LABEL))
+            .map(String::as_str)
+            == Some(*role)
+        {
             continue;
         }
         let patch = json!({ "metadata": { "labels": { ROLE_LABEL: role } } });
@@ -600,6 +655,9 @@ impl Reconciler for RedisSentinelReconciler {
         }
         if let Ok(mut checked) = self.passwords_checked.lock() {
             checked.remove(object);
+        }
+        if let Ok(mut unreachable) = self.unreachable.lock() {
+            unreachable.remove(object);
         }
         let namespace = object.namespace.clone().unwrap_or_default();
         context
@@ -671,10 +729,12 @@ impl Reconciler for RedisSentinelReconciler {
             )
             .await?;
         applied?;
+        let unreachable = self.count_unreachable(&resource, &observation);
         Ok(Action::requeue(next_check(
             healthy,
             plan.failover_in_progress,
             rotation.as_ref(),
+            unreachable,
         )))
     }
 }
@@ -705,7 +765,7 @@ impl RedisSentinelReconciler {
         context: &Context,
     ) -> Result<Option<SecretPassword>, Error> {
         let namespace = resource.namespace().unwrap_or_default();
-        match read_password_secret(resource.password_secret(), &namespace, context.client()).await {
+        match read_password_secret(resource.password_secret(), &namespace, context).await {
             Ok(password) => Ok(password),
             Err(error) => {
                 if error.class() == ErrorClass::WaitForChange {
@@ -776,6 +836,9 @@ impl RedisSentinelReconciler {
         self.ensure_subscriber(resource, nodes, resolver.clone(), credentials, context);
         let observation =
             data_plane::observe(nodes, resolver.as_ref(), settings, credentials).await;
+        if !nothing_answered(&observation) {
+            self.wake_subscriber(resource);
+        }
         let memory = memory(resource, nodes, &observation);
         // (Pods that refuse the password get no plan at all: no command, role label or
         // status.master; see `data_plane::plan`.)
@@ -791,13 +854,8 @@ impl RedisSentinelReconciler {
         .await
         .map_err(Error::Heal)?;
         if let Some(master) = plan.master {
-            let selector = selector_labels
-                .iter()
-                .map(|(key, value)| format!("{key}={value}"))
-                .collect::<Vec<_>>()
-                .join(",");
             let namespace = resource.namespace().unwrap_or_default();
-            label_pods(context, &namespace, nodes, master, &selector).await?;
+            label_pods(context, &namespace, nodes, master, selector_labels).await?;
         }
         // Events only after healing, so that publishing them cannot delay an action past the
         // observation it was planned on.
@@ -952,14 +1010,31 @@ pub fn person_needed(reason: &str, previous: Option<&str>, last_seen: Option<&st
         && last_seen != Some(reason)
 }
 
+/// Whether no process answered at all: neither a Redis nor a Sentinel (nor one refusing the
+/// password, which answers too).
+pub fn nothing_answered(observation: &Observation) -> bool {
+    observation.redis.iter().all(Option::is_none)
+        && observation.sentinels.iter().all(Option::is_none)
+        && observation.password_refused.is_empty()
+}
+
 /// When to check again: every [`CHECK_INTERVAL`] while healthy, sooner while not, within a
 /// second of a failover's end, and, during a rotation, at the next step (an overlap only
-/// when its grace is over): pure.
+/// when its grace is over). A set none of whose processes answered `unreachable` checks in
+/// a row is checked ever less often, from [`RECHECK_INTERVAL`] doubling up to
+/// [`UNREACHABLE_RECHECK_MAX`]: pure.
 pub fn next_check(
     healthy: bool,
     failover_in_progress: bool,
     rotation: Option<&Rotation>,
+    unreachable: u32,
 ) -> Duration {
+    if unreachable > 0 && !failover_in_progress {
+        let factor = 2_u32.saturating_pow(unreachable - 1);
+        return RECHECK_INTERVAL
+            .saturating_mul(factor)
+            .min(UNREACHABLE_RECHECK_MAX);
+    }
     let check = if healthy {
         CHECK_INTERVAL
     } else if failover_in_progress {
@@ -1143,12 +1218,27 @@ mod tests {
     }
 
     #[test]
+    fn a_set_answers_when_any_process_does_even_refusing_the_password() {
+        let silent = Observation {
+            redis: vec![None, None, None],
+            sentinels: vec![None, None, None],
+            password_refused: Vec::new(),
+        };
+        assert!(nothing_answered(&silent));
+        let refusing = Observation {
+            password_refused: vec!["cache-node-1".to_owned()],
+            ..silent.clone()
+        };
+        assert!(!nothing_answered(&refusing));
+    }
+
+    #[test]
     fn the_next_check_follows_health_failovers_and_rotations() {
-        assert_eq!(next_check(true, false, None), CHECK_INTERVAL);
-        assert_eq!(next_check(false, false, None), RECHECK_INTERVAL);
-        assert_eq!(next_check(false, true, None), FAILOVER_RECHECK_INTERVAL);
+        assert_eq!(next_check(true, false, None, 0), CHECK_INTERVAL);
+        assert_eq!(next_check(false, false, None, 0), RECHECK_INTERVAL);
+        assert_eq!(next_check(false, true, None, 0), FAILOVER_RECHECK_INTERVAL);
         let steady = rotation(Step::Steady, &[]);
-        assert_eq!(next_check(true, false, Some(&steady)), CHECK_INTERVAL);
+        assert_eq!(next_check(true, false, Some(&steady), 0), CHECK_INTERVAL);
         let adding = rotation(
             Step::AddNew {
                 next: crate::passwords::PodPasswords {
@@ -1159,21 +1249,33 @@ mod tests {
             },
             &[],
         );
-        assert_eq!(next_check(true, false, Some(&adding)), RECHECK_INTERVAL);
+        assert_eq!(next_check(true, false, Some(&adding), 0), RECHECK_INTERVAL);
         // An overlap is checked again when its grace ends, at most a healthy interval later.
         let overlap = |left: u64| Rotation {
             old_password_remaining: Some(Duration::from_secs(left)),
             ..rotation(Step::Overlap, &[])
         };
         assert_eq!(
-            next_check(true, false, Some(&overlap(7))),
+            next_check(true, false, Some(&overlap(7)), 0),
             Duration::from_secs(7)
         );
-        assert_eq!(next_check(true, false, Some(&overlap(600))), CHECK_INTERVAL);
+        assert_eq!(
+            next_check(true, false, Some(&overlap(600)), 0),
+            CHECK_INTERVAL
+        );
         // A failover still comes first.
         assert_eq!(
-            next_check(false, true, Some(&overlap(7))),
+            next_check(false, true, Some(&overlap(7)), 0),
             FAILOVER_RECHECK_INTERVAL
+        );
+        // Nothing answers: 3 s, 6 s, 12 s … up to 5 min, whatever else is going on.
+        let unreachable: Vec<u64> = (1..=9)
+            .map(|count| next_check(false, false, Some(&overlap(7)), count).as_secs())
+            .collect();
+        assert_eq!(unreachable, [3, 6, 12, 24, 48, 96, 192, 300, 300]);
+        assert_eq!(
+            next_check(false, false, None, u32::MAX),
+            UNREACHABLE_RECHECK_MAX
         );
     }
 
