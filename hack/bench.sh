@@ -3,6 +3,17 @@
 # all are Ready. Reports the time, the operator's peak RSS, the requests it made, and the
 # mutating requests it made while idle afterwards.
 #   hack/bench.sh website|redis|app [count] [idle-seconds]     (defaults: 1000 and 120)
+# `redis-sentinel` creates RedisSentinels of 3 replicas instead. Their kwok pods run no Redis,
+# so no set ever becomes Ready: it waits until every StatefulSet's pods are ready, then
+# measures the operator at rest over the idle period (requests/s, port-forwards/s — each one
+# connection attempt to a Redis or Sentinel —, CPU seconds and RSS):
+#   hack/bench.sh redis-sentinel 1000 120
+# With `floor` as a fourth argument (redis only), the same children the operator makes for
+# one Redis (ConfigMap, StatefulSet with its claim template, two Services) are first created
+# for `count` names directly with kubectl, with no operator, and timed until every StatefulSet
+# is ready: the floor the control plane sets on this machine, reported next to the operator's
+# time (measured after it, on the cluster emptied again):
+#   hack/bench.sh redis 1000 120 floor
 # With `chaos` as a fourth argument the operator is killed with SIGKILL once a quarter of the
 # objects are Ready and started again, and the API server is restarted once half are; the run
 # then checks every object Ready, one more object created afterwards Ready (the watches came
@@ -48,7 +59,10 @@ fi
 count=${2:-1000}
 idle_seconds=${3:-120}
 chaos=${4:-}
-[ -z "$chaos" ] || [ "$chaos" = chaos ] || { echo "the fourth argument is 'chaos' or nothing" >&2; exit 2; }
+floor=
+if [ "$chaos" = floor ]; then floor=yes chaos=; fi
+[ -z "$chaos" ] || [ "$chaos" = chaos ] || { echo "the fourth argument is 'chaos', 'floor' or nothing" >&2; exit 2; }
+[ -z "$floor" ] || [ "$operator" = redis ] || { echo "the floor mode is for redis" >&2; exit 2; }
 namespace=bench-$operator
 admin=127.0.0.1:18081
 case $operator in
@@ -60,11 +74,15 @@ case $operator in
     binary=redis-operator crds=crds/redis-operator.yaml resource=redises.redis.operator-kit.io
     object() { printf -- '---\napiVersion: redis.operator-kit.io/v1beta1\nkind: Redis\nmetadata: {name: cache-%d}\nspec: {kubernetesConfig: {image: "redis:7.4"}, storage: {volumeClaimTemplate: {spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}}}}\n' "$1"; }
     ;;
+  redis-sentinel)
+    binary=redis-operator crds=crds/redis-operator.yaml resource=redissentinels.redis.operator-kit.io
+    object() { printf -- '---\napiVersion: redis.operator-kit.io/v1beta1\nkind: RedisSentinel\nmetadata: {name: ha-%d}\nspec: {replicas: 3, kubernetesConfig: {image: "redis:7.4"}}\n' "$1"; }
+    ;;
   app)
     binary=app-operator crds=crds/app-operator.yaml resource=apps.app.operator-kit.io
     object() { printf -- '---\napiVersion: app.operator-kit.io/v1beta1\nkind: App\nmetadata: {name: web-%d}\nspec: {image: "registry.example.com/web:1", port: 8080, expose: {host: "web-%d.example.com"}}\n' "$1" "$1"; }
     ;;
-  *) echo "unknown operator ${operator@Q}: expected website, redis or app" >&2; exit 2 ;;
+  *) echo "unknown operator ${operator@Q}: expected website, redis, redis-sentinel or app" >&2; exit 2 ;;
 esac
 
 hack/cluster.sh up >/dev/null
@@ -99,10 +117,44 @@ all_requests() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^rest_client_requ
 manifest=$(mktemp)
 for ((index = 0; index < count; index++)); do object "$index"; done >"$manifest"
 
+since() { echo "$(date +%s.%N) - $1" | bc; }
+if [ -n "$floor" ]; then
+  # The children of one Redis, as the operator makes them; then the Redis goes again.
+  object 0 | sed 's/cache-0/floorseed/' | kubectl -n "$namespace" create -f - >/dev/null
+  kubectl -n "$namespace" wait --for=condition=Ready --timeout=120s redis/floorseed >/dev/null
+  seed=$(mktemp)
+  kubectl -n "$namespace" get configmaps,services,statefulsets \
+    -l app.kubernetes.io/instance=floorseed -o json >"$seed"
+  kubectl -n "$namespace" delete redis floorseed --wait=true >/dev/null
+  kubectl -n "$namespace" wait --for=delete --timeout=120s statefulset/floorseed >/dev/null 2>&1 || true
+  floor_namespace=bench-floor
+  kubectl delete namespace "$floor_namespace" --ignore-not-found --wait=true >/dev/null
+  kubectl create namespace "$floor_namespace" >/dev/null
+  floor_manifest=$(mktemp)
+  python3 hack/floor-children.py floorseed floor "$count" <"$seed" >"$floor_manifest"
+  count_floor_ready() {
+    kubectl -n "$floor_namespace" get statefulsets -o jsonpath='{range .items[*]}{.status.readyReplicas}{"\n"}{end}' | grep -c '^1$' || true
+  }
+  floor_start=$(date +%s.%N)
+  kubectl -n "$floor_namespace" create -f "$floor_manifest" >/dev/null
+  floor_created=$(since "$floor_start")
+  until [ "$(count_floor_ready)" -ge "$count" ]; do sleep 2; done
+  floor_ready=$(since "$floor_start")
+  # The operator's run starts on a cluster as empty as the floor's did.
+  kubectl delete namespace "$floor_namespace" --wait=true >/dev/null
+fi
+requests_before=$(all_requests)
+mutating_before=$(mutating)
+gets_before=$(metric 'rest_client_requests_total{method="GET"}')
 start=$(date +%s.%N)
 kubectl -n "$namespace" create -f "$manifest" >/dev/null
 created=$(date +%s.%N)
 count_ready() {
+  if [ "$operator" = redis-sentinel ]; then
+    # No Redis runs in kwok's pods: "ready" here is every pod of the set ready.
+    kubectl -n "$namespace" get statefulsets -o jsonpath='{range .items[*]}{.status.readyReplicas}{"\n"}{end}' | grep -c '^3$' || true
+    return
+  fi
   kubectl -n "$namespace" get "$resource" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true
 }
 wait_ready() {
@@ -112,7 +164,6 @@ wait_ready() {
     ready=$(count_ready)
   done
 }
-since() { echo "$(date +%s.%N) - $1" | bc; }
 if [ -n "$chaos" ]; then
   wait_ready $((count / 4))
   kill -9 "$operator_pid"
@@ -127,18 +178,53 @@ if [ -n "$chaos" ]; then
 fi
 wait_ready "$count"
 done_at=$(date +%s.%N)
-requests_at_ready=$(all_requests)
-mutating_at_ready=$(mutating)
+requests_at_ready=$(($(all_requests) - requests_before))
+gets_at_ready=$(($(metric 'rest_client_requests_total{method="GET"}') - gets_before))
+mutating_at_ready=$(($(mutating) - mutating_before))
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$operator_pid/stat"; }
+cpu_at_ready=$(cpu_ticks)
+port_forwards_at_ready=$(metric operator_kit_port_forward_requests_total)
 sleep "$idle_seconds"
-idle_mutating=$(($(mutating) - mutating_at_ready))
+idle_cpu=$(echo "($(cpu_ticks) - $cpu_at_ready) / $(getconf CLK_TCK)" | bc -l)
+idle_port_forwards=$(($(metric operator_kit_port_forward_requests_total) - ${port_forwards_at_ready:-0}))
+idle_mutating=$(($(mutating) - mutating_before - mutating_at_ready))
+idle_requests=$(($(all_requests) - requests_before - requests_at_ready))
 peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$operator_pid/status")
+rss_at_end_kib=$(awk '/VmRSS/ {print $2}' "/proc/$operator_pid/status")
+# A restart with every object in place: time to /readyz, then to a first reconcile of each
+# (not with chaos, which goes on with the same process).
+reconciled() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^controller_runtime_reconcile_total/ {sum += $2} END {print sum + 0}'; }
+if [ -z "$chaos" ]; then
+  kill "$operator_pid"
+  wait "$operator_pid" 2>/dev/null || true
+  restart_start=$(date +%s.%N)
+  start_operator
+  restart_ready=$(since "$restart_start")
+  until [ "$(reconciled)" -ge "$count" ]; do sleep 0.5; done
+  restart_pass=$(since "$restart_start")
+  restart_requests=$(all_requests)
+  restart_gets=$(metric 'rest_client_requests_total{method="GET"}')
+  restart_peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$operator_pid/status")
+fi
 
 printf '\n%s benchmark: %d objects\n' "$binary" "$count"
 printf '  kubectl create of all objects:   %.1f s\n' "$(echo "$created - $start" | bc)"
 printf '  time to all Ready:               %.1f s\n' "$(echo "$done_at - $start" | bc)"
-printf '  operator peak RSS:               %.1f MiB\n' "$(echo "$peak_rss_kib / 1024" | bc -l)"
+printf '  operator peak RSS:               %.1f MiB (%.1f MiB at the end)\n' "$(echo "$peak_rss_kib / 1024" | bc -l)" \
+  "$(echo "$rss_at_end_kib / 1024" | bc -l)"
 printf '  operator API requests to Ready:  %s (%s mutating)\n' "$requests_at_ready" "$mutating_at_ready"
-printf '  mutating requests in %d s idle:  %s\n' "$idle_seconds" "$idle_mutating"
+printf '  requests in %d s idle:           %s (%s mutating)\n' "$idle_seconds" "$idle_requests" "$idle_mutating"
+printf '  requests to Ready per object:    %.1f (%.1f GET)\n' "$(echo "$requests_at_ready / $count" | bc -l)" \
+  "$(echo "$gets_at_ready / $count" | bc -l)"
+printf '  at rest for %d s: %.2f requests/s, %.2f port-forwards/s, %.1f CPU-seconds\n' "$idle_seconds" \
+  "$(echo "$idle_requests / $idle_seconds" | bc -l)" "$(echo "$idle_port_forwards / $idle_seconds" | bc -l)" "$idle_cpu"
+[ -n "$chaos" ] || printf '  restarted with all %d in place: /readyz after %.1f s, each reconciled once after %.1f s, %s requests (%s GET), peak RSS %.1f MiB\n' \
+  "$count" "$restart_ready" "$restart_pass" "$restart_requests" "$restart_gets" "$(echo "$restart_peak_kib / 1024" | bc -l)"
+if [ -n "$floor" ]; then
+  printf '  floor (same children, kubectl create, no operator): created in %.1f s, all ready in %.1f s\n' \
+    "$floor_created" "$floor_ready"
+  printf '  time to all Ready / floor:       %.2f\n' "$(echo "($done_at - $start) / $floor_ready" | bc -l)"
+fi
 if [ -n "$chaos" ]; then
   printf '  chaos: SIGKILL with %d Ready; the operator ready again after %.1f s\n' "$ready_when_killed" "$restarted_after"
   printf '  chaos: API server restarted with %d Ready; it took %.1f s\n' "$ready_when_api_restarted" "$api_restarted_after"

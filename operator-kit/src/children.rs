@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::api_error::{describe, is_refusal};
-use crate::cache::{Applied, Cached, ChildCache, ChildKey};
+use crate::cache::{Applied, Cached, CachedObject, ChildCache, ChildKey};
 use crate::reconciler::ErrorClass;
 use crate::scope::{self, ObjectScope};
 
@@ -287,9 +287,8 @@ impl Children {
             };
             return Ok(cached
                 .iter()
-                .map(|object| &object.metadata)
+                .map(|object| object.meta())
                 .filter(|meta| labelled(meta))
-                .cloned()
                 .collect());
         }
         // A namespaced owner's children are in its namespace; a cluster-scoped owner's are
@@ -425,8 +424,9 @@ impl Children {
         // Unchanged since we applied or checked it, as the watch shows: nothing to send or read.
         if let (Cached::Present(live), Some(record)) = (&cached, &record)
             && record.hash == hash
-            && record.describes(&live.metadata)
-            && metadata_matches(&desired_value, &live.metadata)
+            && let live_meta = live.meta()
+            && record.describes(&live_meta)
+            && metadata_matches(&desired_value, &live_meta)
         {
             let live =
                 from_cache(&desired_value, live).map_err(|source| ChildError::Serialize {
@@ -843,13 +843,13 @@ fn metadata_matches(desired: &Value, live: &ObjectMeta) -> bool {
 /// metadata and status.
 fn from_cache<C: DeserializeOwned>(
     desired: &Value,
-    live: &DynamicObject,
+    live: &CachedObject,
 ) -> Result<C, serde_json::Error> {
     let mut value = desired.clone();
     if let Value::Object(fields) = &mut value {
-        fields.insert("metadata".to_owned(), serde_json::to_value(&live.metadata)?);
-        if let Some(status) = live.data.get("status") {
-            fields.insert("status".to_owned(), status.clone());
+        fields.insert("metadata".to_owned(), serde_json::to_value(live.meta())?);
+        if let Some(status) = live.status() {
+            fields.insert("status".to_owned(), status);
         }
     }
     serde_json::from_value(value)

@@ -89,9 +89,7 @@ impl Context {
         );
         let cached = self.cache.lookup(&resource, namespace, name);
         if let Cached::Present(live) = &cached
-            && let Some(object) = self
-                .cache
-                .read::<K>(&key, live.metadata.resource_version.as_deref())
+            && let Some(object) = self.cache.read::<K>(&key, live.resource_version.as_deref())
         {
             return Ok(Some(object));
         }
@@ -125,13 +123,12 @@ impl Context {
         Some(
             objects
                 .iter()
-                .map(|object| &object.metadata)
+                .map(|object| object.meta())
                 .filter(|meta| {
                     labels.iter().all(|(key, value)| {
                         meta.labels.as_ref().and_then(|labels| labels.get(key)) == Some(value)
                     })
                 })
-                .cloned()
                 .collect(),
         )
     }

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::{BackoffPolicy, FailureCounts};
-use crate::cache::{self, ChildCache};
+use crate::cache::{self, ChildCache, WatchedObject};
 use crate::children::NAME_LABEL;
 use crate::config::OperatorArgs;
 use crate::context::Context;
@@ -102,7 +102,7 @@ impl WatchSetup {
         keep: Keep,
         labels: Option<String>,
     ) -> (
-        BoxStream<'static, Result<DynamicObject, watcher::Error>>,
+        BoxStream<'static, Result<WatchedObject, watcher::Error>>,
         ApiResource,
     )
     where
@@ -115,7 +115,7 @@ impl WatchSetup {
             .filter(|_| scope::is_namespaced::<C>());
         let (api, metadata_api) = match namespace {
             Some(namespace) => (
-                Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource),
+                Api::<WatchedObject>::namespaced_with(self.client.clone(), namespace, &resource),
                 Api::<PartialObjectMeta<DynamicObject>>::namespaced_with(
                     self.client.clone(),
                     namespace,
@@ -123,13 +123,15 @@ impl WatchSetup {
                 ),
             ),
             None => (
-                Api::<DynamicObject>::all_with(self.client.clone(), &resource),
+                Api::<WatchedObject>::all_with(self.client.clone(), &resource),
                 Api::<PartialObjectMeta<DynamicObject>>::all_with(self.client.clone(), &resource),
             ),
         };
-        let writer = reflector::store::Writer::new(resource.clone());
-        self.cache
-            .register(&resource, writer.as_reader(), namespace.map(str::to_owned));
+        let store = self.cache.register(
+            &resource,
+            namespace.map(str::to_owned),
+            keep == Keep::MetadataAndStatus,
+        );
         let start = move |config: watcher::Config| {
             let config = match &labels {
                 Some(labels) => config.labels(labels),
@@ -145,8 +147,11 @@ impl WatchSetup {
         };
         let objects = self
             .recovering::<C, _, _>(start)
-            .modify(move |object| cache::slim(object, keep == Keep::MetadataAndStatus))
-            .reflect(writer)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    store.apply(event);
+                }
+            })
             .touched_objects()
             .boxed();
         (objects, resource)
@@ -348,7 +353,7 @@ impl<R: Reconciler> Controller<R> {
                 objects,
                 move |object| {
                     let object = PartialObjectMeta::<C> {
-                        types: object.types,
+                        types: None,
                         metadata: object.metadata,
                         _phantom: std::marker::PhantomData,
                     };
