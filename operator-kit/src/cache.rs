@@ -477,11 +477,6 @@ impl ChildCache {
             }
         }
     }
-
-    /// How many children have a record (for tests and benchmarks).
-    pub fn recorded(&self) -> usize {
-        self.applied_records().values().map(HashMap::len).sum()
-    }
 }
 
 /// A metadata-only watch event as the cache reads it: an object without status.

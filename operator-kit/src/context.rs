@@ -108,6 +108,22 @@ impl Context {
         Ok(object)
     }
 
+    /// Forgets the object of kind `K` that [`Context::get`] read last under this name: call it
+    /// after writing that object, so that a read before the watch shows the write goes to
+    /// the API server rather than returning what was read before it.
+    pub fn forget<K>(&self, namespace: Option<&str>, name: &str)
+    where
+        K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let key = (
+            format!("{}/{}", resource.api_version, resource.kind),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        );
+        self.cache.keep_read::<K>(key, None);
+    }
+
     /// The metadata of the objects of kind `K` that the controller's watches keep, in
     /// `namespace` (or all) and carrying every one of `labels`; `None` when no watch keeps `K`
     /// or it has not listed yet (then ask the API server).

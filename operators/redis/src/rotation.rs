@@ -303,6 +303,8 @@ async fn write_pod_passwords<K: Rotating>(
             name: name.clone(),
             source: Box::new(source),
         })?;
+    // The next read must not be the one from before this write (see `pod_passwords`).
+    context.forget::<Secret>(Some(&namespace), &name);
     Ok(())
 }
 
