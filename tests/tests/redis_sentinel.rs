@@ -7,7 +7,7 @@
 use integration_tests::local_redis as support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -866,18 +866,12 @@ async fn a_secret_in_the_way_of_the_operators_is_reported_and_the_set_still_heal
     Ok(())
 }
 
-/// A healthy set costs Redis round trips, not API requests: its periodic check (every 15 s)
-/// compares the children, claims and pods with what the operator's watches keep, and reads the
-/// password Secrets through them, so two checks in a row send nothing to the API server.
-#[tokio::test]
-async fn a_healthy_sets_periodic_check_costs_no_api_request() -> Result<()> {
-    let namespace = TestNamespace::create("redis-sentinel-steady").await?;
-    let set = LocalSet::new("steady", 3, 3, 1000).await?;
-    for crd in redis_operator::crds() {
-        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
-    }
+/// An operator whose every API request is counted, reaching `nodes` directly.
+fn start_counting(
+    namespace: &TestNamespace,
+    nodes: Vec<Node>,
+) -> Result<(RunningOperator, operator_kit::client::RequestCounter)> {
     let (client, requests) = operator_kit::testing::counting_client(namespace.config().clone())?;
-    let nodes: Vec<Node> = set.nodes.clone();
     let addresses = Arc::new(move |resource: &RedisSentinel| {
         let count = usize::try_from(resource.spec.replicas).unwrap_or(0);
         nodes[..count.min(nodes.len())].to_vec()
@@ -891,6 +885,33 @@ async fn a_healthy_sets_periodic_check_costs_no_api_request() -> Result<()> {
         operator_kit::Operator::new(redis_operator::OPERATOR_NAME, client, args)
             .with_controller(controller),
     );
+    Ok((operator, requests))
+}
+
+/// How many reconciles of RedisSentinels `operator` has ended, whatever their result.
+fn checks(operator: &RunningOperator) -> u64 {
+    let metrics = operator.metrics();
+    [
+        ReconcileResult::Success,
+        ReconcileResult::RequeueAfter,
+        ReconcileResult::Error,
+    ]
+    .into_iter()
+    .map(|result| metrics.reconcile_count("redis-sentinel", result))
+    .sum()
+}
+
+/// A healthy set costs Redis round trips, not API requests: its periodic check (every 15 s)
+/// compares the children, claims and pods with what the operator's watches keep, and reads the
+/// password Secrets through them, so two checks in a row send nothing to the API server.
+#[tokio::test]
+async fn a_healthy_sets_periodic_check_costs_no_api_request() -> Result<()> {
+    let namespace = TestNamespace::create("redis-sentinel-steady").await?;
+    let set = LocalSet::new("steady", 3, 3, 1000).await?;
+    for crd in redis_operator::crds() {
+        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
+    }
+    let (operator, requests) = start_counting(&namespace, set.nodes.clone())?;
     support::create_password_secret(&namespace, "redis-auth").await?;
     support::create_pod_passwords(&namespace, "steady").await?;
     namespace
@@ -898,17 +919,7 @@ async fn a_healthy_sets_periodic_check_costs_no_api_request() -> Result<()> {
         .create(&PostParams::default(), &resource("steady", 3)?)
         .await?;
     wait_healthy(&namespace, "steady", 3, None).await?;
-    let checks = || {
-        let metrics = operator.metrics();
-        [
-            ReconcileResult::Success,
-            ReconcileResult::RequeueAfter,
-            ReconcileResult::Error,
-        ]
-        .into_iter()
-        .map(|result| metrics.reconcile_count("redis-sentinel", result))
-        .sum::<u64>()
-    };
+    let checks = || checks(&operator);
     // The rollout's own writes and the watch events they cause settle first.
     let settled = operator_kit::testing::wait_until_settled(
         "the reconciles to end",
@@ -936,4 +947,97 @@ async fn a_healthy_sets_periodic_check_costs_no_api_request() -> Result<()> {
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())
+}
+
+/// A set none of whose processes answers (out of reach, or pods that run nothing) costs no API
+/// request between status changes: a check finds nothing to write, and the Sentinel
+/// subscriber, retrying with backoff, does not ask the API server whether the set still exists.
+#[tokio::test]
+async fn an_unreachable_set_costs_no_api_request_while_nothing_changes() -> Result<()> {
+    let namespace = TestNamespace::create("redis-sentinel-unreachable").await?;
+    for crd in redis_operator::crds() {
+        operator_kit::testing::install_crd(namespace.client(), &crd, TIMEOUT).await?;
+    }
+    // Ports that take a connection and close it at once, counting each attempt to reach a
+    // sentinel: no process answers there.
+    let sentinel_attempts = Arc::new(AtomicUsize::new(0));
+    let mut nodes = Vec::new();
+    for ordinal in 0..3 {
+        nodes.push(Node {
+            pod: format!("silent-node-{ordinal}"),
+            host: "127.0.0.1".to_owned(),
+            redis_port: closing_port(Arc::new(AtomicUsize::new(0))).await?,
+            sentinel_port: closing_port(sentinel_attempts.clone()).await?,
+        });
+    }
+    let (operator, requests) = start_counting(&namespace, nodes)?;
+    support::create_password_secret(&namespace, "redis-auth").await?;
+    support::create_pod_passwords(&namespace, "silent").await?;
+    namespace
+        .api::<RedisSentinel>()
+        .create(&PostParams::default(), &resource("silent", 3)?)
+        .await?;
+    // The rollout (children, pods turning ready, the status saying nothing answers) settles.
+    let total = || u64::try_from(requests.total()).unwrap_or(u64::MAX);
+    operator_kit::testing::wait_until_settled(
+        "the rollout's requests to end",
+        TIMEOUT,
+        Duration::from_secs(3),
+        total,
+    )
+    .await?;
+    let settled = checks(&operator);
+    let attempts = sentinel_attempts.load(Ordering::SeqCst);
+    let (before, total_before) = (requests.by_method(), requests.total());
+    // A change that is not the operator's (an annotation, written by the test's own client)
+    // makes it check the set again; meanwhile the subscriber retries at least twice (three
+    // attempts a round).
+    namespace
+        .api::<RedisSentinel>()
+        .patch(
+            "silent",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "metadata": { "annotations": { "example.com/touched": "yes" } } }),
+            ),
+        )
+        .await?;
+    operator_kit::testing::wait_until("a check and two rounds of retries", TIMEOUT, || {
+        checks(&operator) > settled && sentinel_attempts.load(Ordering::SeqCst) >= attempts + 9
+    })
+    .await?;
+    let sent = requests.total() - total_before;
+    eprintln!(
+        "measured: {} checks and {} attempts to reach a sentinel of an unreachable set sent {sent} \
+         API requests (before them: {before:?})",
+        checks(&operator) - settled,
+        sentinel_attempts.load(Ordering::SeqCst) - attempts
+    );
+    ensure!(
+        sent == 0,
+        "an unreachable set sent {sent} API requests: {:?} after {before:?}",
+        requests.by_method()
+    );
+    let resource = namespace.api::<RedisSentinel>().get("silent").await?;
+    let status = resource.status.context("no status")?;
+    ensure!(
+        status.phase != Phase::Ready,
+        "an unreachable set is not Ready: {status:?}"
+    );
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// A local port that takes each connection and closes it at once, counting them in `attempts`.
+async fn closing_port(attempts: Arc<AtomicUsize>) -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    Ok(port)
 }

@@ -197,14 +197,15 @@ pub struct Sentinels {
     pub wake: Arc<tokio::sync::Notify>,
 }
 
-/// Listens to the sentinels of one resource until `keep_running` says it is gone: one sentinel
-/// at a time, moving to the next when the connection breaks.
+/// Listens to the sentinels of one resource, one sentinel at a time, moving to the next when the
+/// connection breaks. It runs until its task is aborted: the reconciler does that when the
+/// controller's watch shows the resource deleted (a deletion missed while the watch was down
+/// is found on its re-list), so knowing the resource is there costs no API request.
 pub async fn subscribe(
     sentinels: Sentinels,
     resolver: Arc<dyn Resolver>,
     logs: FailoverLogs,
     trigger: UnboundedSender<ObjectRef<RedisSentinel>>,
-    keep_running: impl Fn() -> futures::future::BoxFuture<'static, bool> + Send,
 ) {
     let Sentinels {
         object,
@@ -213,9 +214,9 @@ pub async fn subscribe(
         credentials,
         wake,
     } = sentinels;
-    // Retries back off from 1 s to 30 s while no sentinel answers (pods starting, or a set
-    // the operator cannot reach), so an unreachable set costs an existence check every 30 s,
-    // not every second.
+    // Retries back off from 1 s to 5 min while no sentinel answers (pods starting, or a set
+    // the operator cannot reach): out of the cluster each attempt is a port-forward through
+    // the API server. A reconcile that reaches the set wakes the subscriber at once.
     let mut retry = RETRY_MIN;
     loop {
         for node in &nodes {
@@ -248,13 +249,6 @@ pub async fn subscribe(
                     return;
                 }
             }
-        }
-        if !keep_running().await {
-            // The resource is gone: so is its log.
-            if let Ok(mut logs) = logs.lock() {
-                logs.remove(&object);
-            }
-            return;
         }
         tokio::select! {
             () = tokio::time::sleep(retry) => retry = (retry * 2).min(RETRY_MAX),

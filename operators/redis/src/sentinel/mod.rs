@@ -173,7 +173,6 @@ impl RedisSentinelReconciler {
         nodes: &[Node],
         resolver: Arc<dyn data_plane::Resolver>,
         credentials: &Credentials,
-        context: &Context,
     ) {
         let object = ObjectRef::from_obj(resource);
         let Ok(mut subscribers) = self.subscribers.lock() else {
@@ -191,23 +190,6 @@ impl RedisSentinelReconciler {
             });
             return;
         }
-        let api = Api::<RedisSentinel>::namespaced(
-            context.client().clone(),
-            &resource.namespace().unwrap_or_default(),
-        );
-        let name = resource.name_any();
-        let uid = resource.uid();
-        // The subscriber stops once its resource is gone (no finalizer needed).
-        let keep_running = move || {
-            let (api, name, uid) = (api.clone(), name.clone(), uid.clone());
-            Box::pin(async move {
-                match api.get_opt(&name).await {
-                    Ok(Some(current)) => current.uid() == uid,
-                    Ok(None) => false,
-                    Err(_) => true,
-                }
-            }) as futures::future::BoxFuture<'static, bool>
-        };
         let (credentials, credentials_receiver) = tokio::sync::watch::channel(credentials.clone());
         let wake = Arc::new(tokio::sync::Notify::new());
         let sentinels = events::Sentinels {
@@ -222,7 +204,6 @@ impl RedisSentinelReconciler {
             resolver,
             self.logs.clone(),
             self.trigger.clone(),
-            keep_running,
         ));
         subscribers.insert(
             object,
@@ -833,7 +814,7 @@ impl RedisSentinelReconciler {
             settings,
             resolver,
         } = plane;
-        self.ensure_subscriber(resource, nodes, resolver.clone(), credentials, context);
+        self.ensure_subscriber(resource, nodes, resolver.clone(), credentials);
         let observation =
             data_plane::observe(nodes, resolver.as_ref(), settings, credentials).await;
         if !nothing_answered(&observation) {
