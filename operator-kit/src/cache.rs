@@ -19,10 +19,8 @@
 //! seen since the operator started — takes that full path too.
 
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, ObjectMeta};
@@ -162,29 +160,113 @@ pub(crate) enum Cached {
 }
 
 /// What the cache keeps of one object: the metadata a controller compares, and the status of
-/// an owned kind as JSON text — about a tenth of the object as kube's types hold it.
+/// an owned kind as JSON text — about a tenth of the object as kube's types hold it. What many
+/// objects share (namespaces, label keys and values, annotation keys, owners) is held once
+/// ([`shared`]).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CachedObject {
     name: Box<str>,
-    namespace: Option<Box<str>>,
+    namespace: Option<Arc<str>>,
     uid: Option<Box<str>>,
     pub(crate) resource_version: Option<Box<str>>,
     generation: Option<i64>,
-    labels: Box<[(Box<str>, Box<str>)]>,
-    annotations: Box<[(Box<str>, Box<str>)]>,
-    owner_references: Box<[OwnerReference]>,
+    labels: Box<[(Arc<str>, Arc<str>)]>,
+    annotations: Box<[(Arc<str>, Arc<str>)]>,
+    owner_references: Box<[Owner]>,
     deletion_timestamp: Option<Time>,
     status: Option<Box<str>>,
 }
 
-fn pairs(map: Option<&BTreeMap<String, String>>) -> Box<[(Box<str>, Box<str>)]> {
+/// An owner reference as the cache keeps it: its strings shared with the other children of
+/// the same owner.
+#[derive(Debug, Clone, PartialEq)]
+struct Owner {
+    api_version: Arc<str>,
+    kind: Arc<str>,
+    name: Arc<str>,
+    uid: Arc<str>,
+    controller: Option<bool>,
+    block_owner_deletion: Option<bool>,
+}
+
+impl Owner {
+    fn of(owner: &OwnerReference) -> Self {
+        Self {
+            api_version: shared(&owner.api_version),
+            kind: shared(&owner.kind),
+            name: shared(&owner.name),
+            uid: shared(&owner.uid),
+            controller: owner.controller,
+            block_owner_deletion: owner.block_owner_deletion,
+        }
+    }
+
+    fn reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: self.api_version.to_string(),
+            kind: self.kind.to_string(),
+            name: self.name.to_string(),
+            uid: self.uid.to_string(),
+            controller: self.controller,
+            block_owner_deletion: self.block_owner_deletion,
+        }
+    }
+}
+
+/// The strings cached objects share, each held once for the whole process.
+static SHARED: LazyLock<Mutex<SharedStrings>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct SharedStrings {
+    strings: HashSet<Arc<str>>,
+    /// Strings added since the last sweep of those no object holds any more.
+    added: usize,
+    /// How many strings that sweep kept.
+    kept: usize,
+}
+
+/// `text` as a string shared by every cached object that holds the same: a label such as
+/// `app.kubernetes.io/managed-by=redis-operator` is on every child, an owner on several.
+/// Strings no object holds any more are swept once as many have been added as the last sweep
+/// kept (and at least 1,024), so the set stays within about twice what is in use.
+fn shared(text: &str) -> Arc<str> {
+    let Ok(mut shared) = SHARED.lock() else {
+        return text.into();
+    };
+    if let Some(held) = shared.strings.get(text) {
+        return held.clone();
+    }
+    if shared.added >= shared.kept.max(1024) {
+        shared.strings.retain(|held| Arc::strong_count(held) > 1);
+        shared.added = 0;
+        shared.kept = shared.strings.len();
+    }
+    let held: Arc<str> = text.into();
+    shared.strings.insert(held.clone());
+    shared.added += 1;
+    held
+}
+
+/// Each key and value shared ([`shared`]), but the values of `unique_values` (a hash that
+/// differs on every object would only grow the shared set).
+fn pairs(
+    map: Option<&BTreeMap<String, String>>,
+    unique_values: Option<&str>,
+) -> Box<[(Arc<str>, Arc<str>)]> {
     map.into_iter()
         .flatten()
-        .map(|(key, value)| (key.as_str().into(), value.as_str().into()))
+        .map(|(key, value)| {
+            let value = if unique_values == Some(key.as_str()) {
+                value.as_str().into()
+            } else {
+                shared(value)
+            };
+            (shared(key), value)
+        })
         .collect()
 }
 
-fn map(pairs: &[(Box<str>, Box<str>)]) -> Option<BTreeMap<String, String>> {
+fn map(pairs: &[(Arc<str>, Arc<str>)]) -> Option<BTreeMap<String, String>> {
     (!pairs.is_empty()).then(|| {
         pairs
             .iter()
@@ -204,13 +286,21 @@ impl CachedObject {
             .map(|status| status.to_string().into_boxed_str());
         Self {
             name: meta.name.as_deref().unwrap_or_default().into(),
-            namespace: meta.namespace.as_deref().map(Into::into),
+            namespace: meta.namespace.as_deref().map(shared),
             uid: meta.uid.as_deref().map(Into::into),
             resource_version: meta.resource_version.as_deref().map(Into::into),
             generation: meta.generation,
-            labels: pairs(meta.labels.as_ref()),
-            annotations: pairs(meta.annotations.as_ref()),
-            owner_references: meta.owner_references.clone().unwrap_or_default().into(),
+            labels: pairs(meta.labels.as_ref(), None),
+            annotations: pairs(
+                meta.annotations.as_ref(),
+                Some(crate::children::APPLIED_HASH_ANNOTATION),
+            ),
+            owner_references: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .map(Owner::of)
+                .collect(),
             deletion_timestamp: meta.deletion_timestamp.clone(),
             status,
         }
@@ -227,10 +317,19 @@ impl CachedObject {
             labels: map(&self.labels),
             annotations: map(&self.annotations),
             owner_references: (!self.owner_references.is_empty())
-                .then(|| self.owner_references.to_vec()),
+                .then(|| self.owner_references.iter().map(Owner::reference).collect()),
             deletion_timestamp: self.deletion_timestamp.clone(),
             ..ObjectMeta::default()
         }
+    }
+
+    /// Whether the object carries every one of `labels`.
+    fn has_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.iter().all(|(key, value)| {
+            self.labels
+                .iter()
+                .any(|(held_key, held_value)| **held_key == **key && **held_value == **value)
+        })
     }
 
     /// The status the cache kept, if any.
@@ -388,21 +487,28 @@ impl ChildCache {
             .map_or(Cached::Absent, Cached::Present)
     }
 
-    /// Every cached object of a kind in `namespace` (`None`: in all), or `None` when the cache
-    /// cannot vouch for that list.
-    pub(crate) fn list(
+    /// The metadata of the cached objects of a kind in `namespace` (`None`: in all) that carry
+    /// every one of `labels`, or `None` when the cache cannot vouch for that list. Labels are
+    /// compared on the compact records, and only the matches are turned into `ObjectMeta`: a
+    /// reconcile that prunes scans every object of each owned kind, 10,000 StatefulSets for
+    /// 10,000 Redis, and turning each into `ObjectMeta` first made that quadratic in CPU.
+    pub(crate) fn labelled(
         &self,
         resource: &ApiResource,
         namespace: Option<&str>,
-    ) -> Option<Vec<Arc<CachedObject>>> {
+        labels: &BTreeMap<String, String>,
+    ) -> Option<Vec<ObjectMeta>> {
         let store = self.ready_store(resource, namespace)?;
         let state = store.read();
         Some(
             state
                 .objects
                 .values()
-                .filter(|object| namespace.is_none() || object.namespace.as_deref() == namespace)
-                .cloned()
+                .filter(|object| {
+                    (namespace.is_none() || object.namespace.as_deref() == namespace)
+                        && object.has_labels(labels)
+                })
+                .map(|object| object.meta())
                 .collect(),
         )
     }
@@ -516,6 +622,19 @@ mod tests {
     }
 
     #[test]
+    fn shared_strings_are_held_once_and_swept_once_unused() {
+        let first = shared("shared-test-label-value");
+        assert!(Arc::ptr_eq(&first, &shared("shared-test-label-value")));
+        for index in 0..10_000 {
+            drop(shared(&format!("shared-test-unused-{index}")));
+        }
+        let held = SHARED.lock().unwrap().strings.len();
+        assert!(held <= 4096, "{held} strings held after 10,000 unused ones");
+        // Still held by `first`: never swept while in use.
+        assert!(Arc::ptr_eq(&first, &shared("shared-test-label-value")));
+    }
+
+    #[test]
     fn a_record_describes_the_same_object_until_its_spec_or_identity_changes() {
         let with_generation = Applied {
             hash: "h".to_owned(),
@@ -572,11 +691,51 @@ mod tests {
             cache.lookup(&resource, Some("other"), "a"),
             Cached::Unknown
         ));
-        assert!(cache.list(&resource, None).is_none());
+        let none = BTreeMap::new();
+        assert!(cache.labelled(&resource, None, &none).is_none());
         assert_eq!(
-            cache.list(&resource, Some("shop")).map(|list| list.len()),
+            cache
+                .labelled(&resource, Some("shop"), &none)
+                .map(|list| list.len()),
             Some(1)
         );
+        // Only the objects carrying every label asked for.
+        store.apply(&watcher::Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": "labelled", "namespace": "shop",
+                              "labels": { "app": "redis", "instance": "cache" } },
+            }))
+            .unwrap(),
+        ));
+        let wanted = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        let names = |labels: &BTreeMap<String, String>| -> Vec<String> {
+            cache
+                .labelled(&resource, Some("shop"), labels)
+                .unwrap()
+                .into_iter()
+                .filter_map(|meta| meta.name)
+                .collect()
+        };
+        assert_eq!(names(&wanted(&[("app", "redis")])), ["labelled"]);
+        assert_eq!(
+            names(&wanted(&[("app", "redis"), ("instance", "cache")])),
+            ["labelled"]
+        );
+        assert!(names(&wanted(&[("app", "redis"), ("instance", "other")])).is_empty());
+        assert_eq!(names(&none).len(), 2);
+        store.apply(&watcher::Event::Delete(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": "labelled", "namespace": "shop" },
+            }))
+            .unwrap(),
+        ));
         // A re-list replaces the whole state: what it lacks was deleted meanwhile.
         store.apply(&watcher::Event::Init);
         store.apply(&watcher::Event::InitApply(config_map("b", "shop")));

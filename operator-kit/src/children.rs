@@ -273,22 +273,10 @@ impl Children {
     /// namespace, when it has one): from the cache when it can vouch for the list, else listed.
     async fn labelled(&self, resource: &ApiResource) -> Result<Vec<ObjectMeta>, ChildError> {
         let selector = self.label_selector();
-        if let Some(cached) = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.list(resource, self.namespace.as_deref()))
-        {
-            let labelled = |meta: &ObjectMeta| {
-                let labels = meta.labels.as_ref();
-                self.selector_labels
-                    .iter()
-                    .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value))
-            };
-            return Ok(cached
-                .iter()
-                .map(|object| object.meta())
-                .filter(|meta| labelled(meta))
-                .collect());
+        if let Some(cached) = self.cache.as_ref().and_then(|cache| {
+            cache.labelled(resource, self.namespace.as_deref(), &self.selector_labels)
+        }) {
+            return Ok(cached);
         }
         // A namespaced owner's children are in its namespace; a cluster-scoped owner's are
         // anywhere (the list asks every namespace, or none for a cluster-scoped kind).

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use kube::api::{ApiResource, ObjectMeta, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::cache::{Cached, ChildCache};
 use crate::children::{ChildError, Children};
+use crate::events::{EventNote, EventPublisher};
 use crate::metrics::Metrics;
 use crate::scope::{self, ObjectScope};
 
@@ -24,7 +25,7 @@ pub struct Context {
     pub(crate) field_manager: String,
     pub(crate) selector_labels: BTreeMap<String, String>,
     pub(crate) owned_kinds: Vec<ApiResource>,
-    pub(crate) recorder: Recorder,
+    pub(crate) events: EventPublisher,
     /// What the watches know of the children (see [`crate::cache`]).
     pub(crate) cache: Arc<ChildCache>,
 }
@@ -135,18 +136,8 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
-        let objects = self.cache.list(&ApiResource::erase::<K>(&()), namespace)?;
-        Some(
-            objects
-                .iter()
-                .map(|object| object.meta())
-                .filter(|meta| {
-                    labels.iter().all(|(key, value)| {
-                        meta.labels.as_ref().and_then(|labels| labels.get(key)) == Some(value)
-                    })
-                })
-                .collect(),
-        )
+        self.cache
+            .labelled(&ApiResource::erase::<K>(&()), namespace, labels)
     }
 
     /// Writes `status` to the object's status subresource with server-side apply — only when
@@ -188,14 +179,13 @@ impl Context {
     ) where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
-            type_: event_type,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
+        let event = EventNote {
+            event_type,
+            reason,
+            action,
+            note: &note,
         };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(error) = self.events.publish(event, &object.object_ref(&())).await {
             warn!(%error, reason, "failed to publish event");
         }
     }

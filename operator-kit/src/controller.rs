@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -29,6 +29,7 @@ use crate::cache::{self, ChildCache, WatchedObject};
 use crate::children::NAME_LABEL;
 use crate::config::OperatorArgs;
 use crate::context::Context;
+use crate::events::EventPublisher;
 use crate::health::Health;
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::queue::{self, WorkQueue};
@@ -422,17 +423,17 @@ impl<R: Reconciler> Controller<R> {
             selector_labels: self.selector_labels.clone(),
         };
         let (store, writer) = reflector::store::<R::Resource>();
-        let reporter = Reporter {
-            controller: operator_name.clone(),
-            instance: args.identity.clone(),
-        };
         metrics.register(&self.name, args.concurrency);
         let shared = Arc::new(Shared {
             name: self.name,
             reconciler: self.reconciler,
             context: Context {
                 metrics: metrics.clone(),
-                recorder: Recorder::new(client.clone(), reporter),
+                events: EventPublisher::new(
+                    client.clone(),
+                    &operator_name,
+                    args.identity.as_deref(),
+                ),
                 client,
                 field_manager: operator_name.clone(),
                 selector_labels: self.selector_labels,
@@ -454,6 +455,9 @@ impl<R: Reconciler> Controller<R> {
         let changed = queue.clone();
         let objects = setup
             .recovering::<R::Resource, _, _>(move |config| watcher(api.clone(), config))
+            // Every object is kept for as long as it exists; its managedFields, which no
+            // reconcile reads, are about half of it (750 of 1,557 bytes of JSON for a Redis).
+            .modify(|object| object.meta_mut().managed_fields = None)
             .reflect(writer)
             .inspect(move |event| {
                 if let Ok(event) = event {

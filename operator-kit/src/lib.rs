@@ -41,7 +41,7 @@
 //! it gets; [`children`] and [`conditions`] for what it writes. What runs it: [`controller`]
 //! (one kind, its watches, backoff and events), [`operator`] (controllers, leader election,
 //! shutdown) and [`cli`] (the shared `main`). Around them: [`admin`] (the HTTP server),
-//! [`metrics`], [`health`], [`watch`], [`leader`], [`crd`] and [`rbac`].
+//! [`metrics`], [`health`], [`watch`], [`leader`], [`events`], [`crd`] and [`rbac`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -57,6 +57,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod health;
 pub mod leader;
 pub mod metrics;

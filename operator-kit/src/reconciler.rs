@@ -55,7 +55,8 @@ pub trait Reconciler: Send + Sync + 'static {
     type Error: ReconcileError;
 
     /// Brings the cluster in line with `object`. Called whenever the object or one of its
-    /// children changes, and when the returned [`Action`] asks for it.
+    /// children changes, and when the returned [`Action`] asks for it. `object` is as the
+    /// controller's watch shows it, without its `managedFields`.
     fn reconcile(
         &self,
         object: Arc<Self::Resource>,
