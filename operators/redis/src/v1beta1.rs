@@ -447,9 +447,12 @@ pub struct Failover {
     pub from: String,
     /// The pod that became master.
     pub to: String,
-    /// When the sentinels agreed the master was down (RFC 3339).
+    /// When the operator first heard that the master was failing: the sentinel it listens to
+    /// saw the master down, or was asked to vote for a failover (RFC 3339). When it heard
+    /// nothing before the switch, the time of the switch.
     pub started_at: String,
-    /// Milliseconds from then to the new master being announced.
+    /// Milliseconds from then to the new master being announced; absent when the start was
+    /// not heard (the operator was not listening yet, or restarted meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
 }

@@ -1,8 +1,8 @@
 //! Sentinel's own notifications, turned into what the controller reports: a subscriber per
-//! resource listens to one sentinel's `+odown`, `+switch-master` and `-failover-abort-*`
-//! channels, keeps a [`FailoverLog`], and asks the controller to reconcile when the master
-//! moves — so status, labels and events follow a failover within moments, not at the next
-//! periodic check.
+//! resource listens to one sentinel's `±sdown`, `+odown`, `+try-failover`, `+vote-for-leader`,
+//! `+switch-master` and `-failover-abort-*` channels, keeps a [`FailoverLog`], and asks the
+//! controller to reconcile when the master moves — so status, labels and events follow a
+//! failover within moments, not at the next periodic check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,16 @@ use crate::v1beta1::RedisSentinel;
 /// A message of one of the subscribed channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SentinelEvent {
+    /// The first sign, from the sentinel listened to, that the master is failing: it sees the
+    /// master down itself (`+sdown`), tries a failover (`+try-failover`) or votes for a
+    /// sentinel that does (`+vote-for-leader`). A failover's duration is counted from the
+    /// first of them: a sentinel that is not the leader may hear of the new master before it
+    /// reaches `+odown` itself (the leader needs only a quorum), but it is always asked for its
+    /// vote first.
+    MasterFailing,
+    /// The sentinel listened to sees the master answer again (`-sdown`): no failover is under
+    /// way from its point of view.
+    MasterBack,
     /// The sentinels agree the master at this host is down.
     ObjectivelyDown {
         /// The master's host.
@@ -48,6 +58,8 @@ pub fn parse(message: &Value, master_set: &str) -> Option<SentinelEvent> {
         _ => return None,
     };
     let words: Vec<&str> = payload.split_whitespace().collect();
+    // "master mymaster <host> <port> …": the instance is this set's master.
+    let about_master = words.first() == Some(&"master") && words.get(1) == Some(&master_set);
     match channel.as_str() {
         // "mymaster <old-host> <old-port> <new-host> <new-port>"
         "+switch-master" if words.first() == Some(&master_set) => {
@@ -57,12 +69,15 @@ pub fn parse(message: &Value, master_set: &str) -> Option<SentinelEvent> {
             })
         }
         // "master mymaster <host> <port> #quorum 2/2"
-        "+odown" if words.first() == Some(&"master") && words.get(1) == Some(&master_set) => {
-            Some(SentinelEvent::ObjectivelyDown {
-                host: words.get(2)?.to_string(),
-                port: words.get(3)?.parse().ok()?,
-            })
-        }
+        "+odown" if about_master => Some(SentinelEvent::ObjectivelyDown {
+            host: words.get(2)?.to_string(),
+            port: words.get(3)?.parse().ok()?,
+        }),
+        "+sdown" | "+try-failover" if about_master => Some(SentinelEvent::MasterFailing),
+        // "<leader run id> <epoch>": it names no master, and the operator's sentinels monitor
+        // exactly one, this set's.
+        "+vote-for-leader" => Some(SentinelEvent::MasterFailing),
+        "-sdown" if about_master => Some(SentinelEvent::MasterBack),
         channel if channel.starts_with("-failover-abort") => Some(SentinelEvent::FailoverAborted {
             reason: channel.trim_start_matches('-').to_owned(),
         }),
@@ -77,8 +92,10 @@ pub struct Switch {
     pub from: String,
     /// The new master's pod.
     pub to: String,
-    /// When the sentinels agreed the master was down (or, without `+odown`, the switch).
-    pub started_at: SystemTime,
+    /// When the sentinel listened to first saw the master failing ([`SentinelEvent::MasterFailing`]
+    /// or `+odown`); `None` when it announced the switch without a sign before it (it was
+    /// listened to only from then on, or the master had come back meanwhile).
+    pub started_at: Option<SystemTime>,
     /// When the new master was announced.
     pub finished_at: SystemTime,
 }
@@ -86,7 +103,7 @@ pub struct Switch {
 /// What the subscriber heard since the controller last looked.
 #[derive(Debug, Clone, Default)]
 pub struct FailoverLog {
-    /// Since when the master is objectively down, if it is.
+    /// Since when the master is failing, as far as the sentinel listened to tells.
     pub down_since: Option<SystemTime>,
     /// The latest switch not yet reported.
     pub switch: Option<Switch>,
@@ -99,6 +116,14 @@ impl FailoverLog {
     /// reconcile now.
     pub fn record(&mut self, event: SentinelEvent, at: SystemTime, nodes: &[Node]) -> bool {
         match event {
+            SentinelEvent::MasterFailing => {
+                self.down_since.get_or_insert(at);
+                false
+            }
+            SentinelEvent::MasterBack => {
+                self.down_since = None;
+                false
+            }
             SentinelEvent::ObjectivelyDown { host, port } => {
                 self.down_since.get_or_insert(at);
                 self.notes.push((
@@ -113,15 +138,18 @@ impl FailoverLog {
             }
             SentinelEvent::SwitchMaster { from, to } => {
                 let (from, to) = (pod_at(nodes, &from.0, from.1), pod_at(nodes, &to.0, to.1));
-                let started_at = self.down_since.take().unwrap_or(at);
-                let milliseconds = at
-                    .duration_since(started_at)
-                    .unwrap_or_default()
-                    .as_millis();
+                let started_at = self.down_since.take();
+                let took = started_at.map_or_else(String::new, |started_at| {
+                    let milliseconds = at
+                        .duration_since(started_at)
+                        .unwrap_or_default()
+                        .as_millis();
+                    format!(" in {milliseconds} ms")
+                });
                 self.notes.push((
                     false,
                     "Failover",
-                    format!("master moved from {from:?} to {to:?} in {milliseconds} ms"),
+                    format!("master moved from {from:?} to {to:?}{took}"),
                 ));
                 self.switch = Some(Switch {
                     from,
@@ -155,7 +183,15 @@ pub fn pod_at(nodes: &[Node], host: &str, port: u16) -> String {
 pub type FailoverLogs = Arc<Mutex<HashMap<ObjectRef<RedisSentinel>, FailoverLog>>>;
 
 /// The channels subscribed to, and the pattern for the abort channels.
-const CHANNELS: [&str; 3] = ["SUBSCRIBE", "+odown", "+switch-master"];
+const CHANNELS: [&str; 7] = [
+    "SUBSCRIBE",
+    "+sdown",
+    "-sdown",
+    "+odown",
+    "+try-failover",
+    "+vote-for-leader",
+    "+switch-master",
+];
 const ABORT_PATTERN: [&str; 2] = ["PSUBSCRIBE", "-failover-abort-*"];
 /// The subscriber's first and longest wait between rounds of connection attempts. The longest
 /// is long because a reconcile that reaches the set wakes the subscriber at once
@@ -233,10 +269,12 @@ pub async fn subscribe(
                 continue;
             }
             retry = RETRY_MIN;
+            tracing::debug!(resource = %object, sentinel = %node.pod, "subscribed to sentinel notifications");
             while let Ok(message) = next_message(&mut connection, IDLE_PING).await {
                 let Some(event) = parse(&message, &master_set) else {
                     continue;
                 };
+                tracing::debug!(resource = %object, sentinel = %node.pod, ?event, "sentinel notification");
                 let reconcile = match logs.lock() {
                     Ok(mut logs) => logs.entry(object.clone()).or_default().record(
                         event,
@@ -357,9 +395,67 @@ mod tests {
             (recorded.from.as_str(), recorded.to.as_str()),
             ("cache-node-0", "cache-node-2")
         );
-        assert_eq!(recorded.started_at, start);
+        assert_eq!(recorded.started_at, Some(start));
         assert_eq!(log.notes.len(), 2);
         assert!(log.notes[1].2.contains("in 6500 ms"), "{:?}", log.notes);
         assert!(log.down_since.is_none());
+    }
+
+    /// The subscribed sentinel may not be the leader: it can announce the switch before its own
+    /// `+odown`, so the duration counts from its first sign of the failure, and a switch with
+    /// no sign before it has no duration (never "0 ms").
+    #[test]
+    fn a_failover_is_timed_from_the_first_sign_of_the_master_failing() {
+        let event = |channel: &str, payload: &str| parse(&message(channel, payload), "mymaster");
+        let sdown = event("+sdown", "master mymaster 10.0.0.1 6379").unwrap();
+        let back = event("-sdown", "master mymaster 10.0.0.1 6379").unwrap();
+        let vote = event(
+            "+vote-for-leader",
+            "43561253f764f487f959025d119e9d63354dc399 7",
+        )
+        .unwrap();
+        let try_failover = event("+try-failover", "master mymaster 10.0.0.1 6379").unwrap();
+        let switch = event("+switch-master", "mymaster 10.0.0.1 6379 10.0.0.2 6379").unwrap();
+        for sign in [&sdown, &vote, &try_failover] {
+            assert_eq!(*sign, SentinelEvent::MasterFailing);
+        }
+        assert_eq!(back, SentinelEvent::MasterBack);
+        // A replica or another set going down is not the master failing.
+        assert_eq!(
+            event(
+                "+sdown",
+                "slave 10.0.0.2:6379 10.0.0.2 6379 @ mymaster 10.0.0.1 6379"
+            ),
+            None
+        );
+        assert_eq!(event("+sdown", "master other 10.0.0.9 6379"), None);
+
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let timed = |events: &[(&SentinelEvent, u64)]| {
+            let mut log = FailoverLog::default();
+            for (event, ms) in events {
+                log.record((*event).clone(), at(*ms), &[]);
+            }
+            let switch = log.switch.clone().unwrap();
+            let note = log.notes.last().unwrap().2.clone();
+            (switch.started_at, note)
+        };
+        // Seen down, voted, switched: timed from the first sign; a sign alone asks for no
+        // reconcile.
+        let (started, note) = timed(&[(&sdown, 1_000), (&vote, 1_400), (&switch, 2_600)]);
+        assert_eq!(started, Some(at(1_000)));
+        assert!(note.ends_with("in 1600 ms"), "{note}");
+        assert!(!FailoverLog::default().record(sdown.clone(), at(0), &[]));
+        // Only asked for a vote (the leader got there first).
+        assert_eq!(
+            timed(&[(&vote, 5_000), (&switch, 5_900)]).0,
+            Some(at(5_000))
+        );
+        // The master came back in between: that earlier sign does not count.
+        let (started, note) = timed(&[(&sdown, 1_000), (&back, 1_500), (&switch, 9_000)]);
+        assert_eq!(started, None);
+        assert!(!note.contains(" ms"), "{note}");
+        // Nothing heard before the switch.
+        assert_eq!(timed(&[(&switch, 9_000)]).0, None);
     }
 }

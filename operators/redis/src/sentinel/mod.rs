@@ -504,11 +504,10 @@ pub fn next_status(
         status.last_failover = Some(Failover {
             from: switch.from,
             to: switch.to,
-            started_at: timestamp(switch.started_at),
+            started_at: timestamp(switch.started_at.unwrap_or(switch.finished_at)),
             duration_ms: switch
-                .finished_at
-                .duration_since(switch.started_at)
-                .ok()
+                .started_at
+                .and_then(|started_at| switch.finished_at.duration_since(started_at).ok())
                 .and_then(|duration| i64::try_from(duration.as_millis()).ok()),
         });
     } else if let (Some(old), Some(new)) = (&previous.master, &master)
@@ -550,14 +549,18 @@ fn record_failover_metrics(
         "Failovers announced by the sentinels (+switch-master)",
         &labels,
     );
+    // A failover whose start the subscriber did not hear has no duration to count.
+    let Some(started_at) = switch.started_at else {
+        return;
+    };
     let seconds = switch
         .finished_at
-        .duration_since(switch.started_at)
+        .duration_since(started_at)
         .unwrap_or_default()
         .as_secs_f64();
     context.metrics().observe(
         "redis_sentinel_failover_duration_seconds",
-        "Time from the sentinels agreeing the master is down to the new master",
+        "Time from the first sign of the master failing to the new master",
         &labels,
         seconds,
     );
@@ -1283,7 +1286,7 @@ mod tests {
         let switch = events::Switch {
             from: "cache-node-0".to_owned(),
             to: "cache-node-1".to_owned(),
-            started_at: at(100),
+            started_at: Some(at(100)),
             finished_at: at(100) + Duration::from_millis(6_320),
         };
         let status = next_status(
@@ -1298,6 +1301,24 @@ mod tests {
         );
         assert_eq!(failover.duration_ms, Some(6_320));
         assert_eq!(status.phase, Phase::Pending);
+
+        // A switch whose start was not heard: when it happened, and no duration.
+        let unheard = events::Switch {
+            from: "cache-node-0".to_owned(),
+            to: "cache-node-1".to_owned(),
+            started_at: None,
+            finished_at: at(150),
+        };
+        let status = next_status(
+            &previous,
+            observed(Some("cache-node-1"), Some(unheard), true),
+            at(151),
+        );
+        let failover = status.last_failover.unwrap();
+        assert_eq!(
+            (failover.started_at.as_str(), failover.duration_ms),
+            ("1970-01-01T00:02:30Z", None)
+        );
 
         // The master moved while nobody listened: inferred, without a duration.
         let status = next_status(
