@@ -686,6 +686,15 @@ fn reconcile<R: Reconciler>(
             shared.metrics.reconcile_started(&shared.name);
             let started = Instant::now();
             let result = match &shared.finalizer {
+                // An object being deleted (a foreground deletion, or another controller's
+                // finalizer, keeps it for a while) is left to the garbage collector: applying
+                // its children again would bring back the ones it just deleted, and a
+                // StatefulSet created anew under the old name drops the old one's owner
+                // reference from its claims, which are then never deleted.
+                None if object.meta().deletion_timestamp.is_some() => {
+                    debug!(object = %key, "the object is being deleted; not reconciling it");
+                    Ok(Action::await_change())
+                }
                 None => shared
                     .reconciler
                     .reconcile(object.clone(), &shared.context)

@@ -241,9 +241,17 @@ where
                 .get("status")
                 .cloned()
                 .unwrap_or(serde_json::Value::Null);
+            // What holds an object back from deletion: its finalizers, its owners (the garbage
+            // collector's view) and whether a deletion has begun.
+            let meta = object.meta();
             format!(
-                "last status: {}",
-                serde_json::to_string_pretty(&status).unwrap_or_default()
+                "last status: {}\ndeletionTimestamp: {:?}\nfinalizers: {:?}\nownerReferences: {}",
+                serde_json::to_string_pretty(&status).unwrap_or_default(),
+                meta.deletion_timestamp
+                    .as_ref()
+                    .map(|time| time.0.to_string()),
+                meta.finalizers.as_deref().unwrap_or_default(),
+                serde_json::to_string(&meta.owner_references).unwrap_or_default(),
             )
         }
     };

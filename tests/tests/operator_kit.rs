@@ -133,6 +133,78 @@ async fn website_becomes_ready_with_owned_and_labelled_children() -> Result<()> 
     Ok(())
 }
 
+/// An object being deleted is the garbage collector's: a reconcile of it (each change to it is
+/// one) would apply again the children the collector just deleted. A foreground deletion, or
+/// another controller's finalizer, keeps such an object around for a while.
+#[tokio::test]
+async fn an_object_being_deleted_gets_none_of_its_children_back() -> Result<()> {
+    let namespace = TestNamespace::create("kit-deleting").await?;
+    let operator = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        website_controller(),
+    );
+    create_website(&namespace, "old", 1, true).await?;
+    wait_ready(&namespace, "old").await?;
+    let sites = namespace.api::<Website>();
+    // Someone else's finalizer keeps the Website, being deleted, for as long as the test needs.
+    let hold = json!({ "metadata": { "finalizers": ["test.operator-kit.io/hold"] } });
+    sites
+        .patch("old", &PatchParams::default(), &Patch::Merge(&hold))
+        .await?;
+    sites.delete("old", &DeleteParams::foreground()).await?;
+    let (deployments, services, config_maps) = (
+        namespace.api::<Deployment>(),
+        namespace.api::<Service>(),
+        namespace.api::<ConfigMap>(),
+    );
+    namespace
+        .wait_for_deletion(&deployments, "old", TIMEOUT)
+        .await?;
+    namespace
+        .wait_for_deletion(&services, "old", TIMEOUT)
+        .await?;
+    namespace
+        .wait_for_deletion(&config_maps, "old-html", TIMEOUT)
+        .await?;
+
+    let reconciles = || {
+        operator
+            .metrics()
+            .reconcile_count("website", ReconcileResult::Success)
+    };
+    let before = reconciles();
+    let poke = json!({ "metadata": { "annotations": { "test/poke": "1" } } });
+    sites
+        .patch("old", &PatchParams::default(), &Patch::Merge(&poke))
+        .await?;
+    wait_until("a reconcile of the Website being deleted", TIMEOUT, || {
+        reconciles() > before
+    })
+    .await?;
+    ensure!(
+        deployments.get_opt("old").await?.is_none(),
+        "the Deployment is back"
+    );
+    ensure!(
+        services.get_opt("old").await?.is_none(),
+        "the Service is back"
+    );
+    ensure!(
+        config_maps.get_opt("old-html").await?.is_none(),
+        "the ConfigMap is back"
+    );
+
+    let release = json!({ "metadata": { "finalizers": null } });
+    sites
+        .patch("old", &PatchParams::default(), &Patch::Merge(&release))
+        .await?;
+    namespace.wait_for_deletion(&sites, "old", TIMEOUT).await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
 /// Whether `object` was applied under the field manager `manager` (status writes aside).
 fn applied_by(object: &impl ResourceExt, manager: &str) -> bool {
     object.managed_fields().iter().any(|entry| {
