@@ -35,6 +35,30 @@ fn refused_by_policy<T: std::fmt::Debug>(result: kube::Result<T>, message: &str)
     }
 }
 
+/// Waits until the chart's admission policy refuses `request`, made as a dry run so that it
+/// changes nothing: the API server enforces a policy only once its watch has loaded it, a
+/// moment after Helm created it. No watch tells when that is, so this asks every 100 ms.
+async fn wait_for_policy<T, F>(message: &str, request: impl Fn() -> F) -> Result<()>
+where
+    T: std::fmt::Debug,
+    F: std::future::Future<Output = kube::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match request().await {
+            Err(kube::Error::Api(status))
+                if status.code == 403 && status.message.contains(message) =>
+            {
+                return Ok(());
+            }
+            other if started.elapsed() > TIMEOUT => {
+                anyhow::bail!("the admission policy was not in force after {TIMEOUT:?}: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/redis-operator")
 }
@@ -193,6 +217,15 @@ async fn namespace_scoped_chart_grants_exactly_what_a_redis_lifecycle_needs() ->
     let relabel = json!({ "metadata": { "labels": { "app.kubernetes.io/instance": "other" } } });
     let merge = |value: &serde_json::Value| Patch::Merge(value.clone());
     let account_claims = Api::<PersistentVolumeClaim>::namespaced(account.clone(), watched.name());
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let relabel_patch = merge(&relabel);
+    wait_for_policy("may change only the owner references of a claim", || {
+        account_claims.patch("data-cache-0", &dry_run, &relabel_patch)
+    })
+    .await?;
     refused_by_policy(
         account_claims
             .patch("data-cache-0", &PatchParams::default(), &merge(&relabel))
