@@ -56,7 +56,8 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// Brings the cluster in line with `object`. Called whenever the object or one of its
     /// children changes, and when the returned [`Action`] asks for it. `object` is as the
-    /// controller's watch shows it, without its `managedFields`. Never called for an object
+    /// controller's watch shows it, without its `managedFields` and without the
+    /// `kubectl.kubernetes.io/last-applied-configuration` annotation. Never called for an object
     /// being deleted: its children are the garbage collector's to delete, and
     /// [`cleanup`](Self::cleanup) runs instead when the controller has a finalizer.
     fn reconcile(

@@ -369,9 +369,9 @@ pub(crate) fn pod_template(
         spec: Some(PodSpec {
             containers,
             volumes: Some(volumes),
-            security_context: Some(pod_security(pod.security_context.as_ref())),
+            security_context: Some(pod_security(pod.security_context.as_deref())),
             node_selector: pod.node_selector.clone(),
-            affinity: pod.affinity.clone(),
+            affinity: pod.affinity.as_deref().cloned(),
             tolerations: pod.tolerations.clone(),
             priority_class_name: pod.priority_class_name.clone(),
             image_pull_secrets: image_pull_secrets(
@@ -429,7 +429,7 @@ pub(crate) fn client_service(
     labels: &BTreeMap<String, String>,
 ) -> Service {
     let mut ports = vec![service_port("redis", REDIS_PORT)];
-    ports.extend(exporter_service_port(pod.redis_exporter.as_ref()));
+    ports.extend(exporter_service_port(pod.redis_exporter.as_deref()));
     service(
         name,
         ServiceSpec {

@@ -167,7 +167,7 @@ pub fn stateful_set(
             (15, 10, 5, 3),
         )),
         security_context: Some(container_security(
-            spec.pod.container_security_context.as_ref(),
+            spec.pod.container_security_context.as_deref(),
         )),
         volume_mounts: Some(vec![
             mount(DATA_VOLUME, "/data"),
@@ -177,7 +177,7 @@ pub fn stateful_set(
         ..Container::default()
     }];
     containers.extend(exporter_container(
-        spec.pod.redis_exporter.as_ref(),
+        spec.pod.redis_exporter.as_deref(),
         pull_policy,
         kubernetes
             .redis_secret
@@ -543,14 +543,14 @@ mod tests {
     fn the_network_policy_admits_clients_own_pods_and_the_operator() {
         let mut redis = seed();
         assert!(network_policy("cache", &redis.spec.pod, &labels(), &[6379]).is_none());
-        redis.spec.pod.network_policy = Some(crate::v1beta1::NetworkPolicySettings {
+        redis.spec.pod.network_policy = Some(Box::new(crate::v1beta1::NetworkPolicySettings {
             enabled: true,
             ..Default::default()
-        });
-        redis.spec.pod.redis_exporter = Some(RedisExporter {
+        }));
+        redis.spec.pod.redis_exporter = Some(Box::new(RedisExporter {
             enabled: true,
             ..Default::default()
-        });
+        }));
         let policy = network_policy("cache", &redis.spec.pod, &labels(), &[6379, 26379]).unwrap();
         let value = serde_json::to_value(&policy).unwrap();
         assert_eq!(
@@ -679,11 +679,11 @@ mod tests {
     #[test]
     fn the_exporter_adds_a_sidecar_and_a_port_and_removing_it_removes_both() {
         let mut redis = seed();
-        redis.spec.pod.redis_exporter = Some(RedisExporter {
+        redis.spec.pod.redis_exporter = Some(Box::new(RedisExporter {
             enabled: true,
             port: Some(9200),
             ..RedisExporter::default()
-        });
+        }));
         let (_, stateful_set, _, client) = build_all(&redis);
         let pod = stateful_set.spec.template.spec.expect("pod");
         let exporter = pod
@@ -754,10 +754,10 @@ mod tests {
             name: "redis-auth".to_owned(),
             key: "password".to_owned(),
         });
-        redis.spec.pod.redis_exporter = Some(RedisExporter {
+        redis.spec.pod.redis_exporter = Some(Box::new(RedisExporter {
             enabled: true,
             ..RedisExporter::default()
-        });
+        }));
         let (config, stateful_set, _, _) = build_all(&redis);
         let pod = stateful_set.spec.template.spec.expect("pod");
         for container in &pod.containers {

@@ -217,7 +217,7 @@ pub fn stateful_set(
     let kubernetes = &spec.pod.kubernetes_config;
     let pull_policy = kubernetes.image_pull_policy.unwrap_or_default().as_str();
     let env = environment(resource, names);
-    let security = container_security(spec.pod.container_security_context.as_ref());
+    let security = container_security(spec.pod.container_security_context.as_deref());
     let script = |name: &str, arguments: &str| format!("sh /etc/redis/{name} {arguments}");
     let container = |name: &str, port: i32, probe_script: &str, liveness: &str| Container {
         name: name.to_owned(),
@@ -259,7 +259,7 @@ pub fn stateful_set(
         },
     ];
     containers.extend(exporter_container(
-        spec.pod.redis_exporter.as_ref(),
+        spec.pod.redis_exporter.as_deref(),
         pull_policy,
         kubernetes
             .redis_secret
@@ -276,22 +276,27 @@ pub fn stateful_set(
         match_labels: Some(labels.clone()),
         ..LabelSelector::default()
     };
-    let affinity = spec.pod.affinity.clone().unwrap_or_else(|| Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        topology_key: "kubernetes.io/hostname".to_owned(),
-                        label_selector: Some(selector.clone()),
-                        ..PodAffinityTerm::default()
+    let affinity = spec
+        .pod
+        .affinity
+        .as_deref()
+        .cloned()
+        .unwrap_or_else(|| Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            topology_key: "kubernetes.io/hostname".to_owned(),
+                            label_selector: Some(selector.clone()),
+                            ..PodAffinityTerm::default()
+                        },
                     },
-                },
-            ]),
-            ..PodAntiAffinity::default()
-        }),
-        ..Affinity::default()
-    });
+                ]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        });
     let mut template = pod_template(&spec.pod, labels, hash, containers, volumes);
     if let Some(pod) = template.spec.as_mut() {
         pod.affinity = Some(affinity);
