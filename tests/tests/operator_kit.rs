@@ -3,6 +3,7 @@
 //! deduplicated Warning events, finalizers, bounded concurrency, graceful shutdown, leader
 //! election and the admin server.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use operator_kit::admin::{Metrics, ReconcileResult};
 use operator_kit::backoff::BackoffPolicy;
@@ -464,6 +465,8 @@ struct Scripted {
     most_running: Arc<AtomicUsize>,
     finished: Arc<AtomicUsize>,
     cleaned_up: Arc<AtomicUsize>,
+    /// The metadata of each object as the reconciler last got it, by name.
+    metadata: Arc<Mutex<HashMap<String, ObjectMeta>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -511,6 +514,10 @@ impl Reconciler for Scripted {
         _context: &Context,
     ) -> Result<Action, ScriptedError> {
         let name = map.name_any();
+        self.metadata
+            .lock()
+            .expect("metadata lock")
+            .insert(name.clone(), map.metadata.clone());
         let attempt = {
             let mut attempts = self.attempts.lock().expect("attempts lock");
             attempts.push((name.clone(), Instant::now()));
@@ -654,6 +661,56 @@ async fn an_invalid_spec_waits_for_a_change_instead_of_retrying() -> Result<()> 
         scripted.finished.load(Ordering::SeqCst) >= 1
     })
     .await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// The controller keeps its own objects without what no reconcile reads and what makes an
+/// object about twice its size: the managedFields, and the copy of the whole object that
+/// `kubectl apply` keeps in an annotation. Every other annotation is kept.
+#[tokio::test]
+async fn reconcilers_get_objects_without_managed_fields_or_kubectls_last_applied_copy() -> Result<()>
+{
+    let namespace = TestNamespace::create("kit-compact-objects").await?;
+    let scripted = Scripted::default();
+    let operator = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        Controller::new("scripted", scripted.clone()),
+    );
+    let map: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "applied", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"ConfigMap\"}",
+            "team": "cache",
+        } },
+        "data": { "a": "1" },
+    }))?;
+    let created = namespace
+        .api::<ConfigMap>()
+        .create(&PostParams::default(), &map)
+        .await?;
+    ensure!(
+        !created.managed_fields().is_empty(),
+        "the API server kept no managedFields to drop"
+    );
+    let seen = || {
+        scripted
+            .metadata
+            .lock()
+            .expect("metadata lock")
+            .get("applied")
+            .cloned()
+    };
+    wait_until("a reconcile of the ConfigMap", TIMEOUT, || seen().is_some()).await?;
+    let meta = seen().context("never reconciled")?;
+    ensure!(meta.managed_fields.is_none(), "{:?}", meta.managed_fields);
+    let annotations = meta.annotations.unwrap_or_default();
+    ensure!(
+        !annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration")
+            && annotations.get("team").map(String::as_str) == Some("cache"),
+        "{annotations:?}"
+    );
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())
