@@ -374,12 +374,7 @@ type Instance = (Option<Arc<str>>, Arc<str>);
 
 impl KindState {
     fn insert(&mut self, key: String, object: Arc<CachedObject>) {
-        if let Some(instance) = object.instance() {
-            self.by_instance
-                .entry(instance)
-                .or_default()
-                .push(object.clone());
-        }
+        self.index(&object);
         if let Some(replaced) = self.objects.insert(key, object) {
             self.unindex(&replaced);
         }
@@ -388,6 +383,15 @@ impl KindState {
     fn remove(&mut self, key: &str) {
         if let Some(removed) = self.objects.remove(key) {
             self.unindex(&removed);
+        }
+    }
+
+    fn index(&mut self, object: &Arc<CachedObject>) {
+        if let Some(instance) = object.instance() {
+            self.by_instance
+                .entry(instance)
+                .or_default()
+                .push(object.clone());
         }
     }
 
@@ -407,12 +411,7 @@ impl KindState {
     fn replace(&mut self, objects: HashMap<String, Arc<CachedObject>>) {
         self.by_instance.clear();
         for object in objects.values() {
-            if let Some(instance) = object.instance() {
-                self.by_instance
-                    .entry(instance)
-                    .or_default()
-                    .push(object.clone());
-            }
+            self.index(object);
         }
         self.objects = objects;
     }

@@ -100,6 +100,17 @@ pub struct Switch {
     pub finished_at: SystemTime,
 }
 
+impl Switch {
+    /// How long the failover took, when its start was heard.
+    pub fn duration(&self) -> Option<Duration> {
+        self.started_at.map(|started_at| {
+            self.finished_at
+                .duration_since(started_at)
+                .unwrap_or_default()
+        })
+    }
+}
+
 /// What the subscriber heard since the controller last looked.
 #[derive(Debug, Clone, Default)]
 pub struct FailoverLog {
@@ -138,25 +149,24 @@ impl FailoverLog {
             }
             SentinelEvent::SwitchMaster { from, to } => {
                 let (from, to) = (pod_at(nodes, &from.0, from.1), pod_at(nodes, &to.0, to.1));
-                let started_at = self.down_since.take();
-                let took = started_at.map_or_else(String::new, |started_at| {
-                    let milliseconds = at
-                        .duration_since(started_at)
-                        .unwrap_or_default()
-                        .as_millis();
-                    format!(" in {milliseconds} ms")
+                let switch = Switch {
+                    from,
+                    to,
+                    started_at: self.down_since.take(),
+                    finished_at: at,
+                };
+                let took = switch.duration().map_or_else(String::new, |duration| {
+                    format!(" in {} ms", duration.as_millis())
                 });
                 self.notes.push((
                     false,
                     "Failover",
-                    format!("master moved from {from:?} to {to:?}{took}"),
+                    format!(
+                        "master moved from {:?} to {:?}{took}",
+                        switch.from, switch.to
+                    ),
                 ));
-                self.switch = Some(Switch {
-                    from,
-                    to,
-                    started_at,
-                    finished_at: at,
-                });
+                self.switch = Some(switch);
                 true
             }
             SentinelEvent::FailoverAborted { reason } => {

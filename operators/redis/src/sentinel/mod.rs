@@ -502,13 +502,12 @@ pub fn next_status(
     };
     if let Some(switch) = switch {
         status.last_failover = Some(Failover {
-            from: switch.from,
-            to: switch.to,
             started_at: timestamp(switch.started_at.unwrap_or(switch.finished_at)),
             duration_ms: switch
-                .started_at
-                .and_then(|started_at| switch.finished_at.duration_since(started_at).ok())
+                .duration()
                 .and_then(|duration| i64::try_from(duration.as_millis()).ok()),
+            from: switch.from,
+            to: switch.to,
         });
     } else if let (Some(old), Some(new)) = (&previous.master, &master)
         && old != new
@@ -550,19 +549,14 @@ fn record_failover_metrics(
         &labels,
     );
     // A failover whose start the subscriber did not hear has no duration to count.
-    let Some(started_at) = switch.started_at else {
+    let Some(duration) = switch.duration() else {
         return;
     };
-    let seconds = switch
-        .finished_at
-        .duration_since(started_at)
-        .unwrap_or_default()
-        .as_secs_f64();
     context.metrics().observe(
         "redis_sentinel_failover_duration_seconds",
         "Time from the first sign of the master failing to the new master",
         &labels,
-        seconds,
+        duration.as_secs_f64(),
     );
 }
 
