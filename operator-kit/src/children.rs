@@ -265,7 +265,7 @@ impl Children {
                 generation: live.generation,
                 resource_version: live.resource_version.clone(),
             };
-            cache.record(&self.owner_key, key.clone(), applied);
+            cache.record(&self.owner_key, key, &applied);
         }
     }
 

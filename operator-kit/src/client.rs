@@ -17,6 +17,9 @@ pub struct RequestCounter {
     /// Of those, the requests that open a port-forward to a pod (a `GET` of `…/portforward`):
     /// each is one connection an operator outside the cluster makes to a pod.
     port_forwards: Arc<std::sync::atomic::AtomicUsize>,
+    /// Of those, the requests that open a watch (`?watch=true`), by path: one per watch the
+    /// client starts or renews.
+    watches: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl RequestCounter {
@@ -84,6 +87,14 @@ where
                 .port_forwards
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        let query = request.uri().query().unwrap_or_default();
+        if query
+            .split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+            && let Ok(mut watches) = self.counter.watches.lock()
+        {
+            *watches.entry(request.uri().path().to_owned()).or_default() += 1;
+        }
         if let Ok(mut counts) = self.counter.counts.lock() {
             *counts
                 .entry(request.method().as_str().to_owned())
@@ -107,6 +118,14 @@ impl RequestCounter {
     pub fn port_forwards(&self) -> usize {
         self.port_forwards
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The watches opened (and renewed), by path: `/api/v1/namespaces/shop/configmaps`.
+    pub fn watches(&self) -> BTreeMap<String, usize> {
+        self.watches
+            .lock()
+            .map(|watches| watches.clone())
+            .unwrap_or_default()
     }
 
     /// The counts by method, sorted by method.

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::{BackoffPolicy, FailureCounts};
-use crate::cache::{self, ChildCache, WatchedObject};
+use crate::cache::{self, ChildCache, Joined, SharedWatches, WatchedObject};
 use crate::children::NAME_LABEL;
 use crate::config::OperatorArgs;
 use crate::context::Context;
@@ -57,6 +57,8 @@ struct WatchSetup {
     queue: Arc<WorkQueue>,
     /// What the watches of owned and cached kinds keep for [`Children`](crate::Children).
     cache: Arc<ChildCache>,
+    /// The operator's cached watches, shared with its other controllers.
+    watches: Arc<SharedWatches>,
     /// The controller's selector labels (see [`Controller::selector_labels`]).
     selector_labels: BTreeMap<String, String>,
 }
@@ -101,7 +103,9 @@ impl WatchSetup {
 
     /// A watch of `C` (in the watched namespace, or everywhere; with `labels`, only the objects
     /// carrying them) whose objects, slimmed to what `keep` says, fill the [`ChildCache`]; the
-    /// stream yields them to trigger on.
+    /// stream yields them to trigger on. When another controller of the operator asked for the
+    /// same watch first, this one reads that watch's store and gets what it delivers, and no
+    /// second watch is opened ([`SharedWatches`]).
     fn cached<C>(
         &self,
         keep: Keep,
@@ -132,11 +136,23 @@ impl WatchSetup {
                 Api::<PartialObjectMeta<DynamicObject>>::all_with(self.client.clone(), &resource),
             ),
         };
-        let store = self.cache.register(
-            &resource,
+        let key = (
+            (resource.api_version.clone(), resource.kind.clone()),
             namespace.map(str::to_owned),
+            labels.clone(),
             keep == Keep::MetadataAndStatus,
         );
+        let watch = match self.watches.join(key) {
+            Joined::Lead(watch) => watch,
+            Joined::Follow(store, objects) => {
+                self.cache
+                    .adopt(&resource, namespace.map(str::to_owned), store);
+                return (objects.map(Ok).boxed(), resource);
+            }
+        };
+        let store = watch.store.clone();
+        self.cache
+            .adopt(&resource, namespace.map(str::to_owned), store.clone());
         let start = move |config: watcher::Config| {
             let config = match &labels {
                 Some(labels) => config.labels(labels),
@@ -158,6 +174,11 @@ impl WatchSetup {
                 }
             })
             .touched_objects()
+            .inspect(move |object| {
+                if let Ok(object) = object {
+                    watch.hand_on(object);
+                }
+            })
             .boxed();
         (objects, resource)
     }
@@ -412,6 +433,7 @@ impl<R: Reconciler> Controller<R> {
             health_ready,
             leading,
             shutdown,
+            watches,
         } = environment;
         let queue = Arc::new(WorkQueue::default());
         let cache = Arc::new(ChildCache::default());
@@ -424,6 +446,7 @@ impl<R: Reconciler> Controller<R> {
             metrics: metrics.clone(),
             queue: queue.clone(),
             cache: cache.clone(),
+            watches,
             selector_labels: self.selector_labels.clone(),
         };
         let (store, writer) = reflector::store::<R::Resource>();
@@ -571,6 +594,9 @@ pub(crate) struct Environment {
     pub(crate) health_ready: Arc<watch::Sender<usize>>,
     pub(crate) leading: watch::Receiver<bool>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The operator's cached watches, one per kind, namespace and selector for all its
+    /// controllers.
+    pub(crate) watches: Arc<SharedWatches>,
 }
 
 /// Tells, from a watch's events, which objects were deleted: each `Delete`, and after a

@@ -24,7 +24,8 @@
 //!   resets the delay ([`backoff`]).
 //! - A converged object costs no request at all: children are compared with what the
 //!   controller's watches keep ([`cache`]) and status with the object, before anything is
-//!   sent or read; a child edited by hand is read, compared and reverted.
+//!   sent or read; a child edited by hand is read, compared and reverted. The controllers of
+//!   one operator share those watches: one per kind, namespace and selector ([`cache`]).
 //! - With `--leader-election`, only the Lease holder reconciles; standbys keep warm caches and
 //!   are ready; a released Lease is taken over at once ([`leader`]).
 //! - SIGTERM drains running reconciles within `--shutdown-grace-seconds`.

@@ -168,6 +168,9 @@ impl Operator {
                 ready_health.set_ready();
             }
         });
+        // Every controller registers its watches before any is polled (the tasks are built
+        // here, all at once), so a shared watch has all its followers before its first event.
+        let watches = Arc::new(crate::cache::SharedWatches::default());
         let controllers = join_all(tasks.into_iter().map(|task| {
             task(Environment {
                 client: client.clone(),
@@ -178,6 +181,7 @@ impl Operator {
                 health_ready: health_ready.clone(),
                 leading: leading_receiver.clone(),
                 shutdown: shutdown.subscribe(),
+                watches: watches.clone(),
             })
         }));
         // Once shutdown starts, running reconciles get the grace period to finish.

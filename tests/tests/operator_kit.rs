@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use operator_kit::admin::{Metrics, ReconcileResult};
@@ -20,8 +20,8 @@ use operator_kit::children::{INSTANCE_LABEL, MANAGED_BY_LABEL};
 use operator_kit::conditions::{READY, is_true};
 use operator_kit::testing::{self, RunningOperator, StallingProxy, TestNamespace, wait_until};
 use operator_kit::{
-    Action, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError, Reconciler,
-    ShutdownHandle,
+    Action, ChildError, Context, Controller, ErrorClass, Operator, OperatorArgs, ReconcileError,
+    Reconciler, ShutdownHandle,
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -452,6 +452,165 @@ async fn hand_edits_are_reverted_and_disabled_children_pruned() -> Result<()> {
     namespace
         .wait_for_deletion(&namespace.api::<Service>(), "shop", TIMEOUT)
         .await?;
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+/// A second controller owning ConfigMaps beside the Website's: for each Secret, a ConfigMap
+/// `<name>-keys` listing the Secret's keys.
+struct SecretKeys;
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct SecretKeysError(#[from] ChildError);
+
+impl ReconcileError for SecretKeysError {
+    fn class(&self) -> ErrorClass {
+        self.0.class()
+    }
+}
+
+impl Reconciler for SecretKeys {
+    type Resource = Secret;
+    type Error = SecretKeysError;
+
+    async fn reconcile(
+        &self,
+        secret: Arc<Secret>,
+        context: &Context,
+    ) -> Result<Action, SecretKeysError> {
+        let keys: Vec<&str> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, _)| key.as_str())
+            .collect();
+        let mut children = context.children(&*secret)?;
+        children
+            .apply(ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}-keys", secret.name_any())),
+                    ..ObjectMeta::default()
+                },
+                data: Some([("keys".to_owned(), keys.join(","))].into()),
+                ..ConfigMap::default()
+            })
+            .await?;
+        Ok(Action::await_change())
+    }
+}
+
+#[tokio::test]
+async fn controllers_owning_the_same_kind_share_one_watch_and_both_revert_drift() -> Result<()> {
+    let namespace = TestNamespace::create("kit-shared-watch").await?;
+    let (client, requests) = testing::counting_client(namespace.config().clone())?;
+    let operator = RunningOperator::spawn(
+        Operator::new("test-operator", client, args_for(&namespace))
+            .with_controller(website_controller())
+            .with_controller(Controller::new("secret-keys", SecretKeys).owns::<ConfigMap>()),
+    );
+    create_website(&namespace, "shop", 1, false).await?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("creds".to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            [("user", "shop"), ("password", "s3cret")]
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .into(),
+        ),
+        ..Secret::default()
+    };
+    namespace
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    wait_ready(&namespace, "shop").await?;
+    let config_maps = namespace.api::<ConfigMap>();
+    let keys_listed = |map: &ConfigMap| {
+        map.data
+            .as_ref()
+            .and_then(|data| data.get("keys"))
+            .map(String::as_str)
+            == Some("password,user")
+    };
+    namespace
+        .wait_for(
+            &config_maps,
+            "creds-keys",
+            "listing the keys",
+            TIMEOUT,
+            keys_listed,
+        )
+        .await?;
+    // Both controllers own ConfigMaps in this namespace: one watch serves them both.
+    let path = format!("/api/v1/namespaces/{}/configmaps", namespace.name());
+    let watches = requests.watches();
+    ensure!(
+        watches.get(&path) == Some(&1),
+        "expected one watch of {path:?}, the operator opened {watches:?}"
+    );
+    // And each still hears of its own children through it: a hand edit of either child is
+    // reverted (the Website's controller started the watch, the other follows it).
+    for (name, key) in [("shop-html", "index.html"), ("creds-keys", "keys")] {
+        config_maps
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "data": { key: "defaced" } })),
+            )
+            .await?;
+    }
+    namespace
+        .wait_for(
+            &config_maps,
+            "shop-html",
+            "restored",
+            TIMEOUT,
+            |map: &ConfigMap| {
+                map.data
+                    .as_ref()
+                    .and_then(|data| data.get("index.html"))
+                    .map(String::as_str)
+                    == Some("<h1>hello</h1>")
+            },
+        )
+        .await?;
+    namespace
+        .wait_for(&config_maps, "creds-keys", "restored", TIMEOUT, keys_listed)
+        .await?;
+    // The follower compares its converged child from the shared store: a resync of the Secret
+    // costs no request.
+    let reconciles = || {
+        operator
+            .metrics()
+            .reconcile_count("secret-keys", ReconcileResult::Success)
+    };
+    let settled = testing::wait_until_settled(
+        "the reconciles to end",
+        TIMEOUT,
+        Duration::from_millis(500),
+        reconciles,
+    )
+    .await?;
+    let requests_before = requests.total();
+    let resync = json!({ "metadata": { "annotations": { "test/resync": "1" } } });
+    namespace
+        .api::<Secret>()
+        .patch("creds", &PatchParams::default(), &Patch::Merge(&resync))
+        .await?;
+    wait_until("the resync reconcile ran", TIMEOUT, || {
+        reconciles() > settled
+    })
+    .await?;
+    let sent = requests.total() - requests_before;
+    ensure!(
+        sent == 0,
+        "a converged Secret's resync sent {sent} requests ({:?})",
+        requests.by_method()
+    );
     operator.stop().await?;
     namespace.delete().await?;
     Ok(())
