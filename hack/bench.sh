@@ -19,6 +19,9 @@
 # then checks every object Ready, one more object created afterwards Ready (the watches came
 # back without restarting the operator), no orphaned and no duplicate children:
 #   hack/bench.sh redis 1000 120 chaos
+# BENCH_KEEP=1 leaves the objects in place at the end; `restarts` then starts the operator on
+# them 3 times (time to /readyz and to a first reconcile of each, peak RSS; medians):
+#   BENCH_KEEP=1 hack/bench.sh redis 10000 60 && hack/bench.sh redis 10000 0 restarts
 # And the failover benchmark of Redis with Sentinel (real redis-server/redis-sentinel processes
 # behind the pods; see tests/benches/failover.rs):
 #   hack/bench.sh failover [runs] [down-after-milliseconds]    (defaults: 10 and 5000)
@@ -59,9 +62,10 @@ fi
 count=${2:-1000}
 idle_seconds=${3:-120}
 chaos=${4:-}
-floor=
+floor= restarts=
 if [ "$chaos" = floor ]; then floor=yes chaos=; fi
-[ -z "$chaos" ] || [ "$chaos" = chaos ] || { echo "the fourth argument is 'chaos', 'floor' or nothing" >&2; exit 2; }
+if [ "$chaos" = restarts ]; then restarts=yes chaos=; fi
+[ -z "$chaos" ] || [ "$chaos" = chaos ] || { echo "the fourth argument is 'chaos', 'floor', 'restarts' or nothing" >&2; exit 2; }
 [ -z "$floor" ] || [ "$operator" = redis ] || { echo "the floor mode is for redis" >&2; exit 2; }
 namespace=bench-$operator
 admin=127.0.0.1:18081
@@ -90,6 +94,35 @@ eval "$(hack/cluster.sh env)"
 cargo build --locked --release --bin "$binary"
 kubectl apply --server-side -f "$crds" >/dev/null
 kubectl wait --for=condition=Established --timeout=60s -f "$crds" >/dev/null
+if [ -n "$restarts" ]; then
+  # Starts on the `count` objects an earlier run left in place (BENCH_KEEP=1), 3 times: time
+  # to /readyz, to a first reconcile of each, requests and peak RSS of each start; medians.
+  [ "$(kubectl -n "$namespace" get "$resource" -o name | wc -l)" -ge "$count" ] ||
+    { echo "fewer than $count $resource in $namespace: run BENCH_KEEP=1 hack/bench.sh $operator $count first" >&2; exit 1; }
+  results=$(mktemp)
+  for run in 1 2 3; do
+    started=$(date +%s.%N)
+    "$CARGO_TARGET_DIR/release/$binary" --watch-namespace "$namespace" --admin-address "$admin" \
+      --log-level warn >/dev/null 2>&1 &
+    pid=$!
+    until curl -fs "http://$admin/readyz" >/dev/null 2>&1; do sleep 0.05; done
+    ready_after=$(echo "$(date +%s.%N) - $started" | bc)
+    reconciled() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^controller_runtime_reconcile_total/ {sum += $2} END {print sum + 0}'; }
+    until [ "$(reconciled)" -ge "$count" ]; do sleep 0.2; done
+    pass_after=$(echo "$(date +%s.%N) - $started" | bc)
+    metrics=$(curl -fs "http://$admin/metrics")
+    requests=$(awk '$1 ~ /^rest_client_requests_total/ {sum += $2} END {print sum + 0}' <<<"$metrics")
+    peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    cpu=$(echo "$(awk '{print $14 + $15}' "/proc/$pid/stat") / $(getconf CLK_TCK)" | bc -l)
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    printf '%.2f %.1f %s %.1f %.1f\n' "$ready_after" "$pass_after" "$requests" "$(echo "$peak_kib / 1024" | bc -l)" "$cpu" |
+      tee -a "$results" | awk -v run="$run" '{printf "  start %d: /readyz after %s s, each reconciled once after %s s, %s requests, peak RSS %s MiB, %s CPU-seconds\n", run, $1, $2, $3, $4, $5}'
+  done
+  median() { cut -d' ' -f"$1" "$results" | sort -n | sed -n 2p; }
+  printf '%s restarted on %d %s (medians of 3): /readyz %s s, each reconciled once %s s, %s requests, peak RSS %s MiB, %s CPU-seconds\n' \
+    "$binary" "$count" "$resource" "$(median 1)" "$(median 2)" "$(median 3)" "$(median 4)" "$(median 5)"
+  exit 0
+fi
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$namespace" >/dev/null
 
@@ -100,7 +133,7 @@ start_operator() {
   operator_pid=$!
   until curl -fs "http://$admin/readyz" >/dev/null; do sleep 0.2; done
 }
-trap 'kill $operator_pid 2>/dev/null || true; kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
+trap 'kill $operator_pid 2>/dev/null || true; [ -n "${BENCH_KEEP:-}" ] || kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
 start_operator
 
 metric() { curl -fs "http://$admin/metrics" | awk -v name="$1" '$1 == name {print $2}'; }

@@ -401,6 +401,8 @@ pub(crate) struct KindStore {
     state: RwLock<KindState>,
     /// Whether the store keeps each object's status.
     keep_status: bool,
+    /// Turns true once a first list is in, for [`ChildCache::listed`] to wait on.
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -509,6 +511,7 @@ impl KindStore {
                     state.replace(listing);
                 }
                 state.listed = true;
+                self.listed.send_replace(true);
             }
         }
     }
@@ -532,6 +535,8 @@ pub struct ChildCache {
     /// Objects read by name through the cache ([`crate::Context::get`]), with the resource
     /// version they were read at.
     reads: Mutex<HashMap<ChildKey, ReadObject>>,
+    /// Whether [`ChildCache::listed`] reached its deadline once (it says so once).
+    gave_up_waiting: std::sync::atomic::AtomicBool,
 }
 
 impl ChildCache {
@@ -564,6 +569,35 @@ impl ChildCache {
                 (resource.api_version.clone(), resource.kind.clone()),
                 (store, namespace),
             );
+    }
+
+    /// Resolves once every kind's watch has listed, or at `deadline`: until then a reconcile
+    /// would read and list from the API server what the watches are about to deliver (each
+    /// watch starts once the operator's own objects are listed, see [`crate::controller`]).
+    /// The deadline keeps a watch that cannot list (no permission, say) from holding every
+    /// reconcile: past it they go on without that cache, as before it listed, and report its
+    /// errors.
+    pub(crate) async fn listed(&self, deadline: std::time::Instant) {
+        let signals: Vec<_> = self
+            .kinds
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .map(|(store, _)| store.listed.subscribe())
+            .collect();
+        let all = futures::future::join_all(signals.into_iter().map(|mut signal| async move {
+            // The sender lives in the store, which the cache holds: this cannot fail.
+            let _ = signal.wait_for(|listed| *listed).await;
+        }));
+        if tokio::time::timeout_at(deadline.into(), all).await.is_err()
+            && !self
+                .gave_up_waiting
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "a watch of the children has not listed yet; reconciling without its cache"
+            );
+        }
     }
 
     /// The store of a kind whose watch covers `namespace` (`None`: every namespace), once it
@@ -1011,6 +1045,46 @@ mod tests {
             "metadata": { "name": name, "namespace": namespace },
         }))
         .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconciles_wait_until_every_watch_of_children_has_listed_or_the_deadline() {
+        let cache = ChildCache::default();
+        let config_maps = cache.register(
+            &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+            Some("shop".to_owned()),
+            false,
+        );
+        let services = cache.register(
+            &ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+            Some("shop".to_owned()),
+            false,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut waiting = std::pin::pin!(cache.listed(deadline));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        config_maps.apply(&watcher::Event::Init);
+        config_maps.apply(&watcher::Event::InitDone);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        services.apply(&watcher::Event::Init);
+        services.apply(&watcher::Event::InitDone);
+        assert!(futures::poll!(waiting.as_mut()).is_ready());
+
+        // A kind whose watch never lists holds reconciles until the deadline, and not after.
+        let secrets = cache.register(
+            &ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+            Some("shop".to_owned()),
+            false,
+        );
+        let started = tokio::time::Instant::now();
+        cache.listed(deadline).await;
+        let waited = started.elapsed().as_secs_f64();
+        // (The timer's resolution is a millisecond.)
+        assert!((30.0..30.1).contains(&waited), "{waited}");
+        let started = tokio::time::Instant::now();
+        cache.listed(deadline).await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(10));
+        drop(secrets);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct RequestCounter {
     /// Of those, the requests that open a watch (`?watch=true`), by path: one per watch the
     /// client starts or renews.
     watches: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Every request in the order sent (`GET /api/v1/…?query`), when the counter was made
+    /// with [`RequestCounter::recording`] (tests only: it grows with every request).
+    sent: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl RequestCounter {
@@ -95,6 +98,14 @@ where
         {
             *watches.entry(request.uri().path().to_owned()).or_default() += 1;
         }
+        if let Some(Ok(mut sent)) = self.counter.sent.as_ref().map(|sent| sent.lock()) {
+            let uri = request.uri();
+            sent.push(format!(
+                "{} {}",
+                request.method(),
+                uri.path_and_query().map_or(uri.path(), |all| all.as_str())
+            ));
+        }
         if let Ok(mut counts) = self.counter.counts.lock() {
             *counts
                 .entry(request.method().as_str().to_owned())
@@ -107,10 +118,15 @@ where
 /// A client built from `config` whose every request is counted by the returned counter.
 pub fn counted_client(config: Config) -> Result<(Client, RequestCounter), kube::Error> {
     let counter = RequestCounter::default();
-    let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&counter)
-        .build();
-    Ok((client, counter))
+    Ok((client_counted_by(config, &counter)?, counter))
+}
+
+/// A client built from `config` whose every request is counted by `counter` (one made with
+/// [`RequestCounter::recording`] also keeps them in order).
+pub fn client_counted_by(config: Config, counter: &RequestCounter) -> Result<Client, kube::Error> {
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(counter)
+        .build())
 }
 
 impl RequestCounter {
@@ -133,6 +149,22 @@ impl RequestCounter {
         self.counts
             .lock()
             .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+    /// A counter that also keeps every request in the order sent ([`RequestCounter::sent`]).
+    pub fn recording() -> Self {
+        Self {
+            sent: Some(Arc::default()),
+            ..Self::default()
+        }
+    }
+
+    /// Every request sent so far, in order, as `METHOD /path?query`; empty unless the counter
+    /// is [`RequestCounter::recording`].
+    pub fn sent(&self) -> Vec<String> {
+        self.sent
+            .as_ref()
+            .and_then(|sent| sent.lock().ok().map(|sent| sent.clone()))
             .unwrap_or_default()
     }
 }

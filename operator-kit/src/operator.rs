@@ -159,6 +159,7 @@ impl Operator {
         let health_ready = Arc::new(watch::channel(0_usize).0);
         let mut ready_count = health_ready.subscribe();
         let ready_health = health.clone();
+        let (primaries_listed, primaries_listed_receiver) = watch::channel(false);
         tokio::spawn(async move {
             if ready_count
                 .wait_for(|count| *count >= controller_count)
@@ -166,6 +167,7 @@ impl Operator {
                 .is_ok()
             {
                 ready_health.set_ready();
+                primaries_listed.send_replace(true);
             }
         });
         // Every controller registers its watches before any is polled (the tasks are built
@@ -179,6 +181,7 @@ impl Operator {
                 metrics: metrics.clone(),
                 health: health.clone(),
                 health_ready: health_ready.clone(),
+                primaries_listed: primaries_listed_receiver.clone(),
                 leading: leading_receiver.clone(),
                 shutdown: shutdown.subscribe(),
                 watches: watches.clone(),

@@ -397,9 +397,12 @@ impl RunningOperator {
 }
 
 /// A client whose every request is counted by the returned [`RequestCounter`], to prove that
-/// code under test makes no writes.
+/// code under test makes no writes, and recorded in order ([`RequestCounter::sent`]).
 pub fn counting_client(config: Config) -> Result<(Client, RequestCounter), HarnessError> {
-    crate::client::counted_client(config).map_err(HarnessError::Client)
+    let counter = RequestCounter::recording();
+    let client =
+        crate::client::client_counted_by(config, &counter).map_err(HarnessError::Client)?;
+    Ok((client, counter))
 }
 
 /// A namespace of its own for one test, deleted when the test is done.

@@ -118,6 +118,7 @@ where
         name,
         health,
         metrics,
+        listing: None,
     };
     futures::stream::unfold(state, |mut state| async move {
         let event = state.next_event().await?;
@@ -143,6 +144,8 @@ struct Recovering<T> {
     name: WatchName,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// A list in progress: when it started and how many objects it has delivered.
+    listing: Option<(Instant, usize)>,
 }
 
 impl<T> Recovering<T> {
@@ -159,10 +162,30 @@ impl<T> Recovering<T> {
                         self.health.watch_recovered(&self.name);
                         info!(watch = %self.name, "watch recovered");
                     }
+                    self.note_listing(&event);
                     return Some(event);
                 }
                 Err(error) => self.failed(&error).await,
             }
+        }
+    }
+
+    /// Logs each list once it is in: how many objects, and how long it took (a start on many
+    /// objects shows where its time went).
+    fn note_listing(&mut self, event: &watcher::Event<T>) {
+        match event {
+            watcher::Event::Init => self.listing = Some((Instant::now(), 0)),
+            watcher::Event::InitApply(_) => {
+                if let Some((_, objects)) = &mut self.listing {
+                    *objects += 1;
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some((started, objects)) = self.listing.take() {
+                    info!(watch = %self.name, objects, took = ?started.elapsed(), "listed");
+                }
+            }
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
         }
     }
 

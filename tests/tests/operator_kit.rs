@@ -395,6 +395,66 @@ async fn converged_website_costs_no_request_on_resync() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_start_lists_its_own_objects_first_and_reconciles_from_the_childrens_caches() -> Result<()>
+{
+    let namespace = TestNamespace::create("kit-start-order").await?;
+    let names = ["a", "b", "c"];
+    let first = start(
+        namespace.client().clone(),
+        args_for(&namespace),
+        website_controller(),
+    );
+    for name in names {
+        create_website(&namespace, name, 1, true).await?;
+    }
+    for name in names {
+        wait_ready(&namespace, name).await?;
+    }
+    first.stop().await?;
+
+    // Another operator starts on the three Websites and their children.
+    let (client, requests) = testing::counting_client(namespace.config().clone())?;
+    let operator = start(client, args_for(&namespace), website_controller());
+    wait_until("each Website reconciled", TIMEOUT, || {
+        operator
+            .metrics()
+            .reconcile_count("website", ReconcileResult::Success)
+            >= names.len() as u64
+    })
+    .await?;
+    let sent = requests.sent();
+    let first_of = |wanted: &dyn Fn(&str) -> bool| sent.iter().position(|request| wanted(request));
+    // The Websites are listed first (their watch is opened once the list is in), and only
+    // then the children: /readyz waits for the first list alone.
+    let websites_watched =
+        first_of(&|request| request.contains("/websites?") && request.contains("watch=true"))
+            .context("the Websites were never watched")?;
+    let children_listed = first_of(&|request| {
+        ["/configmaps?", "/deployments?", "/services?"]
+            .iter()
+            .any(|kind| request.contains(kind))
+    })
+    .context("the children were never listed")?;
+    ensure!(
+        children_listed > websites_watched,
+        "the children were listed before the Websites were in: {sent:#?}"
+    );
+    // And the reconciles waited for the children's caches instead of listing each Website's
+    // children themselves (by its `app.kubernetes.io/instance` label).
+    let listed_by_reconciles: Vec<_> = sent
+        .iter()
+        .filter(|request| request.contains("labelSelector=") && request.contains("instance"))
+        .collect();
+    ensure!(
+        listed_by_reconciles.is_empty(),
+        "reconciles listed children the watches were listing: {listed_by_reconciles:#?}"
+    );
+    operator.stop().await?;
+    namespace.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn hand_edits_are_reverted_and_disabled_children_pruned() -> Result<()> {
     let namespace = TestNamespace::create("kit-drift").await?;
     let operator = start(
