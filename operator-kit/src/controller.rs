@@ -67,7 +67,7 @@ struct WatchSetup {
 }
 
 /// How long the watches of children wait for the operator's own objects to be listed, and
-/// reconciles for those watches to list, at most: past it (a watch that cannot list, for lack
+/// reconciles (from the first) for those watches to list, at most: past it (a watch that cannot list, for lack
 /// of a permission, say) everything goes on as if nothing were cached, and reports its errors.
 const CACHES_BOUND: Duration = Duration::from_secs(30);
 
@@ -464,7 +464,6 @@ impl<R: Reconciler> Controller<R> {
             shutdown,
             watches,
         } = environment;
-        let caches_deadline = Instant::now() + CACHES_BOUND;
         let queue = Arc::new(WorkQueue::default());
         let cache = Arc::new(ChildCache::default());
         metrics.register_queue(&self.name, queue.clone());
@@ -506,7 +505,7 @@ impl<R: Reconciler> Controller<R> {
             leading: leading.clone(),
             published: Mutex::new(HashMap::new()),
             event_dedup_window: self.event_dedup_window,
-            caches_deadline,
+            caches_deadline: std::sync::OnceLock::new(),
         });
         let api = setup.api::<R::Resource>();
         let forgetting = shared.clone();
@@ -703,8 +702,10 @@ struct Shared<R: Reconciler> {
     leading: watch::Receiver<bool>,
     published: Mutex<HashMap<PublishedKey<R>, Instant>>,
     event_dedup_window: Duration,
-    /// Until when reconciles wait for the caches of children to list (see [`CACHES_BOUND`]).
-    caches_deadline: Instant,
+    /// Until when reconciles wait for the caches of children to list: [`CACHES_BOUND`] after
+    /// the first reconcile, which comes once the controller's own objects are listed (so a
+    /// slow list of those does not eat into the children's time).
+    caches_deadline: std::sync::OnceLock<Instant>,
 }
 
 impl<R: Reconciler> Shared<R> {
@@ -746,7 +747,10 @@ fn reconcile<R: Reconciler>(
         }
         // The first reconciles after a start wait for the children's caches, which start
         // listing once the operator's own objects are in.
-        shared.context.cache.listed(shared.caches_deadline).await;
+        let deadline = *shared
+            .caches_deadline
+            .get_or_init(|| Instant::now() + CACHES_BOUND);
+        shared.context.cache.listed(deadline).await;
         let span = info_span!("reconcile", controller = %shared.name, object = %key);
         // Losing the Lease stops this reconcile at once, wherever it is — even inside a
         // request that hangs — as controller-runtime cancels its context: a standby may
