@@ -94,48 +94,16 @@ eval "$(hack/cluster.sh env)"
 cargo build --locked --release --bin "$binary"
 kubectl apply --server-side -f "$crds" >/dev/null
 kubectl wait --for=condition=Established --timeout=60s -f "$crds" >/dev/null
-if [ -n "$restarts" ]; then
-  # Starts on the `count` objects an earlier run left in place (BENCH_KEEP=1), 3 times: time
-  # to /readyz, to a first reconcile of each, requests and peak RSS of each start; medians.
-  [ "$(kubectl -n "$namespace" get "$resource" -o name | wc -l)" -ge "$count" ] ||
-    { echo "fewer than $count $resource in $namespace: run BENCH_KEEP=1 hack/bench.sh $operator $count first" >&2; exit 1; }
-  results=$(mktemp)
-  for run in 1 2 3; do
-    started=$(date +%s.%N)
-    "$CARGO_TARGET_DIR/release/$binary" --watch-namespace "$namespace" --admin-address "$admin" \
-      --log-level warn >/dev/null 2>&1 &
-    pid=$!
-    until curl -fs "http://$admin/readyz" >/dev/null 2>&1; do sleep 0.05; done
-    ready_after=$(echo "$(date +%s.%N) - $started" | bc)
-    reconciled() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^controller_runtime_reconcile_total/ {sum += $2} END {print sum + 0}'; }
-    until [ "$(reconciled)" -ge "$count" ]; do sleep 0.2; done
-    pass_after=$(echo "$(date +%s.%N) - $started" | bc)
-    metrics=$(curl -fs "http://$admin/metrics")
-    requests=$(awk '$1 ~ /^rest_client_requests_total/ {sum += $2} END {print sum + 0}' <<<"$metrics")
-    peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-    cpu=$(echo "$(awk '{print $14 + $15}' "/proc/$pid/stat") / $(getconf CLK_TCK)" | bc -l)
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    printf '%.2f %.1f %s %.1f %.1f\n' "$ready_after" "$pass_after" "$requests" "$(echo "$peak_kib / 1024" | bc -l)" "$cpu" |
-      tee -a "$results" | awk -v run="$run" '{printf "  start %d: /readyz after %s s, each reconciled once after %s s, %s requests, peak RSS %s MiB, %s CPU-seconds\n", run, $1, $2, $3, $4, $5}'
-  done
-  median() { cut -d' ' -f"$1" "$results" | sort -n | sed -n 2p; }
-  printf '%s restarted on %d %s (medians of 3): /readyz %s s, each reconciled once %s s, %s requests, peak RSS %s MiB, %s CPU-seconds\n' \
-    "$binary" "$count" "$resource" "$(median 1)" "$(median 2)" "$(median 3)" "$(median 4)" "$(median 5)"
-  exit 0
-fi
-kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
-kubectl create namespace "$namespace" >/dev/null
-
 log=$(mktemp)
 start_operator() {
   "$CARGO_TARGET_DIR/release/$binary" --watch-namespace "$namespace" --admin-address "$admin" \
     --log-level warn >>"$log" 2>&1 &
   operator_pid=$!
-  until curl -fs "http://$admin/readyz" >/dev/null; do sleep 0.2; done
+  until curl -fs "http://$admin/readyz" >/dev/null 2>&1; do sleep 0.05; done
 }
-trap 'kill $operator_pid 2>/dev/null || true; [ -n "${BENCH_KEEP:-}" ] || kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
-start_operator
-
+# The objects go with the namespace at the end, unless BENCH_KEEP is set or they were an
+# earlier run's (`restarts`).
+trap 'kill $operator_pid 2>/dev/null || true; [ -n "${BENCH_KEEP:-}$restarts" ] || kubectl delete namespace "$namespace" --wait=false >/dev/null 2>&1 || true' EXIT
 metric() { curl -fs "http://$admin/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
 mutating() {
   local total=0 method value
@@ -146,11 +114,40 @@ mutating() {
   echo "$total"
 }
 all_requests() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^rest_client_requests_total/ {sum += $2} END {print sum + 0}'; }
+reconciled() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^controller_runtime_reconcile_total/ {sum += $2} END {print sum + 0}'; }
+since() { echo "$(date +%s.%N) - $1" | bc; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$operator_pid/stat"; }
+peak_rss_mib() { echo "$(awk '/VmHWM/ {print $2}' "/proc/$operator_pid/status") / 1024" | bc -l; }
+
+if [ -n "$restarts" ]; then
+  # Starts on the `count` objects an earlier run left in place (BENCH_KEEP=1), 3 times: time
+  # to /readyz, to a first reconcile of each, requests and peak RSS of each start; medians.
+  [ "$(kubectl -n "$namespace" get "$resource" -o name | wc -l)" -ge "$count" ] ||
+    { echo "fewer than $count $resource in $namespace: run BENCH_KEEP=1 hack/bench.sh $operator $count first" >&2; exit 1; }
+  results=$(mktemp)
+  for run in 1 2 3; do
+    started=$(date +%s.%N)
+    start_operator
+    ready_after=$(since "$started")
+    until [ "$(reconciled)" -ge "$count" ]; do sleep 0.2; done
+    pass_after=$(since "$started")
+    cpu=$(echo "$(cpu_ticks) / $(getconf CLK_TCK)" | bc -l)
+    printf '%.2f %.1f %s %.1f %.1f\n' "$ready_after" "$pass_after" "$(all_requests)" "$(peak_rss_mib)" "$cpu" |
+      tee -a "$results" | awk -v run="$run" '{printf "  start %d: /readyz after %s s, each reconciled once after %s s, %s requests, peak RSS %s MiB, %s CPU-seconds\n", run, $1, $2, $3, $4, $5}'
+    kill "$operator_pid"; wait "$operator_pid" 2>/dev/null || true
+  done
+  median() { cut -d' ' -f"$1" "$results" | sort -n | sed -n 2p; }
+  printf '%s restarted on %d %s (medians of 3): /readyz %s s, each reconciled once %s s, %s requests, peak RSS %s MiB, %s CPU-seconds\n' \
+    "$binary" "$count" "$resource" "$(median 1)" "$(median 2)" "$(median 3)" "$(median 4)" "$(median 5)"
+  exit 0
+fi
+kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
+kubectl create namespace "$namespace" >/dev/null
+start_operator
 
 manifest=$(mktemp)
 for ((index = 0; index < count; index++)); do object "$index"; done >"$manifest"
 
-since() { echo "$(date +%s.%N) - $1" | bc; }
 if [ -n "$floor" ]; then
   # The children of one Redis, as the operator makes them; then the Redis goes again.
   object 0 | sed 's/cache-0/floorseed/' | kubectl -n "$namespace" create -f - >/dev/null
@@ -214,7 +211,6 @@ done_at=$(date +%s.%N)
 requests_at_ready=$(($(all_requests) - requests_before))
 gets_at_ready=$(($(metric 'rest_client_requests_total{method="GET"}') - gets_before))
 mutating_at_ready=$(($(mutating) - mutating_before))
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$operator_pid/stat"; }
 cpu_at_ready=$(cpu_ticks)
 port_forwards_at_ready=$(metric operator_kit_port_forward_requests_total)
 sleep "$idle_seconds"
@@ -226,7 +222,6 @@ peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$operator_pid/status")
 rss_at_end_kib=$(awk '/VmRSS/ {print $2}' "/proc/$operator_pid/status")
 # A restart with every object in place: time to /readyz, then to a first reconcile of each
 # (not with chaos, which goes on with the same process).
-reconciled() { curl -fs "http://$admin/metrics" | awk '$1 ~ /^controller_runtime_reconcile_total/ {sum += $2} END {print sum + 0}'; }
 if [ -z "$chaos" ]; then
   kill "$operator_pid"
   wait "$operator_pid" 2>/dev/null || true

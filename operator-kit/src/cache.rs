@@ -401,7 +401,8 @@ pub(crate) struct KindStore {
     state: RwLock<KindState>,
     /// Whether the store keeps each object's status.
     keep_status: bool,
-    /// Turns true once a first list is in, for [`ChildCache::listed`] to wait on.
+    /// Whether a first list is in; [`ChildCache::listed`] waits on it. (Set while the state is
+    /// still locked, so a reader that sees it true sees the list.)
     listed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -414,8 +415,6 @@ struct KindState {
     /// A list in progress: it replaces `objects` whole when done, as a re-list must (what it
     /// lacks was deleted meanwhile).
     listing: Option<HashMap<String, Arc<CachedObject>>>,
-    /// Whether a first list is in.
-    listed: bool,
 }
 
 /// A namespace (`None` for cluster-scoped objects) and an `app.kubernetes.io/instance` value.
@@ -510,7 +509,6 @@ impl KindStore {
                 if let Some(listing) = state.listing.take() {
                     state.replace(listing);
                 }
-                state.listed = true;
                 self.listed.send_replace(true);
             }
         }
@@ -618,7 +616,7 @@ impl ChildCache {
             return None;
         }
         // Ready for good once the first list is in: a re-list swaps the whole state at once.
-        let listed = store.read().listed;
+        let listed = *store.listed.borrow();
         listed.then_some(store)
     }
 
