@@ -681,11 +681,33 @@ pub async fn client_write(
     anyhow::bail!("no sentinel named the master: {refusals:?}")
 }
 
-/// What one client saw: the keys a replica acknowledged, and each failed write with when.
+/// What one client saw: the keys a replica acknowledged, and each failed write.
 #[derive(Default)]
 pub struct ClientLog {
     pub acknowledged: Vec<String>,
-    pub errors: Vec<(Instant, String)>,
+    pub errors: Vec<FailedWrite>,
+}
+
+/// A write that failed, with when it started and when it failed. A write is several round
+/// trips (a sentinel's AUTH, the master's AUTH, SET, WAIT), so a password change can land in
+/// the middle of one: a write counts as refused *before* a change only if it had already
+/// failed by then, and *after* a change only if it started after it.
+#[derive(Debug)]
+pub struct FailedWrite {
+    pub started: Instant,
+    pub failed: Instant,
+    pub error: String,
+}
+
+impl FailedWrite {
+    /// A write that started at `started` and failed now.
+    pub fn now(started: Instant, error: impl std::fmt::Display) -> Self {
+        FailedWrite {
+            started,
+            failed: Instant::now(),
+            error: error.to_string(),
+        }
+    }
 }
 
 /// A client writing with `password` every 10 ms until `stop`.
@@ -707,7 +729,7 @@ pub fn spawn_client(
             match client_write(&nodes, &master_set, password, &key).await {
                 Ok(true) => log.acknowledged.push(key),
                 Ok(false) => {}
-                Err(error) => log.errors.push((at, error.to_string())),
+                Err(error) => log.errors.push(FailedWrite::now(at, error)),
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

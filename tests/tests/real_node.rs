@@ -14,6 +14,7 @@ use operator_kit::testing::TestNamespace;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use integration_tests::local_redis::FailedWrite;
 use integration_tests::real_node as real_node_support;
 use real_node_support::is_ready;
 
@@ -575,12 +576,11 @@ async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> R
     Ok(())
 }
 
-/// What one client of the real pods saw: keys a replica acknowledged, and failed writes with
-/// when they failed.
+/// What one client of the real pods saw: keys a replica acknowledged, and failed writes.
 #[derive(Default)]
 struct RealClientLog {
     acknowledged: Vec<String>,
-    errors: Vec<(std::time::Instant, String)>,
+    errors: Vec<FailedWrite>,
 }
 
 /// A client writing with `password` every 20 ms until `stop`, each write on fresh connections
@@ -629,7 +629,7 @@ fn spawn_real_client(
             match outcome {
                 Ok(true) => log.acknowledged.push(key),
                 Ok(false) => {}
-                Err(error) => log.errors.push((at, error.to_string())),
+                Err(error) => log.errors.push(FailedWrite::now(at, error)),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -746,21 +746,22 @@ async fn a_password_rotation_on_real_pods_restarts_nothing_and_loses_no_write() 
     stop.store(true, Ordering::Relaxed);
     let (old_log, new_log) = (old_client.await?, new_client.await?);
     let accepted_at = accepted_at.context("the status never said NewPasswordAccepted")?;
-    // The old password works for the whole grace, the new one from the acceptance on.
+    // The old password works for the whole grace, the new one from the acceptance on (a write
+    // spans several round trips: see `FailedWrite`).
     let old_before: Vec<_> = old_log
         .errors
         .iter()
-        .filter(|(at, _)| *at < accepted_at + GRACE)
+        .filter(|write| write.failed < accepted_at + GRACE)
         .collect();
     let old_after = old_log
         .errors
         .iter()
-        .filter(|(at, _)| *at >= done_at)
+        .filter(|write| write.started >= done_at)
         .count();
     let new_after: Vec<_> = new_log
         .errors
         .iter()
-        .filter(|(at, _)| *at >= accepted_at)
+        .filter(|write| write.started >= accepted_at)
         .collect();
     let listed = pods.list(&kube::api::ListParams::default()).await?.items;
     eprintln!(

@@ -699,30 +699,39 @@ async fn a_password_rotation_moves_every_process_live_and_loses_no_write() -> Re
     stop.store(true, Ordering::Relaxed);
     let (old_log, new_log) = (old_client.await?, new_client.await?);
 
+    // A write spans several round trips: the old password must not fail one that had failed
+    // before its removal began, and the new one must not fail one that started once every
+    // process had taken it.
     let old_before_removal: Vec<_> = old_log
         .errors
         .iter()
-        .filter(|(at, _)| *at < removing)
+        .filter(|write| write.failed < removing)
         .collect();
     let old_after_removal = old_log
         .errors
         .iter()
-        .filter(|(at, _)| *at >= removed)
+        .filter(|write| write.started >= removed)
         .count();
     let new_before = new_log
         .errors
         .iter()
-        .filter(|(at, _)| *at < accepted)
+        .filter(|write| write.failed < accepted)
         .count();
     let new_after: Vec<_> = new_log
         .errors
         .iter()
-        .filter(|(at, _)| *at >= accepted)
+        .filter(|write| write.started >= accepted)
         .collect();
+    let old_in_flight = old_log
+        .errors
+        .iter()
+        .filter(|write| write.started < removing && write.failed >= removing)
+        .count();
     eprintln!(
         "measured: old-password client: {} acknowledged writes, {} errors before the old password \
-         was removed, {old_after_removal} after; new-password client: {} acknowledged writes, \
-         {new_before} errors before every process took it, {} after",
+         was removed, {old_in_flight} in flight as it was, {old_after_removal} after; \
+         new-password client: {} acknowledged writes, {new_before} errors before every process \
+         took it, {} after",
         old_log.acknowledged.len(),
         old_before_removal.len(),
         new_log.acknowledged.len(),
