@@ -171,14 +171,35 @@ impl Drop for HelmRelease {
     }
 }
 
+/// A kubeconfig file that holds a token, readable by its owner only and removed when dropped,
+/// so that a test leaves no credentials behind in the temporary directory. It reads as the
+/// file's [`Path`].
+#[derive(Debug)]
+pub struct KubeconfigFile(PathBuf);
+
+impl std::ops::Deref for KubeconfigFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for KubeconfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Writes a kubeconfig for the test cluster whose only user is ServiceAccount `account` of
-/// `namespace`, with a one-hour token from `kubectl create token`, and returns its path and a
-/// client that uses it. Whatever that client or a binary given the file can do, the
-/// ServiceAccount's RBAC allows.
+/// `namespace`, with a one-hour token from `kubectl create token`, and returns the file (removed
+/// when dropped: keep it while a process started with it may still read it) and a client that
+/// uses it. Whatever that client or a binary given the file can do, the ServiceAccount's RBAC
+/// allows.
 pub async fn service_account_kubeconfig(
     namespace: &str,
     account: &str,
-) -> Result<(PathBuf, Client), HarnessError> {
+) -> Result<(KubeconfigFile, Client), HarnessError> {
     let token = run(
         "kubectl",
         &[
@@ -222,19 +243,22 @@ pub async fn service_account_kubeconfig(
         "contexts": [{ "name": user, "context": { "cluster": cluster.name, "user": user } }],
         "current-context": user,
     });
-    let path = std::env::temp_dir().join(format!("operator-kit-{namespace}-{account}.kubeconfig"));
+    let file = KubeconfigFile(
+        std::env::temp_dir().join(format!("operator-kit-{namespace}-{account}.kubeconfig")),
+    );
+    let path: &Path = &file;
     let write_error = |error: String| HarnessError::Tool {
         command: format!("write {path:?}"),
         detail: error,
     };
     let text = serde_yaml::to_string(&document).map_err(|error| write_error(error.to_string()))?;
-    write_private(&path, &text).map_err(|error| write_error(error.to_string()))?;
-    let kubeconfig = Kubeconfig::read_from(&path).map_err(kubeconfig_error)?;
+    write_private(path, &text).map_err(|error| write_error(error.to_string()))?;
+    let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(kubeconfig_error)?;
     let client = Client::try_from(config).map_err(HarnessError::Client)?;
-    Ok((path, client))
+    Ok((file, client))
 }
 
 /// Writes a file only its owner can read: it holds a bearer token.
