@@ -67,8 +67,9 @@ struct WatchSetup {
 }
 
 /// How long the watches of children wait for the operator's own objects to be listed, and
-/// reconciles (from the first) for those watches to list, at most: past it (a watch that cannot list, for lack
-/// of a permission, say) everything goes on as if nothing were cached, and reports its errors.
+/// reconciles (from the first) for those watches to list, at most: past it (a watch that
+/// cannot list, for lack of a permission, say) everything goes on as if nothing were cached,
+/// and reports its errors.
 const CACHES_BOUND: Duration = Duration::from_secs(30);
 
 /// `stream`, not polled (so its requests not sent) until `gate` turns true, or for at most
