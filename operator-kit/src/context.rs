@@ -15,6 +15,7 @@ use tracing::warn;
 use crate::cache::{Cached, ChildCache};
 use crate::children::{ChildError, Children};
 use crate::events::{EventNote, EventPublisher};
+use crate::leader::LeaseFence;
 use crate::metrics::Metrics;
 use crate::scope::{self, ObjectScope};
 
@@ -28,6 +29,8 @@ pub struct Context {
     pub(crate) events: EventPublisher,
     /// What the watches know of the children (see [`crate::cache`]).
     pub(crate) cache: Arc<ChildCache>,
+    /// Until when this replica may act as leader.
+    pub(crate) fence: LeaseFence,
 }
 
 impl Context {
@@ -40,6 +43,17 @@ impl Context {
     /// ([`Metrics::count`], [`Metrics::observe`]), served on `/metrics` with the runtime's.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Whether this replica still holds its Lease by its own clock (always, without leader
+    /// election). Reconciles run only on the leader, but a leader frozen mid-reconcile wakes
+    /// up still inside it, possibly after the standby took over; writes to the API server
+    /// are then refused by resource version, while a command sent elsewhere (a database's
+    /// failover, say) is not. Check this right before sending such a command: it turns false
+    /// once the last renewal's validity is past, before the elector notices (see
+    /// [`LeaseFence`]).
+    pub fn lease_held(&self) -> bool {
+        self.fence.holds()
     }
 
     /// The field manager of every write the operator makes.

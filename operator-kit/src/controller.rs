@@ -31,6 +31,7 @@ use crate::config::OperatorArgs;
 use crate::context::Context;
 use crate::events::EventPublisher;
 use crate::health::Health;
+use crate::leader::LeaseFence;
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::queue::{self, WorkQueue};
 use crate::rbac::Permissions;
@@ -462,6 +463,7 @@ impl<R: Reconciler> Controller<R> {
             health_ready,
             primaries_listed,
             leading,
+            fence,
             shutdown,
             watches,
         } = environment;
@@ -497,6 +499,7 @@ impl<R: Reconciler> Controller<R> {
                 selector_labels: self.selector_labels,
                 owned_kinds: self.owned_kinds,
                 cache,
+                fence,
             },
             finalizer: self.finalizer,
             backoff: self.backoff,
@@ -627,6 +630,8 @@ pub(crate) struct Environment {
     /// Turns true once every controller has listed its own objects (see [`start_after`]).
     pub(crate) primaries_listed: watch::Receiver<bool>,
     pub(crate) leading: watch::Receiver<bool>,
+    /// Until when this replica may act as leader (see [`LeaseFence`]).
+    pub(crate) fence: LeaseFence,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The operator's cached watches, one per kind, namespace and selector for all its
     /// controllers.

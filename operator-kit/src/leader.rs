@@ -10,6 +10,7 @@
 //! Expiry is judged by the standby's own clock from when it *observed* the last change of the
 //! Lease, not from the `renewTime` written by another machine, so clock skew does not matter.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -75,6 +76,58 @@ enum AttemptError {
     TimedOut(Duration),
 }
 
+/// Until when this replica may still act as the leader, by its own monotonic clock.
+///
+/// The API server fences a stale leader's writes with resource versions, but nothing fences a
+/// command sent elsewhere (to a database, say). A leader that was frozen for a minute (a VM
+/// stall, a long pause) wakes up believing it leads until its elector notices, while the
+/// standby may have taken the Lease long ago. So every renewal records the instant its request
+/// was *sent* plus the renew deadline: the standby only takes over a lease duration (longer)
+/// after it saw that renewal, which came after the request was sent. [`LeaseFence::holds`]
+/// turns false once that instant is past, even before the elector runs again; the monotonic
+/// clock keeps counting while a process is frozen.
+#[derive(Clone, Debug)]
+pub struct LeaseFence {
+    valid_until: Arc<Mutex<Option<Instant>>>,
+    unbounded: bool,
+}
+
+impl LeaseFence {
+    /// A fence that always holds: the operator runs without leader election.
+    pub fn unbounded() -> Self {
+        Self {
+            valid_until: Arc::default(),
+            unbounded: true,
+        }
+    }
+
+    /// A fence that holds only while leader election says so.
+    pub fn elected() -> Self {
+        Self {
+            valid_until: Arc::default(),
+            unbounded: false,
+        }
+    }
+
+    /// Whether this replica still holds the Lease by its own clock; check it right before a
+    /// command only the leader may send.
+    pub fn holds(&self) -> bool {
+        self.unbounded
+            || self
+                .valid_until
+                .lock()
+                .ok()
+                .and_then(|until| *until)
+                .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        if let Ok(mut valid_until) = self.valid_until.lock() {
+            *valid_until = until;
+        }
+    }
+}
+
 /// What the elector last saw of the Lease, to judge expiry on the local clock.
 struct Observed {
     holder: Option<String>,
@@ -83,11 +136,13 @@ struct Observed {
 }
 
 /// Runs leader election until `shutdown` fires, publishing whether this replica leads on
-/// `leading`. Returns an error when leadership was lost; releases the Lease on shutdown.
+/// `leading` and until when on `fence`. Returns an error when leadership was lost; releases
+/// the Lease on shutdown.
 pub async fn run(
     client: Client,
     config: LeaderElectionConfig,
     leading: watch::Sender<bool>,
+    fence: LeaseFence,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LeaderError> {
     let api = Api::<Lease>::namespaced(client, &config.lease_namespace);
@@ -106,6 +161,7 @@ pub async fn run(
         } else {
             config.renew_deadline
         };
+        let sent = Instant::now();
         let attempt =
             tokio::time::timeout(budget, try_acquire_or_renew(&api, &config, &mut observed))
                 .await
@@ -113,6 +169,7 @@ pub async fn run(
         match attempt {
             Ok(true) => {
                 last_renewal = Instant::now();
+                fence.set(Some(sent + config.renew_deadline));
                 if !is_leader {
                     info!(lease = %lease_key, identity = %config.identity, "became leader");
                     leading.send_replace(true);
@@ -121,6 +178,7 @@ pub async fn run(
             Ok(false) => {
                 if is_leader {
                     // Someone else holds a valid lease: we were not able to renew in time.
+                    fence.set(None);
                     leading.send_replace(false);
                     return Err(LeaderError::LeadershipLost {
                         lease: lease_key,
@@ -131,6 +189,7 @@ pub async fn run(
             Err(error) => {
                 warn!(lease = %lease_key, %error, "failed to acquire or renew lease");
                 if is_leader && last_renewal.elapsed() >= config.renew_deadline {
+                    fence.set(None);
                     leading.send_replace(false);
                     return Err(LeaderError::LeadershipLost {
                         lease: lease_key,
@@ -145,6 +204,7 @@ pub async fn run(
         }
     }
     if *leading.borrow() {
+        fence.set(None);
         leading.send_replace(false);
         release(&api, &config).await;
     }
@@ -276,4 +336,26 @@ async fn release_once(
     api.replace(&config.lease_name, &PostParams::default(), &lease)
         .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_holds_only_until_the_last_renewal_runs_out() {
+        assert!(LeaseFence::unbounded().holds());
+        let fence = LeaseFence::elected();
+        assert!(!fence.holds(), "nothing renewed yet");
+        fence.set(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(fence.holds());
+        // A process frozen past its renewal's validity wakes up with the fence down, before
+        // its elector has run again.
+        let sent = Instant::now();
+        fence.set(Some(sent));
+        assert!(!fence.holds());
+        fence.set(Some(Instant::now() + Duration::from_secs(60)));
+        fence.set(None);
+        assert!(!fence.holds(), "leadership given up");
+    }
 }

@@ -12,7 +12,7 @@ use crate::admin::{AdminError, AdminServer};
 use crate::config::OperatorArgs;
 use crate::controller::{Controller, Environment};
 use crate::health::Health;
-use crate::leader::{self, LeaderError};
+use crate::leader::{self, LeaderError, LeaseFence};
 use crate::metrics::Metrics;
 use crate::rbac::Permissions;
 use crate::reconciler::Reconciler;
@@ -132,6 +132,11 @@ impl Operator {
 
         let leader_config = args.leader_election_config(&name);
         let (leading, leading_receiver) = watch::channel(leader_config.is_none());
+        let fence = if leader_config.is_some() {
+            LeaseFence::elected()
+        } else {
+            LeaseFence::unbounded()
+        };
         let leader_task = leader_config.map(|config| {
             let lease = config.lease_name.clone();
             let metrics = metrics.clone();
@@ -144,9 +149,9 @@ impl Operator {
                     }
                 }
             });
-            let (client, stop) = (client.clone(), shutdown.clone());
+            let (client, stop, fence) = (client.clone(), shutdown.clone(), fence.clone());
             tokio::spawn(async move {
-                let result = leader::run(client, config, leading, stop.subscribe()).await;
+                let result = leader::run(client, config, leading, fence, stop.subscribe()).await;
                 if let Err(error) = &result {
                     error!(%error, "stopping: leadership lost");
                     stop.send_replace(true);
@@ -183,6 +188,7 @@ impl Operator {
                 health_ready: health_ready.clone(),
                 primaries_listed: primaries_listed_receiver.clone(),
                 leading: leading_receiver.clone(),
+                fence: fence.clone(),
                 shutdown: shutdown.subscribe(),
                 watches: watches.clone(),
             })
