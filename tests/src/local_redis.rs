@@ -473,6 +473,7 @@ impl LocalSet {
             &self.settings(),
             &memory,
             &self.credentials(),
+            &|| true,
         )
         .await;
         if let Some(master) = plan.master
@@ -757,6 +758,29 @@ pub fn every_process_takes(set: &LocalSet, password: &str) -> Result<bool> {
     for node in set.first(3) {
         for port in [node.redis_port, node.sentinel_port] {
             if client_cli(port, password, &["PING"])? != "PONG" {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Whether every Redis and sentinel process of the first three nodes refuses `password` as
+/// a password (`WRONGPASS`/`NOAUTH`), each one: not merely "some process does not answer".
+pub fn every_process_refuses(set: &LocalSet, password: &str) -> Result<bool> {
+    for node in set.first(3) {
+        for port in [node.redis_port, node.sentinel_port] {
+            let output = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+                .env("REDISCLI_AUTH", password)
+                .output()
+                .context("failed to run redis-cli")?;
+            let answer = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if !(answer.contains("WRONGPASS") || answer.contains("NOAUTH")) {
                 return Ok(false);
             }
         }

@@ -444,6 +444,14 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> Result<()> {
             "spec.minReplicasToWrite must be less than spec.replicas",
         ),
         (
+            json!({ "replicas": 3, "minReplicasMaxLag": 10 }),
+            "spec.minReplicasMaxLag must be shorter than spec.sentinel.downAfterMilliseconds",
+        ),
+        (
+            json!({ "replicas": 3, "minReplicasMaxLag": 6, "sentinel": { "downAfterMilliseconds": 6000 } }),
+            "spec.minReplicasMaxLag must be shorter than spec.sentinel.downAfterMilliseconds",
+        ),
+        (
             json!({ "replicas": 3, "sentinel": { "downAfterMilliseconds": 10 } }),
             "sentinel.downAfterMilliseconds must be at least 100",
         ),
@@ -751,7 +759,10 @@ async fn a_changed_password_secret_is_rotated_live_reported_and_recorded() -> Re
     // Every process takes only the new password now, none restarted, the set is Ready, and
     // the operator's Secret records it.
     ensure!(support::every_process_takes(&set, NEW_PASSWORD)?);
-    ensure!(!support::every_process_takes(&set, PASSWORD)?);
+    ensure!(
+        support::every_process_refuses(&set, PASSWORD)?,
+        "a process does not refuse the old password"
+    );
     ensure!(
         support::run_ids(&set).await? == before,
         "a process restarted"

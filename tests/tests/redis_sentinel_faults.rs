@@ -82,7 +82,8 @@ async fn operator(
     shape: Shape,
     memory: Arc<std::sync::Mutex<Memory>>,
     stop: Arc<AtomicBool>,
-) -> Result<()> {
+) -> Result<usize> {
+    let mut failed = 0;
     while !stop.load(Ordering::Relaxed) {
         let Ok((nodes, settings)) = shape.lock().map(|shape| shape.clone()) else {
             anyhow::bail!("the shape's lock is poisoned");
@@ -94,16 +95,22 @@ async fn operator(
             .map(|memory| memory.clone())
             .unwrap_or_default();
         let plan = data_plane::plan(&nodes, &observation, &settings, &known);
-        // A failed command is retried from a fresh observation, as the controller does.
-        let _ = data_plane::heal(
+        // A failed command (a node killed meanwhile) is retried from a fresh observation, as
+        // the controller does; the failures are counted and reported.
+        let healed = data_plane::heal(
             &nodes,
             &plan,
             &DirectResolver,
             &settings,
             &known,
             &as_operator(),
+            &|| true,
         )
         .await;
+        if let Err(error) = healed {
+            failed += 1;
+            eprintln!("operator: failed to heal: {error}");
+        }
         if let Some(master) = plan.master
             && let Ok(mut memory) = memory.lock()
         {
@@ -111,7 +118,7 @@ async fn operator(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// The node the sentinels name as master, asked of the first that answers.
@@ -236,7 +243,14 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
         Ok(seed) => seed.parse().context("FAULT_SEED")?,
         Err(_) => SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64 | 1,
     };
-    let rounds: usize = std::env::var("FAULT_ROUNDS").map_or(Ok(4), |rounds| rounds.parse())?;
+    // Every kind runs in every run: the rounds go through shuffled passes over all of them.
+    let rounds: usize =
+        std::env::var("FAULT_ROUNDS").map_or(Ok(FAULTS.len()), |rounds| rounds.parse())?;
+    ensure!(
+        rounds >= FAULTS.len(),
+        "FAULT_ROUNDS must be at least {} (one round of each fault)",
+        FAULTS.len()
+    );
     eprintln!("fault suite: seed {seed}, {rounds} rounds (replay with FAULT_SEED={seed})");
     let mut generator = Generator(seed);
     let set = Arc::new(Mutex::new(
@@ -265,8 +279,15 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let started = Instant::now();
     let result = async {
+        let mut pass = FAULTS;
         for round in 0..rounds {
-            let fault = FAULTS[generator.below(FAULTS.len())];
+            if round % FAULTS.len() == 0 {
+                // Fisher-Yates from the seed: the same seed, the same schedule.
+                for index in (1..pass.len()).rev() {
+                    pass.swap(index, generator.below(index + 1));
+                }
+            }
+            let fault = pass[round % FAULTS.len()];
             *injected.entry(fault).or_default() += 1;
             let mut set = set.lock().await;
             let observation = set.observe(3).await;
@@ -360,8 +381,9 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let acknowledged = writing.await??;
     let windows = watching.await??;
+    let mut heal_failures = 0;
     for operator in operators {
-        operator.await??;
+        heal_failures += operator.await??;
     }
     result?;
 
@@ -392,7 +414,8 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
     }
     eprintln!(
         "measured: seed {seed}, {rounds} rounds in {:?}, faults {injected:?}, {} writes \
-         acknowledged, {} lost, {} two-master windows (longest {:?})",
+         acknowledged, {} lost, {} two-master windows (longest {:?}), {heal_failures} failed \
+         heals of the last operators",
         started.elapsed(),
         acknowledged.len(),
         lost.len(),
@@ -404,6 +427,22 @@ async fn random_faults_lose_no_acknowledged_write() -> Result<()> {
         "{} acknowledged writes lost (seed {seed}): {:?}",
         lost.len(),
         &lost[..lost.len().min(5)]
+    );
+    // A run in which nothing was acknowledged proves nothing.
+    ensure!(
+        acknowledged.len() >= rounds,
+        "only {} writes acknowledged in {rounds} rounds (seed {seed})",
+        acknowledged.len()
+    );
+    ensure!(
+        injected.len() == FAULTS.len(),
+        "not every fault ran: {injected:?}"
+    );
+    ensure!(
+        windows.count == 0,
+        "{} windows with two masters able to take writes, the longest {:?} (seed {seed})",
+        windows.count,
+        windows.longest
     );
     Ok(())
 }

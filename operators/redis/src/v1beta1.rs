@@ -79,8 +79,10 @@ pub struct RedisPodSpec {
     /// Node labels the pods must be scheduled on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
-    /// Scheduling constraints of the pods. Default for a RedisSentinel: prefer spreading its
-    /// pods over hosts.
+    /// Scheduling constraints of the pods. Default for a RedisSentinel: no two of its pods on
+    /// one host (required) and its pods spread over `topology.kubernetes.io/zone`
+    /// (preferred), so that losing a host or a zone cannot take the sentinel majority with
+    /// it. Setting this field replaces both, e.g. `affinity: {}` on a one-node cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Box<Affinity>>,
     /// Taints the pods tolerate.
@@ -367,6 +369,7 @@ pub struct RedisStatus {
     validation = Rule::new("self.metadata.name.size() <= 47").message("metadata.name must be at most 47 characters: the StatefulSet `<name>-node`, its pod names and revision labels add up to 16 more"),
     validation = Rule::new("!has(self.spec.sentinel) || !has(self.spec.sentinel.quorum) || self.spec.sentinel.quorum <= self.spec.replicas").message("spec.sentinel.quorum must not exceed spec.replicas"),
     validation = Rule::new("!has(self.spec.minReplicasToWrite) || self.spec.minReplicasToWrite < self.spec.replicas").message("spec.minReplicasToWrite must be less than spec.replicas"),
+    validation = Rule::new("!has(self.spec.minReplicasMaxLag) || self.spec.minReplicasMaxLag * 1000 < (has(self.spec.sentinel) && has(self.spec.sentinel.downAfterMilliseconds) ? self.spec.sentinel.downAfterMilliseconds : 5000)").message("spec.minReplicasMaxLag must be shorter than spec.sentinel.downAfterMilliseconds (default 5000): a master cut off from its replicas must refuse writes before the sentinels elect another master, or the writes it acknowledges meanwhile are lost"),
     validation = Rule::new("!has(self.spec.redisConfig) || self.spec.redisConfig.additionalConfig.all(line, !line.matches('^\\\\s*(?i)(replicaof|slaveof|min-replicas-to-write|min-slaves-to-write|min-replicas-max-lag|min-slaves-max-lag|replica-announce-ip|slave-announce-ip|replica-announce-port|slave-announce-port)(\\\\s|$)'))").message("spec.redisConfig.additionalConfig must not set replicaof, slaveof, min-replicas-to-write, min-replicas-max-lag or replica-announce-*: Sentinel and the operator manage replication (use spec.minReplicasToWrite and spec.minReplicasMaxLag)"),
     validation = Rule::new("!has(self.spec.redisConfig) || self.spec.redisConfig.additionalConfig.all(line, !line.matches('^\\\\s*(?i)rename-command\\\\s+[\\\"\\x27]?(replicaof|slaveof|info|ping|config|client|role|multi|exec|script|shutdown|publish|subscribe|psubscribe|failover|auth|hello|command)[\\\"\\x27]?(\\\\s|$)'))").message("spec.redisConfig.additionalConfig must not rename a command Sentinel or the operator sends (REPLICAOF, INFO, PING, CONFIG, CLIENT, ROLE, MULTI, EXEC, SCRIPT, SHUTDOWN, PUBLISH, SUBSCRIBE, FAILOVER, AUTH, HELLO, COMMAND)")
 )]
@@ -387,7 +390,10 @@ pub struct RedisSentinelSpec {
     #[x_kube(validation = Rule::new("self >= 0").message("minReplicasToWrite must not be negative"))]
     pub min_replicas_to_write: Option<i32>,
     /// `min-replicas-max-lag`: seconds after which a silent replica no longer counts for
-    /// `minReplicasToWrite`. Default 10.
+    /// `minReplicasToWrite`. It must be shorter than `sentinel.downAfterMilliseconds`: a
+    /// master cut off from its replicas then refuses writes before the sentinels can elect
+    /// another, so no write it acknowledges is discarded by that failover. Default: 2 s less
+    /// than `downAfterMilliseconds`, at least 1 (3 with the default 5000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("minReplicasMaxLag must be at least 1"))]
     pub min_replicas_max_lag: Option<i32>,

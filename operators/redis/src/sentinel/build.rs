@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, Container, EnvVar, EnvVarSource, Lifecycle, LifecycleHandler,
     ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, Service, ServiceSpec,
-    WeightedPodAffinityTerm,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -103,6 +103,21 @@ pub fn nodes(resource: &RedisSentinel) -> Vec<Node> {
         .collect()
 }
 
+/// `min-replicas-max-lag` in seconds. An isolated master keeps counting its silent replicas
+/// for this long; the sentinels elect another master after `down-after` plus an election
+/// (about a second). Writes the old master acknowledges in between are discarded by the
+/// failover, so the lag must end first: 2 s below `down-after` (3 s with the default 5 s),
+/// never below Redis's minimum of 1 s. Review finding 1 measured the old default, 10 s.
+pub fn min_replicas_max_lag(spec: &RedisSentinelSpec) -> i64 {
+    spec.min_replicas_max_lag.map_or_else(
+        || {
+            (i64::try_from(settings(spec).down_after_milliseconds).unwrap_or(5000) / 1000 - 2)
+                .max(1)
+        },
+        i64::from,
+    )
+}
+
 /// The generated `redis.conf` (the start script adds the per-pod lines).
 pub fn redis_conf(spec: &RedisSentinelSpec) -> String {
     let mut conf = format!(
@@ -116,7 +131,7 @@ pub fn redis_conf(spec: &RedisSentinelSpec) -> String {
          min-replicas-to-write {}\n\
          min-replicas-max-lag {}\n",
         spec.min_replicas_to_write.unwrap_or(1),
-        spec.min_replicas_max_lag.unwrap_or(10),
+        min_replicas_max_lag(spec),
     );
     for line in spec
         .pod
@@ -276,30 +291,41 @@ pub fn stateful_set(
         match_labels: Some(labels.clone()),
         ..LabelSelector::default()
     };
-    let affinity = spec
-        .pod
-        .affinity
-        .as_deref()
-        .cloned()
-        .unwrap_or_else(|| Affinity {
-            pod_anti_affinity: Some(PodAntiAffinity {
-                preferred_during_scheduling_ignored_during_execution: Some(vec![
-                    WeightedPodAffinityTerm {
-                        weight: 100,
-                        pod_affinity_term: PodAffinityTerm {
+    // Placement (review finding 6): two pods on one host, or in one zone, lose the sentinel
+    // majority together with that host or zone, and then nothing fails over. So by default no
+    // two pods share a host (required: a pod stays Pending rather than double up) and pods
+    // spread over zones (preferred: a cluster whose nodes carry no zone label still
+    // schedules). A spec.affinity of its own replaces both, e.g. `affinity: {}` on a
+    // one-node kind cluster.
+    let (affinity, spread) = match spec.pod.affinity.as_deref() {
+        Some(affinity) => (affinity.clone(), None),
+        None => (
+            Affinity {
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(vec![
+                        PodAffinityTerm {
                             topology_key: "kubernetes.io/hostname".to_owned(),
                             label_selector: Some(selector.clone()),
                             ..PodAffinityTerm::default()
                         },
-                    },
-                ]),
-                ..PodAntiAffinity::default()
-            }),
-            ..Affinity::default()
-        });
+                    ]),
+                    ..PodAntiAffinity::default()
+                }),
+                ..Affinity::default()
+            },
+            Some(vec![TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "topology.kubernetes.io/zone".to_owned(),
+                when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                label_selector: Some(selector.clone()),
+                ..TopologySpreadConstraint::default()
+            }]),
+        ),
+    };
     let mut template = pod_template(&spec.pod, labels, hash, containers, volumes);
     if let Some(pod) = template.spec.as_mut() {
         pod.affinity = Some(affinity);
+        pod.topology_spread_constraints = spread;
         pod.termination_grace_period_seconds =
             Some(i64::try_from(settings(spec).failover_timeout / 1000 + 20).unwrap_or(i64::MAX));
     }
@@ -424,6 +450,21 @@ mod tests {
     }
 
     #[test]
+    fn an_isolated_master_stops_counting_its_replicas_before_a_failover_can_start() {
+        // Review finding 1: with a lag above down-after, an isolated master acknowledged
+        // writes for seconds after the sentinels had elected another master.
+        for (down_after, lag) in [(5000, 3), (10000, 8), (3500, 1), (100, 1)] {
+            let resource = resource(
+                json!({ "kubernetesConfig": {}, "sentinel": { "downAfterMilliseconds": down_after } }),
+            );
+            assert_eq!(min_replicas_max_lag(&resource.spec), lag, "{down_after}");
+            assert!(redis_conf(&resource.spec).contains(&format!("min-replicas-max-lag {lag}\n")));
+        }
+        let chosen = resource(json!({ "kubernetesConfig": {}, "minReplicasMaxLag": 2 }));
+        assert_eq!(min_replicas_max_lag(&chosen.spec), 2);
+    }
+
+    #[test]
     fn defaults_follow_the_issue_and_the_seed_chart() {
         let resource = resource(json!({ "kubernetesConfig": {} }));
         assert_eq!(resource.spec.replicas, 3);
@@ -442,8 +483,7 @@ mod tests {
         );
         let conf = redis_conf(&resource.spec);
         assert!(
-            conf.contains("min-replicas-to-write 1\n")
-                && conf.contains("min-replicas-max-lag 10\n")
+            conf.contains("min-replicas-to-write 1\n") && conf.contains("min-replicas-max-lag 3\n")
         );
 
         let names = Names::of("cache");
@@ -486,11 +526,13 @@ mod tests {
         );
         let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
         let term = &anti
-            .preferred_during_scheduling_ignored_during_execution
+            .required_during_scheduling_ignored_during_execution
             .unwrap()[0];
+        assert_eq!(term.topology_key, "kubernetes.io/hostname");
+        let spread = &pod.topology_spread_constraints.unwrap()[0];
         assert_eq!(
-            term.pod_affinity_term.topology_key,
-            "kubernetes.io/hostname"
+            (spread.topology_key.as_str(), spread.max_skew),
+            ("topology.kubernetes.io/zone", 1)
         );
         // Both containers hand over before they stop: Redis asks for the failover, and its
         // pod's sentinel stays up until the handover is done.

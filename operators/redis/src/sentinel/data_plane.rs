@@ -575,6 +575,118 @@ pub fn plan(
     settings: &Settings,
     memory: &Memory,
 ) -> Plan {
+    let plan = plan_from_view(nodes, observation, settings, memory);
+    match plan
+        .master
+        .and_then(|master| unconfirmed(nodes, observation, &plan, master))
+    {
+        Some(reason) => Plan::wait(false, reason),
+        None => plan,
+    }
+}
+
+/// Why a plan whose master is `master` is not confirmed by the sentinels, if it is not.
+///
+/// The operator's view can be partial (a partition between it and some pods), and a partial
+/// view can look exactly like a master that is gone. So a master is promoted, re-pointed to,
+/// labelled or recorded only when a majority of the sentinels answers (the same majority a
+/// Sentinel failover needs to be authorised) and no answering sentinel knows better:
+/// - a sentinel that names another node which could be taking writes (one the operator
+///   cannot reach, or a master holding data) at a newer configuration epoch than those naming
+///   `master` (or, when no majority names `master`, at any epoch not older) has seen a
+///   failover the operator has not;
+/// - a promotion waits while another node in the set still has replicas connected to it: it
+///   is alive and serving, wherever the operator cannot see it from.
+fn unconfirmed(
+    nodes: &[Node],
+    observation: &Observation,
+    plan: &Plan,
+    master: usize,
+) -> Option<String> {
+    let majority = nodes.len() / 2 + 1;
+    let answering: Vec<(usize, &SentinelState)> = observation
+        .sentinels
+        .iter()
+        .enumerate()
+        .filter_map(|(index, state)| state.as_ref().map(|state| (index, state)))
+        .collect();
+    if answering.len() < majority {
+        return Some(format!(
+            "only {} of {} sentinels answer; the operator changes nothing a sentinel majority \
+             cannot confirm",
+            answering.len(),
+            nodes.len()
+        ));
+    }
+    let named = |state: &SentinelState| {
+        state
+            .master
+            .as_ref()
+            .and_then(|(host, port)| address_of(nodes, host, *port))
+    };
+    let supporters: Vec<u64> = answering
+        .iter()
+        .filter(|(_, state)| named(state) == Some(master))
+        .map(|(_, state)| state.config_epoch)
+        .collect();
+    let by_majority = supporters.len() >= majority;
+    let support_epoch = supporters.iter().copied().max();
+    for (index, state) in &answering {
+        let Some(other) = named(state).filter(|other| *other != master) else {
+            continue;
+        };
+        let may_take_writes = match observation.redis.get(other) {
+            Some(Some(redis)) => redis.role == Role::Master && redis.has_data(),
+            _ => true,
+        };
+        let knows_better = match support_epoch {
+            Some(epoch) if by_majority => state.config_epoch > epoch,
+            Some(epoch) => state.config_epoch >= epoch,
+            None => true,
+        };
+        if may_take_writes && knows_better {
+            return Some(format!(
+                "the sentinel of {:?} names {:?} as master (configuration epoch {}), which the \
+                 operator cannot confirm; waiting for the sentinels to agree",
+                nodes[*index].pod, nodes[other].pod, state.config_epoch
+            ));
+        }
+    }
+    if plan.actions.contains(&Action::Promote(master))
+        && let Some((index, served)) =
+            observation
+                .redis
+                .iter()
+                .enumerate()
+                .find_map(
+                    |(index, state)| match state.as_ref().map(|state| &state.role) {
+                        Some(Role::Replica {
+                            host,
+                            port,
+                            link_up: true,
+                        }) => address_of(nodes, host, *port)
+                            .filter(|served| *served != master)
+                            .map(|served| (index, served)),
+                        _ => None,
+                    },
+                )
+    {
+        return Some(format!(
+            "{:?} still replicates from {:?}, which is alive; not promoting {:?} beside it",
+            nodes[index].pod, nodes[served].pod, nodes[master].pod
+        ));
+    }
+    None
+}
+
+/// The plan from this observation alone, before [`unconfirmed`] checks it against the
+/// sentinels.
+fn plan_from_view(
+    nodes: &[Node],
+    observation: &Observation,
+    settings: &Settings,
+    memory: &Memory,
+) -> Plan {
     if !observation.password_refused.is_empty() {
         // Pods that refuse the password are as good as unseen, and acting on the others alone
         // could demote the node that holds the newest writes, or record the wrong master for
@@ -1005,6 +1117,7 @@ pub async fn heal(
     settings: &Settings,
     memory: &Memory,
     credentials: &Credentials,
+    lease_held: &(dyn Fn() -> bool + Sync),
 ) -> Result<usize, RespError> {
     let mut applied = 0;
     for action in &plan.actions {
@@ -1019,37 +1132,43 @@ pub async fn heal(
             return Ok(applied);
         }
         // Each command goes to a fresh connection, on the node the action names.
-        let redis = |index: usize| {
-            let node = &nodes[index];
-            connect(resolver, &node.host, node.redis_port, credentials)
-        };
-        let sentinel = |index: usize| {
-            let node = &nodes[index];
-            connect(resolver, &node.host, node.sentinel_port, credentials)
-        };
-        match *action {
-            Action::Promote(index) => {
-                redis(index)
-                    .await?
-                    .command(&["REPLICAOF", "NO", "ONE"])
-                    .await?;
+        let (index, port) = match *action {
+            Action::Promote(index) | Action::Replicate { node: index, .. } => {
+                (index, nodes[index].redis_port)
             }
-            Action::Replicate { node, master } => {
+            Action::Reset(index)
+            | Action::Quorum(index)
+            | Action::Monitor {
+                sentinel: index, ..
+            } => (index, nodes[index].sentinel_port),
+        };
+        let mut connection = connect(resolver, &nodes[index].host, port, credentials).await?;
+        // A leader frozen since the observation may have been replaced meanwhile: the last
+        // look at the clock is right before the command.
+        if !lease_held() {
+            tracing::warn!(
+                ?action,
+                "not healing: this replica's lease may have passed to another"
+            );
+            return Ok(applied);
+        }
+        match *action {
+            Action::Promote(_) => {
+                connection.command(&["REPLICAOF", "NO", "ONE"]).await?;
+            }
+            Action::Replicate { master, .. } => {
                 let master = &nodes[master];
-                redis(node)
-                    .await?
+                connection
                     .command(&["REPLICAOF", &master.host, &master.redis_port.to_string()])
                     .await?;
             }
-            Action::Reset(index) => {
-                sentinel(index)
-                    .await?
+            Action::Reset(_) => {
+                connection
                     .command(&["SENTINEL", "RESET", &settings.master_set])
                     .await?;
             }
-            Action::Quorum(index) => {
-                sentinel(index)
-                    .await?
+            Action::Quorum(_) => {
+                connection
                     .command(&[
                         "SENTINEL",
                         "SET",
@@ -1059,11 +1178,7 @@ pub async fn heal(
                     ])
                     .await?;
             }
-            Action::Monitor {
-                sentinel: index,
-                master,
-            } => {
-                let mut connection = sentinel(index).await?;
+            Action::Monitor { master, .. } => {
                 monitor(&mut connection, &nodes[master], settings, credentials).await?;
             }
         }
@@ -1336,11 +1451,69 @@ mod tests {
     }
 
     #[test]
-    fn without_sentinel_quorum_the_highest_offset_wins_never_an_empty_node() {
-        // Node 0 (the oldest) restarted empty; node 2 holds the most data.
+    fn with_only_replicas_and_a_sentinel_minority_in_view_nothing_is_promoted() {
+        // Review finding 2: the operator lost its route to nodes 0 and 1 while the set was
+        // healthy. Node 2 and its sentinel are all it sees; promoting node 2 would make a
+        // second master beside node 0, which still takes writes on the other side.
+        let observation = Observation {
+            redis: vec![None, None, replica_of(0, 800)],
+            sentinels: vec![None, None, sentinel_on(Some(0))],
+            password_refused: Vec::new(),
+        };
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert_eq!(plan.master, None, "{plan:?}");
+        assert!(plan.waiting.unwrap().contains("1 of 3 sentinels"));
+
+        // Five pods, nodes 3 and 4 (two sentinels of five) in view: promoting 3 and pointing
+        // 4 at it would give node 3 a replica, so it would accept writes lost at heal.
+        let five: Vec<Node> = (0..5)
+            .map(|index| Node {
+                pod: format!("cache-node-{index}"),
+                host: format!("cache-node-{index}.cache-headless"),
+                redis_port: 6379,
+                sentinel_port: 26379,
+            })
+            .collect();
+        let observation = Observation {
+            redis: vec![None, None, None, replica_of(0, 800), replica_of(0, 700)],
+            sentinels: vec![None, None, None, sentinel_on(Some(0)), sentinel_on(Some(0))],
+            password_refused: Vec::new(),
+        };
+        let plan = super::plan(&five, &observation, &settings(), &Memory::default());
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert_eq!(plan.master, None, "{plan:?}");
+    }
+
+    #[test]
+    fn a_failover_to_a_master_out_of_view_is_not_undone() {
+        // Review finding 3: node 0 (the old master, isolated with the operator) is still a
+        // master; the sentinel of node 2 ran a failover at epoch 2 to node 1, which the
+        // operator cannot reach, and node 2 follows node 1. Pointing node 2 and its sentinel
+        // back at node 0 would undo a failover a sentinel majority voted for.
+        let mut newer = sentinel_on(Some(1));
+        if let Some(state) = newer.as_mut() {
+            state.config_epoch = 2;
+        }
+        let observation = Observation {
+            redis: vec![master(500, 9), None, replica_of(1, 520)],
+            sentinels: vec![sentinel_on(Some(0)), None, newer],
+            password_refused: Vec::new(),
+        };
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        // Review finding 4: nor are the role labels and status.master pinned to node 0.
+        assert_eq!(plan.master, None, "{plan:?}");
+        assert!(plan.waiting.unwrap().contains("cache-node-1"));
+    }
+
+    #[test]
+    fn with_a_sentinel_majority_the_highest_offset_wins_never_an_empty_node() {
+        // Node 0 (the oldest) restarted empty; node 2 holds the most data; the sentinels
+        // restarted without a master (their state lives in memory) and all answer.
         let observation = Observation {
             redis: vec![master(0, 0), replica_of(9, 500), replica_of(9, 800)],
-            sentinels: vec![None, None, sentinel_on(None)],
+            sentinels: vec![sentinel_on(None), sentinel_on(None), sentinel_on(None)],
             password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
@@ -1389,10 +1562,10 @@ mod tests {
     }
 
     #[test]
-    fn two_masters_without_sentinels_keep_the_one_whose_history_contains_the_other() {
+    fn two_masters_unknown_to_the_sentinels_keep_the_one_whose_history_contains_the_other() {
         let observation = Observation {
             redis: vec![master(100, 5), master(300, 9), replica_of(0, 100)],
-            sentinels: vec![None, None, None],
+            sentinels: vec![sentinel_on(None); 3],
             password_refused: Vec::new(),
         };
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
@@ -1529,14 +1702,20 @@ mod tests {
     }
 
     #[test]
-    fn without_a_sentinel_majority_a_live_master_with_data_is_kept() {
-        // Two sentinel reads timed out; the replicas' offsets were read a moment after the
-        // master's and look ahead of it. Promoting one would throw away the master's writes.
-        let observation = Observation {
+    fn without_a_sentinel_majority_naming_it_a_live_master_with_data_is_kept() {
+        // Two sentinel reads timed out: nothing is changed, and no label or status moves.
+        let mut observation = Observation {
             redis: vec![master(100, 5), replica_of(0, 120), replica_of(0, 110)],
             sentinels: vec![None, None, sentinel_on(Some(0))],
             password_refused: Vec::new(),
         };
+        let waiting = plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert!(waiting.actions.is_empty(), "{waiting:?}");
+        assert_eq!(waiting.master, None);
+        // Two sentinels answer, one restarted without a master; the replicas' offsets were
+        // read a moment after the master's and look ahead of it. Promoting one would throw
+        // away the master's writes.
+        observation.sentinels[1] = sentinel_on(None);
         let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
         assert_eq!(plan.master, Some(0));
         assert_eq!(plan.choice, Some(Choice::OnlyMaster));
@@ -1819,7 +1998,7 @@ mod tests {
                 Some(promoted.clone()),
                 replica_of(0, 800),
             ],
-            sentinels: vec![None, None, sentinel_on(None)],
+            sentinels: vec![sentinel_on(None); 3],
             password_refused: Vec::new(),
         };
         let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());
@@ -1841,7 +2020,7 @@ mod tests {
                     ..state
                 }),
             ],
-            sentinels: vec![None, None, sentinel_on(None)],
+            sentinels: vec![sentinel_on(None); 3],
             password_refused: Vec::new(),
         };
         let planned = super::plan(&nodes(), &observation, &settings(), &Memory::default());

@@ -828,6 +828,7 @@ impl RedisSentinelReconciler {
             settings,
             &memory,
             credentials,
+            &|| context.lease_held(),
         )
         .await
         .map_err(Error::Heal)?;
