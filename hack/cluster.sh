@@ -4,14 +4,20 @@
 # provisioner, each an upstream binary running as a plain process bound to 127.0.0.1.
 #
 #   hack/cluster.sh up       build what is missing, start everything, wait until all is ready;
-#                            with REAL_NODE=1 also a real node (containerd + kubelet) where
-#                            pods run for real (see hack/node.sh)
+#                            with REAL_NODES=N also N real nodes (each its own network
+#                            namespace, containerd, kubelet and kube-proxy) where pods run for
+#                            real (see hack/node.sh; REAL_NODE=1 is one)
 #   hack/cluster.sh down     stop exactly the processes `up` started and remove the state
 #   hack/cluster.sh status   show each component and its health (exit 1 if any is unhealthy)
 #   hack/cluster.sh env      print the exports that point kubectl and the tests at the cluster
 #   hack/cluster.sh restart COMPONENT
 #                            stop one component and start it again with the same arguments,
 #                            as a control-plane upgrade would (waits until it is healthy)
+#   hack/cluster.sh node-kill I
+#                            power loss of real node I: its network dark, every process of it
+#                            killed at once, nothing restarted (hack/faults.sh kill uses it)
+#   hack/cluster.sh node-boot I [empty]
+#                            boot real node I after node-kill, with its disk or an empty one
 #
 # State (certificates, kubeconfig, logs, pid files, etcd data) lives in
 # $OPERATOR_KIT_CLUSTER_DIR (default: .cluster/ in the repository).
@@ -34,10 +40,22 @@ startup_timeout=${STARTUP_TIMEOUT_SECONDS:-120}
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok local-provisioner)
 # shellcheck source=node.sh
 source "$repo_root/hack/node.sh"
-# The real node's components, when this cluster has one (or `up` is asked for one).
-if [ -f "$state_dir/real-node" ] || { [ "${1:-}" = up ] && [ "${REAL_NODE:-0}" = 1 ]; }; then
-  components+=(containerd kubelet kube-proxy coredns)
+# The real nodes' components, when this cluster has some (or `up` is asked for some): each
+# node's containerd, kubelet and kube-proxy, then the cluster's DNS.
+real_nodes=$(real_node_count)
+# `up` asks for the environment's count; a running cluster keeps its own (see cmd_up).
+wanted_real_nodes=$real_nodes
+if [ "${1:-}" = up ]; then
+  if [ -n "${REAL_NODES:-}" ]; then wanted_real_nodes=$REAL_NODES
+  elif [ "${REAL_NODE:-0}" = 1 ]; then wanted_real_nodes=1
+  else wanted_real_nodes=0; fi
+  [ -d "$state_dir" ] || real_nodes=$wanted_real_nodes
 fi
+for ((node_index = 0; node_index < real_nodes; node_index++)); do
+  # shellcheck disable=SC2207 # three words, no globbing
+  components+=($(node_components_of "$node_index"))
+done
+[ "$real_nodes" -eq 0 ] || components+=(coredns host-proxy)
 # What a failed start does: `up` stops everything it started; `restart` leaves the rest running.
 on_failure=abort_up
 
@@ -48,9 +66,19 @@ binary_of() {
     etcd) echo "$ETCD_BIN_DIR/bin/etcd" ;;
     kwok) echo "$KWOK_BIN_DIR/bin/kwok" ;;
     local-provisioner) echo "$LOCAL_PROVISIONER_BIN_DIR/bin/local-provisioner" ;;
-    containerd) command -v containerd ;;
+    containerd-*) command -v containerd ;;
     coredns) echo "$COREDNS_BIN_DIR/bin/coredns" ;;
+    host-proxy) echo "$KUBERNETES_BIN_DIR/bin/kube-proxy" ;;
+    kubelet-* | kube-proxy-*) echo "$KUBERNETES_BIN_DIR/bin/${1%-*}" ;;
     *) echo "$KUBERNETES_BIN_DIR/bin/$1" ;;
+  esac
+}
+
+# What a component is started through: node components run inside their node
+# (hack/in-node.sh, which execs the binary: the pid stays the same).
+launcher_of() {
+  case $1 in
+    containerd-* | kubelet-* | kube-proxy-*) echo "$repo_root/hack/in-node.sh ${1##*-}" ;;
   esac
 }
 kubectl() { "$KUBERNETES_BIN_DIR/bin/kubectl" --kubeconfig "$state_dir/admin.kubeconfig" "$@"; }
@@ -149,18 +177,21 @@ abort_up() {
 # Runs a component under hack/supervise.sh in its own session, so that it outlives the shell
 # and is started again if it exits; records the pids and the arguments (for `restart`).
 start_component() {
-  local name=$1 binary
+  local name=$1 binary launcher
   shift
   binary=$(binary_of "$name")
   [ -x "$binary" ] || $on_failure "binary $binary is missing: run hack/build-binaries.sh"
+  launcher=$(launcher_of "$name")
   mkdir -p "$state_dir/args"
   printf '%s\0' "$@" >"$state_dir/args/$name"
   rm -f "$state_dir/pids/$name.pid"
-  setsid bash "$repo_root/hack/supervise.sh" "$state_dir/pids/$name.pid" "$binary" "$@" \
+  # shellcheck disable=SC2086 # the launcher is a command and its arguments, or nothing
+  setsid bash "$repo_root/hack/supervise.sh" "$state_dir/pids/$name.pid" $launcher "$binary" "$@" \
     >>"$state_dir/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$state_dir/pids/$name.supervisor.pid"
+  # Started once its process runs the binary (a launcher execs it under the same pid).
   for _ in $(seq 50); do
-    [ ! -s "$state_dir/pids/$name.pid" ] || return 0
+    running_pid "$name" >/dev/null && return 0
     sleep 0.1
   done
   $on_failure "$name did not start under its supervisor" "$name"
@@ -198,7 +229,11 @@ generate_credentials() {
       -extfile kubelet-client.ext -out kubelet-client.crt 2>/dev/null
     openssl genrsa -out service-account.key 2048 2>/dev/null
     echo "$(openssl rand -hex 24),admin,admin,system:masters" >tokens.csv
-    echo "$(openssl rand -hex 24),system:node:$node_name,$node_name,system:nodes" >>tokens.csv
+    local index name
+    for ((index = 0; index < real_nodes; index++)); do
+      name=$(node_name_of "$index")
+      echo "$(openssl rand -hex 24),system:node:$name,$name,system:nodes" >>tokens.csv
+    done
     chmod 600 ./*.key tokens.csv
   )
   local token
@@ -292,10 +327,11 @@ check_component() {
     kube-scheduler) https_ok_insecure "https://127.0.0.1:$scheduler_port/healthz" ;;
     kwok) http_ok "http://127.0.0.1:$kwok_port/healthz" ;;
     local-provisioner) [ -f "$state_dir/local-provisioner.ready" ] ;;
-    containerd) node_check_containerd ;;
-    kubelet) node_check_kubelet ;;
-    kube-proxy) node_check_kube_proxy ;;
+    containerd-*) node_check_containerd "${1##*-}" ;;
+    kubelet-*) node_check_kubelet "${1##*-}" ;;
+    kube-proxy-*) node_check_kube_proxy "${1##*-}" ;;
     coredns) node_check_coredns ;;
+    host-proxy) node_check_host_proxy ;;
   esac
 }
 
@@ -308,11 +344,20 @@ cluster_healthy() {
 
 cmd_up() {
   if [ -d "$state_dir" ] && cluster_healthy; then
+    if [ "$real_nodes" != "$wanted_real_nodes" ]; then
+      log "error: the running cluster has $real_nodes real nodes, not $wanted_real_nodes; stop it (hack/cluster.sh down) first"
+      exit 1
+    fi
     log "cluster already running"
     print_env
     return 0
   fi
-  [ ! -d "$state_dir" ] || { log "removing the state of a stopped or broken cluster"; cmd_down; }
+  if [ -d "$state_dir" ]; then
+    log "removing the state of a stopped or broken cluster"
+    cmd_down
+    # Started anew with the count asked for.
+    exec "$0" up
+  fi
   command -v openssl >/dev/null || { log "error: openssl is missing: run hack/install-deps.sh"; exit 1; }
   command -v curl >/dev/null || { log "error: curl is missing: run hack/install-deps.sh"; exit 1; }
   "$repo_root/hack/build-binaries.sh" kubernetes local_provisioner etcd kwok
@@ -385,16 +430,17 @@ cmd_up() {
   create_nodes || abort_up "failed to create the fake nodes" kube-apiserver
   wait_for kube-controller-manager "the default ServiceAccount" kubectl -n default get serviceaccount default
   wait_for kwok "$node_count nodes Ready" all_nodes_ready
-  if [ "${REAL_NODE:-0}" = 1 ]; then
-    touch "$state_dir/real-node"
-    node_up
+  if [ "$real_nodes" -gt 0 ]; then
+    echo "$real_nodes" >"$state_dir/real-nodes"
+    node_write_corefile
+    node_up "$real_nodes"
   fi
   trap - INT TERM
 
   print_env >"$state_dir/env"
-  local real_node=
-  [ ! -f "$state_dir/real-node" ] || real_node=" and the real node $node_name"
-  log "cluster ready in $((SECONDS - start)) s (kubernetes v$KUBERNETES_VERSION, $node_count kwok nodes$real_node); state in $state_dir"
+  local real=
+  [ "$real_nodes" -eq 0 ] || real=" and $real_nodes real nodes"
+  log "cluster ready in $((SECONDS - start)) s (kubernetes v$KUBERNETES_VERSION, $node_count kwok nodes$real); state in $state_dir"
   print_env
 }
 
@@ -451,12 +497,18 @@ case ${1:-} in
   down) cmd_down ;;
   status) cmd_status ;;
   restart) cmd_restart "${2:-}" ;;
+  node-kill | node-boot)
+    index=${2:-}
+    [[ $index =~ ^[0-9]+$ ]] && [ "$index" -lt "$real_nodes" ] ||
+      { log "error: no real node ${index@Q} (this cluster has $real_nodes)"; exit 2; }
+    if [ "$1" = node-kill ]; then node_kill "$index"; else node_boot "$index" "${3:-keep}"; fi
+    ;;
   env)
     [ -f "$state_dir/admin.kubeconfig" ] || { log "no cluster in $state_dir (run hack/cluster.sh up)"; exit 1; }
     print_env
     ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -14,7 +14,7 @@ command -v redis-sentinel >/dev/null || needed+=(redis-sentinel)
 # The real node of the local cluster (hack/cluster.sh up with REAL_NODE=1): a CRI runtime and
 # its OCI runtime, the CNI plugins, and what the local images are built from (umoci; busybox
 # for the shells and tools of the test images).
-if [ "${REAL_NODE:-0}" = 1 ]; then
+if [ "${REAL_NODE:-0}" = 1 ] || [ "${REAL_NODES:-0}" -gt 0 ]; then
   command -v containerd >/dev/null || needed+=(containerd)
   command -v runc >/dev/null || needed+=(runc)
   [ -x /usr/lib/cni/bridge ] || needed+=(containernetworking-plugins)

@@ -12,8 +12,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
 start=$SECONDS
 step() { printf '\n[test] %s (%d s elapsed)\n' "$*" $((SECONDS - start)) >&2; }
 
-# The integration tests include pods on the local cluster's real node (containerd + kubelet).
-export REAL_NODE=1
+# The integration tests include pods on the local cluster's three real nodes (each with its
+# containerd, kubelet and kube-proxy in a network namespace of its own): the fault suite
+# partitions, freezes, kills and drains them.
+export REAL_NODES=3
 step "pruning stale build output (a full disk puts the real node under DiskPressure)"
 hack/prune-target.sh
 step "installing system packages"
@@ -27,8 +29,9 @@ if ! hack/cluster.sh status >/dev/null 2>&1; then
   hack/cluster.sh up >/dev/null
   started_cluster=true
 fi
-if [ ! -f "${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}/real-node" ]; then
-  echo "[test] error: the running cluster has no real node; stop it (hack/cluster.sh down) and run again" >&2
+state_dir=${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}
+if [ "$(cat "$state_dir/real-nodes" 2>/dev/null || echo 0)" != "$REAL_NODES" ]; then
+  echo "[test] error: the running cluster does not have $REAL_NODES real nodes; stop it (hack/cluster.sh down) and run again" >&2
   exit 1
 fi
 stop_cluster() { if $started_cluster; then hack/cluster.sh down; fi; }
@@ -39,7 +42,7 @@ step "building the operators' images for the real node"
 # The chart test installs the operator as users do, from its image: the release binary in an
 # image named as the chart's default, imported into the real node's containerd.
 cargo build --release --locked --bin redis-operator --bin app-operator
-hack/images.sh import-operators "${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}/node/containerd.sock"
+for socket in "$state_dir"/nodes/*/containerd.sock; do hack/images.sh import-operators "$socket"; done
 
 step "checking formatting, lints and docs"
 # Not --all-features: operator-kit's v1_* features each pick a Kubernetes version, and

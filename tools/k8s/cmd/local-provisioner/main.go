@@ -1,9 +1,12 @@
 // Command local-provisioner is the dynamic volume provisioner of the local test cluster.
 //
-// The cluster has no kubelet and no storage: kwok only pretends that pods run. A
-// PersistentVolumeClaim still needs a PersistentVolume before the scheduler places its pod,
-// so this program plays the external-provisioner role for one StorageClass: it creates a
-// hostPath PersistentVolume pre-bound to each pending claim of that class, and deletes the
+// The cluster has no storage system: kwok only pretends that pods run, and the real nodes share
+// this machine's disk. So this program plays the external-provisioner role for one
+// StorageClass, the way kind's local-path provisioner does: the class binds when the first pod
+// is scheduled (WaitForFirstConsumer), and for each claim the scheduler has placed on a node
+// it creates a hostPath PersistentVolume in that node's folder, pre-bound to the claim and
+// required to stay on that node (node affinity), so a pod's data lives on its node as on a
+// real cluster: a pod whose node is gone cannot take its volume elsewhere. It deletes the
 // volume once its claim is gone (reclaim policy Delete). The kube-controller-manager's
 // persistent-volume controller does the binding itself, exactly as with a real CSI driver.
 package main
@@ -28,7 +31,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-const provisionedByAnnotation = "pv.kubernetes.io/provisioned-by"
+const (
+	provisionedByAnnotation = "pv.kubernetes.io/provisioned-by"
+	// Set on a claim by the scheduler once it has chosen the node of the claim's first pod.
+	selectedNodeAnnotation = "volume.kubernetes.io/selected-node"
+)
 
 type provisioner struct {
 	client    kubernetes.Interface
@@ -41,7 +48,7 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "path to the kubeconfig of the cluster")
 	name := flag.String("provisioner-name", "operator-kit.io/local-hostpath", "name written in StorageClass.provisioner")
 	className := flag.String("storage-class", "standard", "StorageClass to create (as the default class) and serve")
-	hostRoot := flag.String("host-root", "/var/lib/operator-kit-local", "directory named in the hostPath of created volumes")
+	hostRoot := flag.String("host-root", "/var/lib/operator-kit-local", "directory holding a folder per node, where the node's volumes are made")
 	readyFile := flag.String("ready-file", "", "file written once the caches are synced, for the start script")
 	flag.Parse()
 
@@ -87,7 +94,7 @@ func main() {
 
 func (p *provisioner) ensureStorageClass(ctx context.Context) error {
 	reclaim := corev1.PersistentVolumeReclaimDelete
-	binding := storagev1.VolumeBindingImmediate
+	binding := storagev1.VolumeBindingWaitForFirstConsumer
 	expand := true
 	class := &storagev1.StorageClass{
 		ObjectMeta: metav1.ObjectMeta{
@@ -110,7 +117,7 @@ func (p *provisioner) servesClaim(claim *corev1.PersistentVolumeClaim) bool {
 	if claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName != p.className {
 		return false
 	}
-	return claim.Spec.VolumeName == "" && claim.DeletionTimestamp == nil
+	return claim.Spec.VolumeName == "" && claim.DeletionTimestamp == nil && claim.Annotations[selectedNodeAnnotation] != ""
 }
 
 func (p *provisioner) onClaim(ctx context.Context, obj any) {
@@ -132,7 +139,12 @@ func (p *provisioner) onClaim(ctx context.Context, obj any) {
 	// Named after the claim's UID like every CSI provisioner, so a retried create is
 	// idempotent and a recreated claim of the same name gets a new, empty volume.
 	name := "pvc-" + string(claim.UID)
-	path := filepath.Join(p.hostRoot, name)
+	node := claim.Annotations[selectedNodeAnnotation]
+	if filepath.Base(node) != node || node == "." || node == ".." {
+		log.Printf("claim %s/%s names node %q, which cannot be a folder; skipped", claim.Namespace, claim.Name, node)
+		return
+	}
+	path := filepath.Join(p.hostRoot, node, name)
 	// Made here, writable by any user: pods on the real node run as non-root users, and
 	// fsGroup does not apply to hostPath volumes (the kubelet would make it root's, 0755).
 	if err := os.MkdirAll(path, 0o777); err != nil {
@@ -161,12 +173,17 @@ func (p *provisioner) onClaim(ctx context.Context, obj any) {
 			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{
 				Path: path, Type: &hostPathType,
 			}},
+			NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{
+				NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{
+					Key: "kubernetes.io/hostname", Operator: corev1.NodeSelectorOpIn, Values: []string{node},
+				}}}},
+			}},
 		},
 	}
 	_, err := p.client.CoreV1().PersistentVolumes().Create(ctx, volume, metav1.CreateOptions{})
 	switch {
 	case err == nil:
-		log.Printf("created volume %s for claim %s/%s (%s)", volume.Name, claim.Namespace, claim.Name, size.String())
+		log.Printf("created volume %s for claim %s/%s (%s) on node %s", volume.Name, claim.Namespace, claim.Name, size.String(), node)
 	case apierrors.IsAlreadyExists(err):
 	default:
 		log.Printf("failed to create volume for claim %s/%s: %v", claim.Namespace, claim.Name, err)
@@ -187,7 +204,7 @@ func (p *provisioner) onVolume(ctx context.Context, obj any) {
 		return
 	}
 	// Its data goes with it, as the Delete reclaim policy means.
-	if source := volume.Spec.HostPath; source != nil && filepath.Dir(source.Path) == filepath.Clean(p.hostRoot) {
+	if source := volume.Spec.HostPath; source != nil && filepath.Dir(filepath.Dir(source.Path)) == filepath.Clean(p.hostRoot) {
 		if err := os.RemoveAll(source.Path); err != nil {
 			log.Printf("failed to remove the data of volume %s: %v", volume.Name, err)
 		}
