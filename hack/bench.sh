@@ -28,32 +28,48 @@
 # And the same on real pods: examples/redis-sentinel.yaml on the real node, the master's pod
 # deleted and its redis-server killed, `runs` times each (see tests/benches/failover_pods.rs):
 #   hack/bench.sh failover-pods [runs] [delete|kill|both]      (defaults: 5 and both)
-# And the Sentinel fault suite at length (tests/tests/redis_sentinel_faults.rs): random faults
-# on real processes under a writer; reports rounds, faults by kind and lost writes:
-#   hack/bench.sh faults [rounds] [seed]                       (defaults: 30 and a new seed)
+# And the fault suite on the three real nodes at length (tests/tests/fault_suite.rs):
+# `rounds` rounds over every nemesis kind from `seed`, clients in every zone, the checker's
+# table at the end (optional FAULT_KINDS=a,b narrows the kinds, FAULT_HISTORY=path keeps the
+# history as JSON lines):
+#   hack/bench.sh faults [rounds] [seed]                       (defaults: 100 and a new seed)
+# And the local one (tests/tests/redis_sentinel_faults.rs: redis-server processes on this
+# machine, two racing data-plane loops):
+#   hack/bench.sh faults-local [rounds] [seed]                 (defaults: 30 and a new seed)
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 # shellcheck source=versions.sh
 source hack/versions.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}
-operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms] | failover-pods [runs] [fault] | faults [rounds] [seed]}
+operator=${1:?usage: hack/bench.sh website|redis|app [count] [idle-seconds] | failover [runs] [down-after-ms] | failover-pods [runs] [fault] | faults [rounds] [seed] | faults-local [rounds] [seed]}
 if [ "$operator" = failover ]; then
   hack/install-deps.sh
   hack/cluster.sh up >/dev/null
   exec cargo bench --locked -p integration-tests --bench failover -- "${2:-10}" "${3:-5000}"
 fi
 if [ "$operator" = failover-pods ]; then
-  REAL_NODE=1 hack/install-deps.sh
-  REAL_NODE=1 hack/build-binaries.sh
-  REAL_NODE=1 hack/cluster.sh up >/dev/null
-  if [ ! -f "${OPERATOR_KIT_CLUSTER_DIR:-$repo_root/.cluster}/real-node" ]; then
-    echo "the running cluster has no real node: hack/cluster.sh down, then run this again" >&2
-    exit 1
-  fi
+  export REAL_NODES=3
+  hack/install-deps.sh
+  hack/build-binaries.sh
+  hack/cluster.sh up >/dev/null
   exec cargo bench --locked -p integration-tests --bench failover_pods -- "${2:-5}" "${3:-both}"
 fi
 if [ "$operator" = faults ]; then
+  export REAL_NODES=3
+  hack/install-deps.sh
+  hack/build-binaries.sh
+  hack/cluster.sh up >/dev/null
+  cargo build --locked --release --bin redis-operator
+  for socket in .cluster/nodes/*/containerd.sock; do
+    hack/images.sh import-operators "$socket"
+  done
+  export FAULT_ROUNDS=${2:-100}
+  [ -z "${3:-}" ] || export FAULT_SEED=$3
+  exec cargo test --locked --release -p integration-tests --features operator-kit/testing \
+    --test fault_suite -- --nocapture
+fi
+if [ "$operator" = faults-local ]; then
   hack/install-deps.sh
   export FAULT_ROUNDS=${2:-30}
   [ -z "${3:-}" ] || export FAULT_SEED=$3

@@ -111,6 +111,16 @@ pub async fn connect(address: (&str, u16), password: &str) -> Result<Connection>
     Ok(Connection::open(Box::new(stream), &Credentials::password(Some(password))).await?)
 }
 
+/// Whether `result` failed because the server refused the password (`WRONGPASS`, `NOAUTH`),
+/// not for any other reason: a timeout or a pod that is down is no refusal.
+pub fn refused_password<T>(result: &Result<T>) -> bool {
+    result.as_ref().err().is_some_and(|error| {
+        error
+            .downcast_ref::<redis_operator::resp::RespError>()
+            .is_some_and(redis_operator::sentinel::data_plane::refuses_password)
+    })
+}
+
 /// A connection to the Redis of `pod` by its pod IP.
 pub async fn connect_pod(pods: &kube::Api<Pod>, pod: &str, password: &str) -> Result<Connection> {
     let ip = pods
@@ -180,12 +190,33 @@ pub fn restart_count(pod: &Pod, name: &str) -> i32 {
         .map_or(0, |status| status.restart_count)
 }
 
-/// The host process id of a pod's container, from containerd (for a kill -9 from outside:
-/// inside its PID namespace, PID 1 ignores SIGKILL).
-pub fn host_pid(container_id: &str) -> Result<u32> {
-    let cluster = std::env::var("OPERATOR_KIT_CLUSTER_DIR")
-        .unwrap_or_else(|_| format!("{}/../.cluster", env!("CARGO_MANIFEST_DIR")));
-    let socket = format!("{cluster}/node/containerd.sock");
+/// The local cluster's state directory (`.cluster/`, or `OPERATOR_KIT_CLUSTER_DIR`).
+pub fn cluster_dir() -> String {
+    std::env::var("OPERATOR_KIT_CLUSTER_DIR")
+        .unwrap_or_else(|_| format!("{}/../.cluster", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The index of the real node `name` (`real-node-<index>`).
+pub fn node_index(name: &str) -> Result<usize> {
+    name.strip_prefix("real-node-")
+        .and_then(|index| index.parse().ok())
+        .with_context(|| format!("{name:?} is not a real node"))
+}
+
+/// The index of the real node `pod` runs on.
+pub fn node_of(pod: &Pod) -> Result<usize> {
+    node_index(
+        pod.spec
+            .as_ref()
+            .and_then(|spec| spec.node_name.as_deref())
+            .context("the pod is not scheduled")?,
+    )
+}
+
+/// The host process id of a container on real node `node`, from its containerd (for a kill -9
+/// from outside: inside its PID namespace, PID 1 ignores SIGKILL).
+pub fn host_pid(node: usize, container_id: &str) -> Result<u32> {
+    let socket = format!("{}/nodes/{node}/containerd.sock", cluster_dir());
     let output = std::process::Command::new("ctr")
         .args(["--address", &socket, "--namespace", "k8s.io", "tasks", "ls"])
         .output()
@@ -202,10 +233,83 @@ pub fn host_pid(container_id: &str) -> Result<u32> {
 /// kill -9 of the process of container `container` of `pod`, from the host.
 pub fn kill_container_process(pod: &Pod, container: &str) -> Result<()> {
     let id = container_id(pod, container).with_context(|| format!("no {container} container"))?;
-    let pid = host_pid(&id)?;
+    let pid = host_pid(node_of(pod)?, &id)?;
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()?;
     ensure!(status.success(), "kill -9 {pid}: {status}");
+    Ok(())
+}
+
+/// `helm install` of `charts/<operator>` into the test's namespace, watching only it, with
+/// `replicas` pods on the real nodes (each on a node of its own) and `--set` values `extra`;
+/// waits until every replica is available (through the operator's own `/readyz`).
+pub async fn helm_install_on_real_nodes(
+    namespace: &TestNamespace,
+    operator: &str,
+    replicas: usize,
+    extra: &[&str],
+) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let ns = namespace.name();
+    let chart = format!("{}/../charts/{operator}", env!("CARGO_MANIFEST_DIR"));
+    let watch = format!("watchNamespace={ns}");
+    let replica_count = format!("replicaCount={replicas}");
+    // The operator's own pods only (its release is named after it): the pods it manages carry
+    // `app.kubernetes.io/name: <operator>` too, and must not be kept off the operator's nodes.
+    let spread = json!({ "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [{
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": { "matchLabels": {
+            "app.kubernetes.io/name": operator,
+            "app.kubernetes.io/instance": operator,
+        } },
+    }] } });
+    let affinity = format!("affinity={spread}");
+    let mut args = vec![
+        "install",
+        operator,
+        &chart,
+        "--namespace",
+        ns,
+        "--set",
+        &watch,
+        "--set",
+        &replica_count,
+        "--set-json",
+        &affinity,
+        "--set-string",
+        "nodeSelector.operator-kit\\.io/real-node=true",
+        "--set",
+        "tolerations[0].key=operator-kit.io/real-node",
+        "--set",
+        "tolerations[0].operator=Exists",
+    ];
+    for value in extra {
+        args.extend(["--set", value]);
+    }
+    operator_kit::testing::tools::run("helm", &args, None).with_context(|| {
+        format!(
+            "helm install failed (the image comes from `cargo build --release --bin {operator}` \
+             and `hack/images.sh import-operators <containerd socket>`, which hack/test.sh runs)"
+        )
+    })?;
+    let deployments = namespace.api::<Deployment>();
+    let wanted = i32::try_from(replicas).unwrap_or(i32::MAX);
+    namespace
+        .wait_for(
+            &deployments,
+            operator,
+            "available",
+            Duration::from_secs(120),
+            |deployment: &Deployment| {
+                deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.available_replicas)
+                    == Some(wanted)
+            },
+        )
+        .await?;
     Ok(())
 }

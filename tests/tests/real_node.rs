@@ -71,8 +71,8 @@ async fn a_pod_on_the_real_node_runs_probes_serves_and_reaches_the_api_server() 
     let namespace = TestNamespace::create("real-node").await?;
     let nodes = kube::Api::<k8s_openapi::api::core::v1::Node>::all(namespace.client().clone());
     ensure!(
-        nodes.get_opt("real-node").await?.is_some(),
-        "no real node: start the cluster with REAL_NODE=1 hack/cluster.sh up"
+        nodes.get_opt("real-node-0").await?.is_some(),
+        "no real node: start the cluster with REAL_NODES=3 hack/cluster.sh up"
     );
     let pods = namespace.api::<Pod>();
     let pod: Pod = serde_json::from_value(json!({
@@ -121,9 +121,23 @@ async fn a_pod_on_the_real_node_runs_probes_serves_and_reaches_the_api_server() 
         })
         .await?;
     let status = ready.status.context("no status")?;
-    ensure!(status.host_ip.as_deref() == Some("10.88.0.1"), "{status:?}");
+    // Node i has the address 10.88.0.1<i> and the pod network 10.89.<i>.0/24.
+    let node = ready
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.node_name.as_deref())
+        .and_then(|name| name.strip_prefix("real-node-"))
+        .context("not on a real node")?
+        .to_owned();
+    ensure!(
+        status.host_ip.as_deref() == Some(format!("10.88.0.1{node}").as_str()),
+        "{status:?}"
+    );
     let pod_ip = status.pod_ip.context("no pod IP")?;
-    ensure!(pod_ip.starts_with("10.88.0."), "pod IP {pod_ip}");
+    ensure!(
+        pod_ip.starts_with(&format!("10.89.{node}.")),
+        "pod IP {pod_ip}"
+    );
 
     // The host reaches the pod on the pod network.
     let direct = tokio::net::TcpStream::connect((pod_ip.as_str(), 8080)).await?;
@@ -255,9 +269,12 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
     // A client on the pod network: the password is required, then writes and reads work.
     let stream = tokio::net::TcpStream::connect((pod_ip.as_str(), 6379)).await?;
     let mut anonymous = Connection::open(Box::new(stream), &Credentials::default()).await?;
-    let refused = anonymous.command(&["SET", "k", "v"]).await;
+    let refused = anonymous
+        .command(&["SET", "k", "v"])
+        .await
+        .map_err(anyhow::Error::from);
     ensure!(
-        refused.is_err(),
+        real_node_support::refused_password(&refused),
         "a write without the password: {refused:?}"
     );
     let stream = tokio::net::TcpStream::connect((pod_ip.as_str(), 6379)).await?;
@@ -379,9 +396,11 @@ async fn the_seeds_standalone_redis_runs_for_real_with_its_password() -> Result<
             )
         }
     };
+    let old = connect(PASSWORD).await;
     ensure!(
-        connect(PASSWORD).await.is_err(),
-        "the old password still works"
+        real_node_support::refused_password(&old),
+        "the old password is not refused: {:?}",
+        old.err()
     );
     let mut renewed = connect(NEW_PASSWORD).await?;
     ensure!(
@@ -558,9 +577,11 @@ async fn the_seeds_sentinel_demo_on_real_pods_loses_no_acknowledged_write() -> R
             let value = client.command(&["EXISTS", key]).await?;
             ensure!(value == Value::Integer(1), "{round}: {key} lost");
         }
-        if master == old {
-            continue;
-        }
+        // A kill that nothing failed over from proves nothing about the rejoin below.
+        ensure!(
+            master != old,
+            "{round}: {old} is master again; no replica took over"
+        );
         // The old pod is back as a replica, and the set is Ready with all three.
         let mut returned = connect_pod(&pods, &old, &password).await?;
         let role = returned.command(&["ROLE"]).await?;
@@ -793,11 +814,11 @@ async fn a_password_rotation_on_real_pods_restarts_nothing_and_loses_no_write() 
     // Every pod takes the new password only, and holds every acknowledged write.
     let master = ready_master(&namespace, patience).await?;
     for ip in &ips {
+        let old = real_node_support::connect((ip.as_str(), 6379), &password).await;
         ensure!(
-            real_node_support::connect((ip.as_str(), 6379), &password)
-                .await
-                .is_err(),
-            "{ip} still takes the old password"
+            real_node_support::refused_password(&old),
+            "{ip} does not refuse the old password: {:?}",
+            old.err()
         );
     }
     let master_ip = pods
@@ -823,62 +844,6 @@ async fn a_password_rotation_on_real_pods_restarts_nothing_and_loses_no_write() 
     Ok(())
 }
 
-/// `helm install` of `charts/<operator>` into the test's namespace, watching only it and
-/// pinned to the real node, with `--set` values `extra`; waits until its Deployment is
-/// available (through the operator's own `/readyz`).
-async fn helm_install_on_real_node(
-    namespace: &TestNamespace,
-    operator: &str,
-    extra: &[&str],
-) -> Result<()> {
-    use k8s_openapi::api::apps::v1::Deployment;
-
-    let ns = namespace.name();
-    let chart = format!("{}/../charts/{operator}", env!("CARGO_MANIFEST_DIR"));
-    let watch = format!("watchNamespace={ns}");
-    let mut args = vec![
-        "install",
-        operator,
-        &chart,
-        "--namespace",
-        ns,
-        "--set",
-        &watch,
-        "--set-string",
-        "nodeSelector.operator-kit\\.io/real-node=true",
-        "--set",
-        "tolerations[0].key=operator-kit.io/real-node",
-        "--set",
-        "tolerations[0].operator=Exists",
-    ];
-    for value in extra {
-        args.extend(["--set", value]);
-    }
-    operator_kit::testing::tools::run("helm", &args, None).with_context(|| {
-        format!(
-            "helm install failed (the image comes from `cargo build --release --bin {operator}` \
-             and `hack/images.sh import-operators <containerd socket>`, which hack/test.sh runs)"
-        )
-    })?;
-    let deployments = namespace.api::<Deployment>();
-    namespace
-        .wait_for(
-            &deployments,
-            operator,
-            "available",
-            TIMEOUT,
-            |deployment: &Deployment| {
-                deployment
-                    .status
-                    .as_ref()
-                    .and_then(|status| status.available_replicas)
-                    == Some(1)
-            },
-        )
-        .await?;
-    Ok(())
-}
-
 /// redis-operator as users install it: `helm install` of `charts/redis-operator` with the
 /// locally built image (named as the chart's default), in a pod on the real node. It is Ready
 /// through its own `/readyz`, uses in-cluster configuration and its ServiceAccount, holds its
@@ -891,9 +856,10 @@ async fn the_operator_installed_by_helm_runs_in_a_pod_and_reconciles() -> Result
     let _one_at_a_time = REAL_NODE.lock().await;
 
     let namespace = TestNamespace::create("real-helm").await?;
-    helm_install_on_real_node(
+    real_node_support::helm_install_on_real_nodes(
         &namespace,
         "redis-operator",
+        1,
         &["leaderElection.enabled=true"],
     )
     .await?;
@@ -966,7 +932,7 @@ async fn the_adam_doc_app_serves_on_port_4000_and_rolls_out_an_update() -> Resul
     let _one_at_a_time = REAL_NODE.lock().await;
 
     let namespace = TestNamespace::create("real-app").await?;
-    helm_install_on_real_node(&namespace, "app-operator", &[]).await?;
+    real_node_support::helm_install_on_real_nodes(&namespace, "app-operator", 1, &[]).await?;
     let deployments = namespace.api::<Deployment>();
 
     let mut app: App = serde_yaml::from_str(include_str!("../../examples/adam-doc.yaml"))?;
@@ -1057,6 +1023,11 @@ async fn the_adam_doc_app_serves_on_port_4000_and_rolls_out_an_update() -> Resul
          failed (last error: {last_error:?})"
     );
     ensure!(served > 0, "nothing served during the rollout");
+    ensure!(
+        failed == 0,
+        "{failed} of {} requests failed during the rollout (last error: {last_error:?})",
+        served + failed
+    );
     // Once kube-proxy has dropped the old pods' endpoints, only 1.1 answers.
     let mut page = String::new();
     for _ in 0..50 {
