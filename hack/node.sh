@@ -438,12 +438,24 @@ node_boot() {
   rm -rf "$dir/containerd/state"
   if [ "$disk" = empty ]; then
     rm -rf "$dir/containerd/root" "$dir/kubelet" "$dir/pod-logs"
-    rm -rf "$(node_volumes_of "$index")"
+    # Its volumes come back empty, each as the local provisioner made it (0777): a kubelet
+    # recreating a missing hostPath makes it root's, 0755, which the pods' user cannot write.
+    find "$(node_volumes_of "$index")" -mindepth 2 -maxdepth 2 -exec rm -rf {} +
     mkdir -p "$dir/kubelet" "$dir/pod-logs"
   fi
   node_link_up "$index" "$(real_node_count)"
   on_failure=abort_restart
-  if [ "$disk" = empty ]; then node_start "$index" import; else node_start "$index" keep; fi
+  if [ "$disk" = empty ]; then
+    node_start "$index" import
+    # A new disk pulls its images again, the operators' too where this machine built them
+    # (hack/test.sh imports them into every node; there is no registry to pull from).
+    if [ -x "${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}/release/redis-operator" ]; then
+      "$repo_root/hack/images.sh" import-operators "$(node_socket_of "$index")" ||
+        $on_failure "failed to import the operators' images into node $index" "containerd-$index"
+    fi
+  else
+    node_start "$index" keep
+  fi
   node_wait "$index"
   rm -f "$dir/down"
 }

@@ -47,11 +47,11 @@ impl Context {
 
     /// Whether this replica still holds its Lease by its own clock (always, without leader
     /// election). Reconciles run only on the leader, but a leader frozen mid-reconcile wakes
-    /// up still inside it, possibly after the standby took over; writes to the API server
-    /// are then refused by resource version, while a command sent elsewhere (a database's
-    /// failover, say) is not. Check this right before sending such a command: it turns false
-    /// once the last renewal's validity is past, before the elector notices (see
-    /// [`LeaseFence`]).
+    /// up still inside it, possibly after the standby took over. Only writes that carry the
+    /// resource version they read are then refused by the API server; a merge patch, a
+    /// forced server-side apply or a command sent elsewhere (a database's failover, say) is
+    /// not. Check this right before such a write or command: it turns false once the last
+    /// renewal's validity is past, before the elector notices (see [`LeaseFence`]).
     pub fn lease_held(&self) -> bool {
         self.fence.holds()
     }

@@ -78,8 +78,8 @@ enum AttemptError {
 
 /// Until when this replica may still act as the leader, by its own monotonic clock.
 ///
-/// The API server fences a stale leader's writes with resource versions, but nothing fences a
-/// command sent elsewhere (to a database, say). A leader that was frozen for a minute (a VM
+/// The API server fences a stale leader's writes only where they carry the resource version
+/// they read, and nothing fences a command sent elsewhere (to a database, say). A leader that was frozen for a minute (a VM
 /// stall, a long pause) wakes up believing it leads until its elector notices, while the
 /// standby may have taken the Lease long ago. So every renewal records the instant its request
 /// was *sent* plus the renew deadline: the standby only takes over a lease duration (longer)
@@ -169,7 +169,10 @@ pub async fn run(
         match attempt {
             Ok(true) => {
                 last_renewal = Instant::now();
-                fence.set(Some(sent + config.renew_deadline));
+                // The Lease records whole seconds: a standby may take over after
+                // `lease_duration` truncated, which a misconfigured renew deadline could pass.
+                let whole_duration = Duration::from_secs(config.lease_duration.as_secs());
+                fence.set(Some(sent + config.renew_deadline.min(whole_duration)));
                 if !is_leader {
                     info!(lease = %lease_key, identity = %config.identity, "became leader");
                     leading.send_replace(true);

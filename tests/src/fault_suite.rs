@@ -26,6 +26,9 @@ use crate::workload::{self, ClientConfig, Target};
 
 /// How long the set may take to be healthy again after a fault is undone.
 pub const PATIENCE: Duration = Duration::from_secs(300);
+/// How long after a fault is undone (and the set is healthy) a client may take to have a
+/// write acknowledged again: a Sentinel-aware client re-resolves the master within seconds.
+const RESUME_PATIENCE: Duration = Duration::from_secs(30);
 /// The real nodes (`REAL_NODES=3 hack/cluster.sh up`).
 pub const NODES: usize = 3;
 
@@ -450,6 +453,21 @@ async fn rounds(
             "round {}: no operation during {what}",
             index + 1
         );
+        // Healthy by the checker's reading is not enough: the clients must be writing again.
+        let resumed = Instant::now() + RESUME_PATIENCE;
+        while !history
+            .records()
+            .iter()
+            .any(|record| record.acknowledged() && record.end_ms >= healed_ms)
+        {
+            ensure!(
+                Instant::now() < resumed,
+                "round {}: no write acknowledged within {RESUME_PATIENCE:?} after {what} was \
+                 undone",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // Every write so far read back; the counters' upper bound waits for the end (the
         // clients go on incrementing while this reads).
         let state = set.read_back(&master, FinalState::wanted(&records)).await?;

@@ -385,6 +385,18 @@ impl LocalSet {
         Ok(())
     }
 
+    /// Sends a signal (`STOP`, `CONT`, …) to one Sentinel process.
+    pub fn signal_sentinel(&self, index: usize, signal: &str) -> Result<()> {
+        let Some(Process(child)) = self.sentinels[index].as_ref() else {
+            bail!("sentinel of node {index} is not running");
+        };
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed: {status}");
+        Ok(())
+    }
+
     pub fn kill_sentinel(&mut self, index: usize) {
         self.sentinels[index] = None;
     }

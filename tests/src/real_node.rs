@@ -213,7 +213,7 @@ pub fn node_of(pod: &Pod) -> Result<usize> {
     )
 }
 
-/// The host process id of a container on real node `node`, from its containerd (for a kill -9
+/// The host process id of a running container on real node `node`, from its containerd (for a kill -9
 /// from outside: inside its PID namespace, PID 1 ignores SIGKILL).
 pub fn host_pid(node: usize, container_id: &str) -> Result<u32> {
     let socket = format!("{}/nodes/{node}/containerd.sock", cluster_dir());
@@ -225,9 +225,12 @@ pub fn host_pid(node: usize, container_id: &str) -> Result<u32> {
     listing
         .lines()
         .find(|line| line.starts_with(container_id))
+        // A stopped task keeps its last PID, which the kernel may have handed to another
+        // process since: only a running task's PID is worth a kill.
+        .filter(|line| line.split_whitespace().nth(2) == Some("RUNNING"))
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|pid| pid.parse().ok())
-        .with_context(|| format!("no task {container_id} in {listing}"))
+        .with_context(|| format!("no running task {container_id} in {listing}"))
 }
 
 /// kill -9 of the process of container `container` of `pod`, from the host.

@@ -558,6 +558,68 @@ async fn an_empty_master_restarted_at_once_does_not_wipe_its_replicas() -> Resul
     Ok(())
 }
 
+/// The same empty master restarted while only its own sentinel answers (one other frozen, as
+/// a paused VM, one killed): no majority names anyone, and the one answer names this node.
+/// Starting as master then would have its replicas copy nothing once the sentinels are back
+/// and still name it. Its start script waits, not answering, for as long as no majority
+/// forms, and replicates from the master the sentinels elect once they are back.
+#[tokio::test]
+async fn an_empty_master_restarted_without_a_sentinel_majority_waits() -> Result<()> {
+    // A thawed sentinel counts a replica fit for promotion only if its link to the master
+    // went down less than ten down-afters before the master's: 3 s leaves room for the
+    // freeze below, the test's usual 1 s does not (and no failover could end the wait).
+    let mut set = LocalSet::new("empty-minority", 3, 3, 3000).await?;
+    let (old, _) = set
+        .reconcile_until_healthy(3, Duration::from_secs(30))
+        .await?;
+    let keys = set.acknowledged_writes(old, "before-restart", 100).await?;
+    let others: Vec<usize> = (0..3).filter(|index| *index != old).collect();
+    set.signal_sentinel(others[0], "STOP")?;
+    set.kill_sentinel(others[1]);
+    set.kill_redis(old);
+    set.wipe_data(old)?;
+    set.spawn_redis(old)?;
+    // Longer than find-master's three attempts (about 12 s with a frozen sentinel, after
+    // which the script used to start as master) and than the wait of the script for a
+    // majority (2 × (down-after + failover-timeout) = 16 s here): it must still not answer.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(18) {
+        ensure!(
+            !cli(set.port(old), &["PING"]).is_ok_and(|reply| reply == "PONG"),
+            "the empty node {old} answers after {:?} with only a minority of sentinels up",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(
+        set.script_log(old, "start-redis.sh")
+            .contains("only a minority of the sentinels answers"),
+        "start-redis.sh did not say why it waits:\n{}",
+        set.script_log(old, "start-redis.sh")
+    );
+    set.signal_sentinel(others[0], "CONT")?;
+    set.start_sentinel(others[1]).await?;
+    let (new, plans) = set
+        .reconcile_until_healthy(3, Duration::from_secs(90))
+        .await?;
+    ensure!(
+        new != old,
+        "the empty node stayed master: {plans:#?}\n{}\n{}",
+        set.script_log(old, "start-redis.sh"),
+        set.script_log(old, "start-sentinel.sh"),
+    );
+    for index in 0..3 {
+        let missing = set.missing_keys(index, &keys).await?;
+        ensure!(
+            missing.is_empty(),
+            "node {index} lost {} of {} acknowledged writes",
+            missing.len(),
+            keys.len()
+        );
+    }
+    Ok(())
+}
+
 /// Sets every key of `keys` to `value` on node `master`, each write acknowledged by a replica.
 async fn overwrite(set: &LocalSet, master: usize, keys: &[String], value: &str) -> Result<()> {
     let node = &set.nodes[master];

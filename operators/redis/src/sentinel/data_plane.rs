@@ -632,10 +632,16 @@ fn unconfirmed(
     let by_majority = supporters.len() >= majority;
     let support_epoch = supporters.iter().copied().max();
     for (index, state) in &answering {
-        let Some(other) = named(state).filter(|other| *other != master) else {
+        let Some((host, port)) = state.master.as_ref() else {
             continue;
         };
-        let may_take_writes = match observation.redis.get(other) {
+        // A master outside the set (a pod a scale-down removes) is out of view: it may take
+        // writes as much as an unreachable one.
+        let other = address_of(nodes, host, *port);
+        if other == Some(master) {
+            continue;
+        }
+        let may_take_writes = match other.and_then(|other| observation.redis.get(other)) {
             Some(Some(redis)) => redis.role == Role::Master && redis.has_data(),
             _ => true,
         };
@@ -648,7 +654,9 @@ fn unconfirmed(
             return Some(format!(
                 "the sentinel of {:?} names {:?} as master (configuration epoch {}), which the \
                  operator cannot confirm; waiting for the sentinels to agree",
-                nodes[*index].pod, nodes[other].pod, state.config_epoch
+                nodes[*index].pod,
+                other.map_or(host.as_str(), |other| nodes[other].pod.as_str()),
+                state.config_epoch
             ));
         }
     }
@@ -1505,6 +1513,32 @@ mod tests {
         // Review finding 4: nor are the role labels and status.master pinned to node 0.
         assert_eq!(plan.master, None, "{plan:?}");
         assert!(plan.waiting.unwrap().contains("cache-node-1"));
+    }
+
+    #[test]
+    fn a_failover_to_a_pod_outside_the_set_is_not_undone() {
+        // A review of the fix for finding 3: a sentinel naming a master the set does not
+        // count (a pod a scale-down is removing) was skipped as if it named none. Its
+        // sentinel failed over at epoch 2 to node 4, which node 2 follows; the other two
+        // still name node 0 at epoch 1. Pointing node 2 and its sentinel back at node 0
+        // would undo that failover.
+        let mut newer = sentinel_on(Some(4));
+        if let Some(state) = newer.as_mut() {
+            state.config_epoch = 2;
+        }
+        let observation = Observation {
+            redis: vec![master(500, 9), replica_of(0, 500), replica_of(4, 520)],
+            sentinels: vec![sentinel_on(Some(0)), sentinel_on(Some(0)), newer],
+            password_refused: Vec::new(),
+        };
+        let plan = plan(&nodes(), &observation, &settings(), &Memory::default());
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert!(
+            plan.waiting
+                .as_deref()
+                .is_some_and(|why| why.contains("cache-node-4")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -832,7 +832,12 @@ impl RedisSentinelReconciler {
         )
         .await
         .map_err(Error::Heal)?;
-        if let Some(master) = plan.master {
+        // The role labels route the clients (`<name>-master`), and a merge patch carries no
+        // resource version for the API server to refuse a stale leader's by: fenced as the
+        // commands are.
+        if let Some(master) = plan.master
+            && context.lease_held()
+        {
             let namespace = resource.namespace().unwrap_or_default();
             label_pods(context, &namespace, nodes, master, selector_labels).await?;
         }
@@ -935,10 +940,13 @@ impl RedisSentinelReconciler {
             },
             now,
         );
-        context
-            .patch_status(resource, &status)
-            .await
-            .map_err(|source| Error::Status(Box::new(source)))?;
+        // status.master is a merge patch too: a leader past its lease leaves it to the next.
+        if context.lease_held() {
+            context
+                .patch_status(resource, &status)
+                .await
+                .map_err(|source| Error::Status(Box::new(source)))?;
+        }
         if let Some((reason, note)) = person_note {
             context
                 .publish(resource, EventType::Warning, reason, "Heal", note)
