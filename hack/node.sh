@@ -449,7 +449,8 @@ node_boot() {
     node_start "$index" import
     # A new disk pulls its images again, the operators' too where this machine built them
     # (hack/test.sh imports them into every node; there is no registry to pull from).
-    if [ -x "${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}/release/redis-operator" ]; then
+    local release=${CARGO_TARGET_DIR:-$OPERATOR_KIT_CACHE/cargo-target}/release
+    if [ -x "$release/redis-operator" ] && [ -x "$release/app-operator" ]; then
       "$repo_root/hack/images.sh" import-operators "$(node_socket_of "$index")" ||
         $on_failure "failed to import the operators' images into node $index" "containerd-$index"
     fi

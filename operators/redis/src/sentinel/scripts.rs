@@ -42,7 +42,11 @@ for attempt in 1 2 3; do
       votes="$votes
 $(master_of "$peer")"
     done
-    agreed=$(printf '%s\n' "$votes" | awk -v need=$((total / 2 + 1)) \
+    # At least two agree: a sentinel just started knows no peers yet (a total of 1), and a
+    # set has three sentinels or more.
+    need=$((total / 2 + 1))
+    [ "$need" -ge 2 ] || need=2
+    agreed=$(printf '%s\n' "$votes" | awk -v need="$need" \
       'NF == 2 && $2 ~ /^[0-9]+$/ { n[$0]++ } END { for (m in n) if (n[m] >= need) print m }')
     if [ -n "$agreed" ]; then
       echo "$agreed"
@@ -85,15 +89,20 @@ find_master
 # down-after plus failover-timeout; then it goes on with the first sentinel's answer.
 # A node that the sentinels name as master but that starts without any data (a pod without
 # storage recreated before the sentinels noticed it was gone) never serves as that master:
-# its replicas would copy its empty dataset. It waits, however long, until the sentinels fail
-# over to a node that has the data, and then replicates from it. Sentinels that name it kept
+# its replicas would copy its empty dataset. It waits, however long, until a majority of the
+# sentinels names another node, and then replicates from it. Sentinels that name it kept
 # their memory, so their pods were not recreated and hold data, and their failover ends the
 # wait (with no sentinel naming a master, as after every pod restarted, it starts at once).
 limit=$(( (${DOWN_AFTER_MILLISECONDS:-5000} + ${FAILOVER_TIMEOUT:-10000}) * 2 / 1000 ))
 started=$(date +%s)
 reason=
+named=no
 while :; do
-  if [ "$empty" = yes ] && [ "$master" = "$self $port" ]; then
+  # Once named, only a majority naming another node ends the wait: no answer at all (a
+  # Service or DNS blip) is not the sentinels forgetting this node.
+  if [ "$empty" = yes ] && { [ "$master" = "$self $port" ] \
+    || { [ "$named" = yes ] && { [ "$found" -ne 0 ] || [ -z "$master" ]; }; }; }; then
+    named=yes
     if [ "$found" -eq 2 ]; then
       why="only a minority of the sentinels answers, naming this empty node as master; waiting for a majority"
     else
@@ -109,10 +118,14 @@ while :; do
   sleep 1
   find_master
 done
+# One sentinel's word is not followed: a replica of an old master that a minority still
+# names would let it meet min-replicas-to-write again. Without a majority it starts as a
+# master that takes no write until a replica follows it, and the operator decides.
+[ "$found" -eq 0 ] || master=
 if [ -n "$master" ] && [ "$master" != "$self $port" ]; then
   echo "redis-operator: starting as a replica of $master" >&2
 else
-  echo "redis-operator: starting as a master (the sentinels name ${master:-no master})" >&2
+  echo "redis-operator: starting as a master (no sentinel majority names another node)" >&2
 fi
 umask 077
 {
@@ -140,7 +153,8 @@ config_dir=${REDIS_CONFIG_DIR:-/etc/redis}
 run_dir=${SENTINEL_RUN_DIR:-/run/sentinel}
 port=${SENTINEL_PORT:-26379}
 self=${ANNOUNCE_HOST:-$POD_NAME.$HEADLESS_SERVICE.$POD_NAMESPACE.svc}
-master=$(sh "$config_dir/find-master.sh" || true)
+# Only a master a majority names; else it waits for the operator's SENTINEL MONITOR.
+master=$(sh "$config_dir/find-master.sh") || master=
 # The quorum comes from a sentinel that monitors the master, not from the pod's environment:
 # the operator changes it live when the set is scaled, and scaling must restart no pod.
 quorum=
