@@ -396,7 +396,31 @@ async fn the_pre_stop_hook_fails_saying_why_when_no_replica_takes_over() -> Resu
         .await?;
     let keys = set.acknowledged_writes(master, "before-stop", 20).await?;
     let replicas = freeze_replicas(&set, master).await?;
-    let output = set.command(master, "prestop-redis.sh").status()?;
+    // While the hook waits, the master must not look down to the sentinels (a long write
+    // pause does that): they would fail over on their own to any replica fit, even one
+    // lacking writes.
+    let master_set = set.settings().master_set;
+    let mut hook = set.command(master, "prestop-redis.sh").spawn()?;
+    let mut looked_down = Vec::new();
+    let output = loop {
+        if let Some(status) = hook.try_wait()? {
+            break status;
+        }
+        let seen = sentinel_cli(
+            set.nodes[master].sentinel_port,
+            &["SENTINEL", "MASTER", &master_set],
+        )?;
+        let flags = seen
+            .lines()
+            .skip_while(|line| *line != "flags")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        if flags.contains("s_down") {
+            looked_down.push(flags);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let log = set.script_log(master, "prestop-redis.sh");
     ensure!(
         !output.success(),
@@ -406,6 +430,13 @@ async fn the_pre_stop_hook_fails_saying_why_when_no_replica_takes_over() -> Resu
         log.contains("no replica took over within")
             && log.contains("waiting for every replica to reach the master's offset"),
         "{log}"
+    );
+    ensure!(
+        looked_down.is_empty(),
+        "the master looked down to its sentinel while the hook waited ({} of its answers: \
+         {:?}): {log}",
+        looked_down.len(),
+        looked_down.first()
     );
     for replica in &replicas {
         set.signal_redis(*replica, "CONT")?;

@@ -200,28 +200,57 @@ port=${REDIS_PORT:-6379}
 self=${ANNOUNCE_HOST:-$POD_NAME.$HEADLESS_SERVICE.$POD_NAMESPACE.svc}
 role=$(timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" role 2>/dev/null | head -n 1)
 [ "$role" = master ] || exit 0
-# Succeeds when at least one replica is attached and every replica the master lists has
-# acknowledged the master's whole replication stream (checked ten times a second for 1 s).
+# Succeeds when at least one replica is attached and every replica the master lists is
+# online and has acknowledged the master's stream up to the offset read first (checked ten
+# times a second for 1 s; a replica acknowledges once a second). Under a write pause that
+# offset stands still, so the replicas then hold every write the master acknowledged.
 replicas_caught_up() {
+  target=
   tries=0
   while [ "$tries" -lt 10 ]; do
     info=$(timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" info replication 2>/dev/null | tr -d '\r')
     offset=$(printf '%s\n' "$info" | sed -n 's/^master_repl_offset://p')
-    replicas=$(printf '%s\n' "$info" | grep -c '^slave[0-9]*:' || true)
-    behind=$(printf '%s\n' "$info" | grep '^slave[0-9]*:' | grep -vc "state=online,offset=$offset," || true)
-    [ -n "$offset" ] && [ "$replicas" -gt 0 ] && [ "$behind" -eq 0 ] && return 0
+    [ -n "$target" ] || target=$offset
+    if [ -n "$target" ] && printf '%s\n' "$info" | awk -F, -v target="$target" '
+      /^slave[0-9]*:/ {
+        replicas++; state = ""; at = -1
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "state") state = kv[2]; if (kv[1] == "offset") at = kv[2] }
+        if (state != "online" || at + 0 < target + 0) behind++
+      }
+      END { exit !(replicas > 0 && behind == 0) }'; then
+      return 0
+    fi
     sleep 0.1
     tries=$((tries + 1))
   done
   return 1
 }
+# One look with writes flowing: at least one replica, and every replica online and heard
+# from within the last second or so (it acknowledges once a second).
+replicas_keeping_up() {
+  timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" info replication 2>/dev/null | tr -d '\r' \
+    | awk -F, '
+      /^slave[0-9]*:/ {
+        replicas++; state = ""; lag = 99
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "state") state = kv[2]; if (kv[1] == "lag") lag = kv[2] }
+        if (state != "online" || lag + 0 > 1) behind++
+      }
+      END { exit !(replicas > 0 && behind == 0) }'
+}
+pause_writes() {
+  timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client pause "$FAILOVER_TIMEOUT" write >/dev/null
+}
+# A paused master also holds back the sentinels' hello messages (PUBLISH counts as a write),
+# and their pings queue behind them: paused longer than down-after-milliseconds, it looks
+# down to every sentinel, and they fail over on their own to whichever replica is fit, even
+# one that lacks writes. So writes stay paused only while the handover is about to run or
+# running, never while waiting for a replica to catch up.
 limit=$((FAILOVER_TIMEOUT / 1000 + 10))
 sentinel=
 answer=
+running=
 waited=0
 while [ "$waited" -lt "$limit" ]; do
-  # A pause ends on its own after the failover timeout; renew it while handing over.
-  timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client pause "$FAILOVER_TIMEOUT" write >/dev/null
   # Handed over once a majority of the sentinels names another node, not one of them.
   if master=$(sh "${REDIS_CONFIG_DIR:-/etc/redis}/find-master.sh") \
     && [ -n "$master" ] && [ "$master" != "$self $port" ]; then
@@ -229,14 +258,21 @@ while [ "$waited" -lt "$limit" ]; do
     exit 0
   fi
   # Sentinel picks the replica to promote from offsets it read up to 10 s ago, so a write
-  # acknowledged by one replica only is lost if it picks another. With writes paused, the
-  # master's offset stands still: ask for the failover only once every replica has reached it.
-  if [ -z "$sentinel" ] && ! replicas_caught_up; then
-    answer="a replica is behind the master's offset, so no failover was asked for"
-    echo "redis-operator: waiting for every replica to reach the master's offset" >&2
-    sleep 1
-    waited=$((waited + 1))
-    continue
+  # acknowledged by one replica only is lost if it picks another. Ask for the failover only
+  # once every replica keeps up with writes flowing, and then has reached the master's
+  # offset with writes paused (the pause ends on its own after the failover
+  # timeout, and is renewed while the failover runs).
+  if [ -z "$running" ]; then
+    if replicas_keeping_up && pause_writes && replicas_caught_up; then :; else
+      timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client unpause >/dev/null
+      answer="a replica is behind the master's offset, so no failover was asked for"
+      echo "redis-operator: waiting for every replica to reach the master's offset" >&2
+      sleep 1
+      waited=$((waited + 1))
+      continue
+    fi
+  else
+    pause_writes
   fi
   # Asking a second sentinel while the first runs the failover could promote two replicas,
   # so the hook keeps to the first sentinel that answers, and moves on only if it stops.
@@ -249,10 +285,12 @@ while [ "$waited" -lt "$limit" ]; do
     esac
   done
   case $answer in
-    OK|*INPROG*) ;;
-    '') echo "redis-operator: no sentinel answered; asking again" >&2 ;;
-    *) echo "redis-operator: sentinel $sentinel refused to fail over ($answer); asking again" >&2 ;;
+    OK|*INPROG*) running=1 ;;
+    '') running= ; echo "redis-operator: no sentinel answered; asking again" >&2 ;;
+    *) running= ; echo "redis-operator: sentinel $sentinel refused to fail over ($answer); asking again" >&2 ;;
   esac
+  # Refused: writes flow again until the replicas have caught up once more.
+  [ -n "$running" ] || timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client unpause >/dev/null
   sleep 1
   waited=$((waited + 1))
 done
