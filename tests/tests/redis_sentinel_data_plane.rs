@@ -315,7 +315,9 @@ async fn the_masters_pre_stop_hook_hands_over_without_losing_writes() -> Result<
 
 /// Stops (SIGSTOP) every replica of `master` and waits until the master's sentinel sees them
 /// down: no replica can take over (none acknowledges the master's offset, and a sentinel
-/// would refuse with NOGOODSLAVE).
+/// would refuse with NOGOODSLAVE). It also waits until the master reports every replica's
+/// lag above the hook's threshold (2 s), so the hook never pauses writes for a replica that
+/// will not catch up: a pause longer than down-after would make the master look down.
 async fn freeze_replicas(set: &LocalSet, master: usize) -> Result<Vec<usize>> {
     let replicas: Vec<usize> = (0..set.nodes.len())
         .filter(|index| *index != master)
@@ -335,6 +337,24 @@ async fn freeze_replicas(set: &LocalSet, master: usize) -> Result<Vec<usize>> {
                 .filter(|line| line.contains("s_down"))
                 .count()
                 == replicas.len())
+        },
+    )
+    .await?;
+    wait_until(
+        "the master to see every replica's lag above 2 s",
+        Duration::from_secs(20),
+        || {
+            let info = cli(set.port(master), &["INFO", "replication"])?;
+            let lags: Vec<u64> = info
+                .lines()
+                .filter(|line| line.starts_with("slave"))
+                .filter_map(|line| {
+                    line.split(',')
+                        .find_map(|field| field.strip_prefix("lag="))
+                        .and_then(|lag| lag.trim().parse().ok())
+                })
+                .collect();
+            Ok(lags.len() == replicas.len() && lags.iter().all(|lag| *lag >= 3))
         },
     )
     .await?;

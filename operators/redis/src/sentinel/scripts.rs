@@ -226,14 +226,15 @@ replicas_caught_up() {
   return 1
 }
 # One look with writes flowing: at least one replica, and every replica online and heard
-# from within the last second or so (it acknowledges once a second).
+# from within the last two seconds (it acknowledges once a second, and a healthy replica can
+# read lag 2 just before its next acknowledgement). The exact check follows under the pause.
 replicas_keeping_up() {
   timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" info replication 2>/dev/null | tr -d '\r' \
     | awk -F, '
       /^slave[0-9]*:/ {
         replicas++; state = ""; lag = 99
         for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "state") state = kv[2]; if (kv[1] == "lag") lag = kv[2] }
-        if (state != "online" || lag + 0 > 1) behind++
+        if (state != "online" || lag + 0 > 2) behind++
       }
       END { exit !(replicas > 0 && behind == 0) }'
 }
@@ -271,8 +272,8 @@ while [ "$waited" -lt "$limit" ]; do
       waited=$((waited + 1))
       continue
     fi
-  else
-    pause_writes
+  elif ! pause_writes; then
+    echo "redis-operator: could not renew the write pause; asking again" >&2
   fi
   # Asking a second sentinel while the first runs the failover could promote two replicas,
   # so the hook keeps to the first sentinel that answers, and moves on only if it stops.
@@ -284,17 +285,25 @@ while [ "$waited" -lt "$limit" ]; do
       *) sentinel=$candidate; break ;;
     esac
   done
+  # Once a sentinel took the failover, writes stay paused until the hook ends, whatever a
+  # later answer says: a timeout, a closed connection or another sentinel's refusal does not
+  # mean the failover stopped, and a master taking writes while a replica is promoted (one
+  # unreconfigured replica still satisfies min-replicas-to-write) would acknowledge writes the
+  # new master lacks. The offset stands still meanwhile, so asking again stays safe.
   case $answer in
     OK|*INPROG*) running=1 ;;
-    '') running= ; echo "redis-operator: no sentinel answered; asking again" >&2 ;;
-    *) running= ; echo "redis-operator: sentinel $sentinel refused to fail over ($answer); asking again" >&2 ;;
+    '') echo "redis-operator: no sentinel answered; asking again" >&2 ;;
+    *) echo "redis-operator: sentinel $sentinel refused to fail over ($answer); asking again" >&2 ;;
   esac
-  # Refused: writes flow again until the replicas have caught up once more.
+  # Refused before any sentinel took it: writes flow again until the replicas have caught up
+  # once more.
   [ -n "$running" ] || timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client unpause >/dev/null
   sleep 1
   waited=$((waited + 1))
 done
-timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client unpause >/dev/null
+# A failover may still be under way: the pause then ends on its own, after the failover
+# timeout, by which time the kubelet has stopped the container.
+[ -n "$running" ] || timeout 2 redis-cli $as_operator -h 127.0.0.1 -p "$port" client unpause >/dev/null
 echo "redis-operator: no replica took over within ${limit}s (last answer from sentinel ${sentinel:-(none)}: ${answer:-none}); stopping as master, the data is kept" >&2
 exit 1
 "#;
